@@ -1,0 +1,212 @@
+"""Which key encrypts a backup, and how a later operation gets it back.
+
+Passphrase mode: key = PBKDF2(passphrase, salt) with one random salt per full backup, stored in
+ENCRYPTION-INFO. KMS mode: one random 32-byte data key per full backup, wrapped by every KMS given
+and stored in ENCRYPTION-INFO keyed by SHA-256(master key id). Incrementals, RESTORE, SHOW BACKUP
+and ALTER BACKUP read the full backup's ENCRYPTION-INFO files (``-2``, ``-3``... from ALTER BACKUP),
+newest first; every KMS URI given must appear in one file (CockroachDB's subset rule).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ..crypto import (
+    ChunkHasher,
+    EncryptionInfo,
+    appears_encrypted,
+    kms_identity,
+    new_salt,
+    passphrase_key,
+    seal,
+    subkey,
+    unseal,
+)
+from ..errors import EncryptionError, KMSError, StrongroomError, UsageError
+from ..kms import KMS, open_kms
+from ..storage import ExternalStorage
+from ..uri import redact
+from .layout import ENCRYPTION_INFO
+
+DATA_KEY_SIZE = 32
+APPEARS_ENCRYPTED = 'file appears encrypted -- try specifying one of "encryption_passphrase" or "kms"'
+NO_INFO = "could not find or read encryption information: no ENCRYPTION-INFO files found"
+URI_NOT_USED = (
+    "one of the provided URIs was not used when encrypting the base BACKUP: "
+    "could not find an entry in the encryptedDataKeyMap"
+)
+
+
+@dataclass(frozen=True)
+class Encryption:
+    """What the user gave: a passphrase, or one or more KMS URIs, or nothing (unencrypted)."""
+
+    passphrase: str | None = None
+    kms: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.passphrase is not None and self.kms:
+            raise UsageError("cannot have both encryption_passphrase and kms option set")
+        if self.passphrase is not None and self.passphrase == "":
+            raise UsageError("encryption_passphrase must not be empty")
+        if isinstance(self.kms, str):
+            object.__setattr__(self, "kms", (self.kms,))
+
+    @property
+    def enabled(self) -> bool:
+        return self.passphrase is not None or bool(self.kms)
+
+    def __repr__(self) -> str:
+        if self.passphrase is not None:
+            return "Encryption(passphrase='redacted')"
+        if self.kms:
+            return f"Encryption(kms={tuple(redact(u) for u in self.kms)!r})"
+        return "Encryption()"
+
+
+class BackupKeys:
+    """The key that seals a backup's files (None: unencrypted) and the chunk-hash key derived from it."""
+
+    def __init__(self, key: bytes | None) -> None:
+        self.key = key
+        self.hasher = ChunkHasher(subkey(key, "strongroom/chunk-hash/v1") if key else None)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.key is not None
+
+    def seal(self, data: bytes) -> bytes:
+        return seal(self.key, data) if self.key else data
+
+    def unseal(self, data: bytes, what: str) -> bytes:
+        if self.key is None:
+            if appears_encrypted(data[:7]):
+                raise EncryptionError(APPEARS_ENCRYPTED)
+            return data
+        try:
+            return unseal(self.key, data)
+        except EncryptionError as exc:
+            raise EncryptionError(f"{what}: {exc}") from None
+
+
+@contextmanager
+def opened_kms(uris: tuple[str, ...]) -> Iterator[list[KMS]]:
+    handles: list[KMS] = []
+    try:
+        for uri in uris:
+            handles.append(open_kms(uri))
+        yield handles
+    finally:
+        for h in handles:
+            h.close()
+
+
+def _kms_failure(kms: KMS, action: str, exc: Exception) -> KMSError:
+    detail = str(exc) if isinstance(exc, StrongroomError) else type(exc).__name__
+    return KMSError(f"{action} with KMS {redact(kms.uri)!r}: {detail}")
+
+
+def new_backup_keys(enc: Encryption) -> tuple[BackupKeys, bytes | None]:
+    """Keys for a new full backup, and the ENCRYPTION-INFO to write (None when unencrypted)."""
+    if enc.passphrase is not None:
+        salt = new_salt()
+        return BackupKeys(passphrase_key(enc.passphrase, salt)), EncryptionInfo(salt=salt).encode()
+    if enc.kms:
+        data_key = os.urandom(DATA_KEY_SIZE)
+        wrapped: dict[bytes, bytes] = {}
+        with opened_kms(enc.kms) as handles:
+            for kms in handles:
+                try:
+                    wrapped[kms_identity(kms.master_key_id)] = kms.encrypt(data_key)
+                except Exception as exc:
+                    raise _kms_failure(kms, "failed to encrypt data key", exc) from None
+        return BackupKeys(data_key), EncryptionInfo(encrypted_data_keys=wrapped).encode()
+    return BackupKeys(None), None
+
+
+_INFO_RE = re.compile(rf"^{ENCRYPTION_INFO}(?:-(\d+))?$")
+
+
+def read_encryption_infos(storage: ExternalStorage, full_dir: str) -> list[tuple[str, EncryptionInfo]]:
+    """ENCRYPTION-INFO files of a full backup, newest first (numeric order, unlike CockroachDB's listing)."""
+    found: list[tuple[int, str]] = []
+    prefix = full_dir.strip("/") + "/"
+    for name, _size in storage.list(prefix + ENCRYPTION_INFO):
+        m = _INFO_RE.match(name[len(prefix) :])
+        if m:
+            found.append((int(m.group(1) or 1), name))
+    found.sort(reverse=True)
+    return [(name, EncryptionInfo.decode(storage.get(name))) for _n, name in found]
+
+
+def existing_backup_keys(storage: ExternalStorage, full_dir: str, enc: Encryption) -> BackupKeys:
+    """Recover the key of an existing chain from its ENCRYPTION-INFO files and what the user gave."""
+    infos = read_encryption_infos(storage, full_dir)
+    if not infos:
+        if enc.enabled:
+            raise EncryptionError(NO_INFO)
+        return BackupKeys(None)
+    if not enc.enabled:
+        raise EncryptionError(APPEARS_ENCRYPTED)
+    if enc.passphrase is not None:
+        salts = [info.salt for _name, info in infos if info.salt]
+        if not salts:
+            raise EncryptionError('this backup was encrypted with KMS keys, not a passphrase: specify "kms"')
+        return BackupKeys(passphrase_key(enc.passphrase, salts[-1]))
+    return BackupKeys(unwrap_data_key(infos, enc.kms))
+
+
+def unwrap_data_key(infos: list[tuple[str, EncryptionInfo]], uris: tuple[str, ...]) -> bytes:
+    """The data key, unwrapped by the first of ``uris`` that answers; all must be in one info file."""
+    with opened_kms(uris) as handles:
+        ids = [kms_identity(k.master_key_id) for k in handles]
+        entry = next(
+            (info for _name, info in infos if all(i in info.encrypted_data_keys for i in ids)),
+            None,
+        )
+        if entry is None:
+            raise EncryptionError(URI_NOT_USED)
+        failures = []
+        for kms, ident in zip(handles, ids, strict=True):
+            try:
+                key = kms.decrypt(entry.encrypted_data_keys[ident])
+            except Exception as exc:
+                failures.append(str(_kms_failure(kms, "failed to decrypt data key", exc)))
+                continue
+            if len(key) != DATA_KEY_SIZE:
+                failures.append(f"KMS {redact(kms.uri)!r} returned a key of the wrong size")
+                continue
+            return key
+        raise KMSError("; ".join(failures))
+
+
+def add_kms(storage: ExternalStorage, full_dir: str, new_kms: tuple[str, ...], old_kms: tuple[str, ...]) -> str:
+    """ALTER BACKUP ... ADD NEW_KMS: wrap the data key under new KMSes into ENCRYPTION-INFO-<n+1>."""
+    if not new_kms or not old_kms:
+        raise UsageError("ALTER BACKUP needs both NEW_KMS and OLD_KMS")
+    infos = read_encryption_infos(storage, full_dir)
+    if not infos:
+        raise EncryptionError(NO_INFO)
+    data_key = None
+    for uri in old_kms:
+        try:
+            data_key = unwrap_data_key(infos, (uri,))
+            break
+        except EncryptionError:
+            continue
+    if data_key is None:
+        raise EncryptionError("no key in OLD_KMS matches a key that was previously used to encrypt the backup")
+    wrapped: dict[bytes, bytes] = {}
+    with opened_kms(new_kms) as handles:
+        for kms in handles:
+            try:
+                wrapped[kms_identity(kms.master_key_id)] = kms.encrypt(data_key)
+            except Exception as exc:
+                raise _kms_failure(kms, "failed to encrypt data key when adding new KMS", exc) from None
+    name = f"{full_dir.strip('/')}/{ENCRYPTION_INFO}-{len(infos) + 1}"
+    storage.put(name, EncryptionInfo(encrypted_data_keys=wrapped).encode(), create_only=True)
+    return name

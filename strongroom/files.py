@@ -1,0 +1,82 @@
+"""Back up and restore any SQLite file, no store needed."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import apsw
+
+from .backup import engine
+from .backup.jobs import JobResult, Progress
+from .backup.keys import Encryption
+from .errors import UsageError
+
+
+def _name_for(path: Path) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]", "_", path.stem) or "db"
+    return name if re.match(r"[A-Za-z_]", name) else "_" + name
+
+
+def backup_file(
+    path: str | os.PathLike[str],
+    into: str,
+    *,
+    encryption: Encryption | None = None,
+    incremental: str | None = None,
+    name: str | None = None,
+    key: bytes | None = None,
+    progress: Progress | None = None,
+) -> JobResult:
+    """Back up one SQLite file (a consistent snapshot, even while others write) into a collection.
+
+    ``incremental`` is "LATEST" or a full backup's subdir; ``key`` is the raw key of a SQLite3
+    Multiple Ciphers (chacha20) file.
+    """
+    p = Path(path).absolute()
+    source = engine.DatabaseSource(name or _name_for(p), p, key)
+    return engine.backup(into, [source], encryption=encryption, incremental=incremental, progress=progress)
+
+
+class _FileTarget:
+    """Restores the one database a file backup holds to a chosen path."""
+
+    def __init__(self, dest: Path, key: bytes | None) -> None:
+        self.dest = dest
+        self.key = key
+
+    def database_path(self, name: str) -> Path:
+        return self.dest
+
+    def database_key(self, name: str) -> bytes | None:
+        return self.key
+
+    def connect(self, name: str) -> apsw.Connection:
+        return apsw.Connection(str(self.dest))
+
+
+def restore_file(
+    from_: str,
+    dest: str | os.PathLike[str],
+    *,
+    subdir: str = "LATEST",
+    database: str | None = None,
+    encryption: Encryption | None = None,
+    key: bytes | None = None,
+    progress: Progress | None = None,
+) -> JobResult:
+    """Restore a database from a backup to ``dest`` (refused if it exists).
+
+    A backup of several databases needs ``database`` to say which one.
+    """
+    d = Path(dest).absolute()
+    if database is None:
+        listing = engine.show_backup(from_, subdir=subdir, encryption=encryption)
+        names = [m.name for m in listing.manifests[-1].databases]
+        if len(names) != 1:
+            raise UsageError(f"the backup holds {len(names)} databases ({', '.join(names)}): say which to restore")
+        database = names[0]
+    return engine.restore(
+        from_, _FileTarget(d, key), subdir=subdir, encryption=encryption, databases=[database], progress=progress
+    )

@@ -1,0 +1,98 @@
+"""A backup killed with SIGKILL at any moment never leaves LATEST (or a chain) pointing at a partial backup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from strongroom import Encryption, Store
+
+PASS = Encryption(passphrase="crash-test")
+COLL = "nodelocal://1/backups"
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from strongroom import open_store, Encryption
+    store = open_store(sys.argv[1])
+    inc = sys.argv[2] if sys.argv[2] != "-" else None
+    store.backup("nodelocal://1/backups", encryption=Encryption(passphrase="crash-test"), incremental=inc)
+    print("finished")
+    """
+)
+
+
+def _big_db(store: Store) -> None:
+    store.create_database("big")
+    conn = store.connect("big")
+    conn.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, b BLOB)")
+    with conn:
+        conn.execute(
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 24000) "
+            "INSERT INTO blobs(b) SELECT randomblob(3000) FROM s"
+        )
+    conn.close()
+
+
+def _kill_after(store: Store, incremental: str, delay: float) -> bool:
+    """Start a backup in a child; SIGKILL it ``delay`` s after it starts writing. True if it was killed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(store.path), incremental],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    before = {p for p in (store.extern_dir / "backups").rglob("*")}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(p not in before for p in (store.extern_dir / "backups").rglob("*")):
+            break
+        time.sleep(0.001)
+    time.sleep(delay)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return killed
+
+
+def _latest_files(store: Store) -> list[str]:
+    return sorted(os.listdir(store.extern_dir / "backups" / "metadata" / "latest"))
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2, 0.5])
+def test_killed_full_and_incremental_backups_leave_the_chain_usable(store: Store, delay: float) -> None:
+    _big_db(store)
+    store.backup(COLL, encryption=PASS)
+    latest = _latest_files(store)
+    [full] = store.show_backups(COLL)
+    conn = store.connect("big")
+    with conn:
+        conn.execute("UPDATE blobs SET b = randomblob(3000) WHERE id % 7 = 0")
+    conn.close()
+
+    killed_full = _kill_after(store, "-", delay)
+    killed_inc = _kill_after(store, "LATEST", delay)
+    assert killed_full or killed_inc, "the child finished before it could be killed: make the database bigger"
+
+    if killed_full:
+        assert _latest_files(store) == latest
+        assert store.show_backups(COLL) == [full]
+    chain = store.show_backup(COLL, encryption=PASS).manifests
+    assert chain[0].backup_type == "full"
+    assert chain[0].full_subdir == store.show_backups(COLL)[-1]
+
+    # The collection still works: a new incremental and a restore of the newest complete layer.
+    store.backup(COLL, encryption=PASS, incremental="LATEST")
+    store.restore(COLL, encryption=PASS, databases=["big"], new_db_name="back")
+    a, b = store.connect("big"), store.connect("back")
+    q = "SELECT count(*), sum(length(b)), hex(b) FROM blobs WHERE id = 7"
+    assert a.execute(q).fetchall() == b.execute(q).fetchall()
+    assert b.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
