@@ -1,0 +1,122 @@
+"""The store's job registry (``SHOW JOBS``): every BACKUP and RESTORE with its status and error.
+
+Kept in ``<store>/system.db``. Descriptions are built from the parsed statement with every secret
+redacted, so nothing here ever holds a passphrase or a credential.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import apsw
+
+JOB_COLUMNS = ("job_id", "job_type", "description", "status", "created", "finished", "fraction_completed", "error")
+_PROGRESS_EVERY_S = 1.0
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+@dataclass
+class JobRow:
+    job_id: int
+    job_type: str
+    description: str
+    status: str
+    created: str
+    finished: str | None
+    fraction_completed: float
+    error: str | None
+
+    def row(self) -> tuple[object, ...]:
+        return (
+            self.job_id,
+            self.job_type,
+            self.description,
+            self.status,
+            self.created,
+            self.finished,
+            self.fraction_completed,
+            self.error,
+        )
+
+
+class JobRegistry:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        conn = self._connect()
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS jobs (job_id INTEGER PRIMARY KEY, job_type TEXT NOT NULL, "
+                "description TEXT NOT NULL, status TEXT NOT NULL, created TEXT NOT NULL, finished TEXT, "
+                "fraction_completed REAL NOT NULL DEFAULT 0, error TEXT)"
+            )
+        finally:
+            conn.close()
+
+    def _connect(self) -> apsw.Connection:
+        conn = apsw.Connection(str(self._path))
+        conn.set_busy_timeout(30_000)
+        conn.execute("PRAGMA journal_mode=WAL").fetchall()
+        return conn
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+        with self._lock:
+            conn = self._connect()
+            try:
+                conn.execute(sql, args)
+            finally:
+                conn.close()
+
+    def start(self, job_id: int, job_type: str, description: str) -> None:
+        self._write(
+            "INSERT INTO jobs(job_id, job_type, description, status, created) VALUES (?, ?, ?, 'running', ?)",
+            (job_id, job_type, description, _now()),
+        )
+
+    def progress_callback(self, job_id: int) -> ProgressWriter:
+        return ProgressWriter(self, job_id)
+
+    def set_fraction(self, job_id: int, fraction: float) -> None:
+        self._write("UPDATE jobs SET fraction_completed = ? WHERE job_id = ?", (fraction, job_id))
+
+    def finish(self, job_id: int, error: str | None = None) -> None:
+        if error is None:
+            self._write(
+                "UPDATE jobs SET status='succeeded', fraction_completed=1, finished=? WHERE job_id=?",
+                (_now(), job_id),
+            )
+        else:
+            self._write("UPDATE jobs SET status='failed', error=?, finished=? WHERE job_id=?", (error, _now(), job_id))
+
+    def list(self, job_id: int | None = None) -> list[JobRow]:
+        conn = self._connect()
+        try:
+            if job_id is None:
+                rows = conn.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs ORDER BY created, job_id").fetchall()
+            else:
+                rows = conn.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE job_id = ?", (job_id,)).fetchall()
+        finally:
+            conn.close()
+        return [JobRow(*r) for r in rows]
+
+
+class ProgressWriter:
+    """A backup/restore progress callback that records fraction_completed at most once a second."""
+
+    def __init__(self, registry: JobRegistry, job_id: int) -> None:
+        self._registry = registry
+        self._job_id = job_id
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        now = time.monotonic()
+        if total and now - self._last >= _PROGRESS_EVERY_S:
+            self._last = now
+            self._registry.set_fraction(self._job_id, min(done / total, 0.99))
