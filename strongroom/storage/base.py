@@ -84,9 +84,7 @@ def open_storage(uri: str, context: StorageContext | None = None) -> ExternalSto
     factory = _REGISTRY.get(parsed.scheme)
     if factory is None:
         known = ", ".join(sorted(s + "://" for s in _REGISTRY))
-        raise UsageError(
-            f'unsupported storage scheme "{parsed.scheme}" in {redact(uri)!r} (supported: {known})'
-        )
+        raise UsageError(f'unsupported storage scheme "{parsed.scheme}" in {redact(uri)!r} (supported: {known})')
     return factory(uri, context or StorageContext())
 
 

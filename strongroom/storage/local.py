@@ -56,9 +56,7 @@ class _FileWriter:
                 try:
                     os.link(self._tmp, self._final)
                 except FileExistsError:
-                    raise AlreadyExistsError(
-                        f"{self._storage.display_uri}: {self._name} already exists"
-                    ) from None
+                    raise AlreadyExistsError(f"{self._storage.display_uri}: {self._name} already exists") from None
                 finally:
                     self._tmp.unlink(missing_ok=True)
             else:
