@@ -43,7 +43,6 @@ from .keys import BackupKeys, Encryption, add_kms, existing_backup_keys, new_bac
 from .manifest import DatabaseEntry, FileRef, Manifest, ObjectInfo, read_manifest, write_manifest
 
 Clock = Callable[[], datetime]
-_INFLIGHT = 64  # chunks compressing at once: bounds memory to ~64 x 64 KiB whatever the database size
 
 
 def utcnow() -> datetime:
@@ -113,22 +112,31 @@ class _LayerWriter:
 
 
 _tls = threading.local()
+_BATCH = 16  # chunks per worker task (1 MiB): amortises task overhead and GIL hand-offs
+_INFLIGHT_BATCHES = 8  # bounds memory to ~8 MiB of chunks in flight, whatever the database size
+
+ChunkResult = tuple[bytes, bytes | None, int]  # digest, stored bytes (None: unchanged), codec
 
 
-def _compress(
-    block: bytes, prev_digest: bytes | None, hasher: Callable[[bytes], bytes]
-) -> tuple[bytes, bytes | None, int]:
-    """Worker: hash a chunk; unless unchanged, compress it (zstd releases the GIL, so this runs in parallel)."""
-    digest = hasher(block)
-    if digest == prev_digest:
-        return digest, None, CODEC_RAW
+def _hash_and_compress(
+    blocks: list[bytes], prev_digests: list[bytes | None], hasher: Callable[[bytes], bytes]
+) -> list[ChunkResult]:
+    """Worker: hash each chunk; compress those that changed (zstd releases the GIL: runs in parallel)."""
     cctx = getattr(_tls, "cctx", None)
     if cctx is None:
         cctx = _tls.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-    packed = cctx.compress(block)
-    if len(packed) >= len(block):
-        return digest, block, CODEC_RAW
-    return digest, packed, CODEC_ZSTD
+    out: list[ChunkResult] = []
+    for block, prev in zip(blocks, prev_digests, strict=True):
+        digest = hasher(block)
+        if digest == prev:
+            out.append((digest, None, CODEC_RAW))
+            continue
+        packed = cctx.compress(block)
+        if len(packed) >= len(block):
+            out.append((digest, block, CODEC_RAW))
+        else:
+            out.append((digest, packed, CODEC_ZSTD))
+    return out
 
 
 def _backup_database(
@@ -147,37 +155,51 @@ def _backup_database(
     if previous is not None and previous[0].page_size == snapshot.page_size and previous[0].chunk_size == CHUNK_SIZE:
         prev_records, prev_packs = iter(previous[0]), previous[1]
     changed = bytearray(-(-snapshot.size // CHUNK_SIZE))
-    inflight: deque[tuple[int, ChunkRecord | None, Future[tuple[bytes, bytes | None, int]]]] = deque()
+    inflight: deque[tuple[int, list[ChunkRecord | None], Future[list[ChunkResult]]]] = deque()
     stored_before = layer.packs.stored_bytes
     chunks_written = 0
+    hasher = layer.keys.hasher.digest
 
     def drain_one() -> None:
+        """Write the oldest batch's results in chunk order: packs and index stay sequential."""
         nonlocal chunks_written
-        i, prev, fut = inflight.popleft()
-        digest, data, codec = fut.result()
-        if data is None:
-            assert prev is not None
-            slot = layer.table.slot_for(prev_packs[prev.pack])
-            index.add(ChunkRecord(digest, slot, prev.offset, prev.length, prev.codec))
-        else:
-            slot, offset = layer.packs.add(data)
-            index.add(ChunkRecord(digest, slot, offset, len(data), codec))
-            changed[i] = 1
-            chunks_written += 1
-        progress(CHUNK_SIZE)
+        first, prevs, fut = inflight.popleft()
+        for i, (prev, (digest, data, codec)) in enumerate(zip(prevs, fut.result(), strict=True), start=first):
+            if data is None:
+                assert prev is not None
+                slot = layer.table.slot_for(prev_packs[prev.pack])
+                index.add(ChunkRecord(digest, slot, prev.offset, prev.length, prev.codec))
+            else:
+                slot, offset = layer.packs.add(data)
+                index.add(ChunkRecord(digest, slot, offset, len(data), codec))
+                changed[i] = 1
+                chunks_written += 1
+        progress(CHUNK_SIZE * len(prevs))
 
-    hasher = layer.keys.hasher.digest
+    def submit(first: int, blocks: list[bytes]) -> None:
+        prevs = [next(prev_records, None) if prev_records is not None else None for _ in blocks]
+        digests = [p.digest if p is not None else None for p in prevs]
+        inflight.append((first, prevs, pool.submit(_hash_and_compress, blocks, digests, hasher)))
+        while len(inflight) > _INFLIGHT_BATCHES or (inflight and inflight[0][2].done()):
+            drain_one()
+
     try:
+        batch: list[bytes] = []
+        first = 0
         for i, block in enumerate(snapshot.iter_blocks(CHUNK_SIZE)):
-            prev = next(prev_records, None) if prev_records is not None else None
-            inflight.append((i, prev, pool.submit(_compress, block, prev.digest if prev else None, hasher)))
-            while len(inflight) > _INFLIGHT or (inflight and inflight[0][2].done()):
-                drain_one()
+            if not batch:
+                first = i
+            batch.append(block)
+            if len(batch) == _BATCH:
+                submit(first, batch)
+                batch = []
+        if batch:
+            submit(first, batch)
         while inflight:
             drain_one()
         ref = index.finish()
     except BaseException:
-        for _i, _p, fut in inflight:
+        for _first, _prevs, fut in inflight:
             fut.cancel()
         index.abort()
         raise
