@@ -37,12 +37,13 @@ there). dbstat runs on B inside the same read transaction, so counts describe th
 from __future__ import annotations
 
 import bisect
+import json
 import os
 import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -323,12 +324,12 @@ class Snapshot:
         rows = self._c.execute("SELECT type, name, tbl_name, sql FROM main.sqlite_schema").fetchall()
         return [SchemaEntry(str(t), str(n), str(tn), None if s is None else str(s)) for t, n, tn, s in rows]
 
-    def stats(self, include_page: Callable[[int], bool] | None = None) -> DatabaseStats:
+    def stats(self, pages: Collection[int] | None = None) -> DatabaseStats:
         """Rows, index entries and payload bytes per table (dbstat, same snapshot as the image).
 
-        With ``include_page`` only cells and payload on pages (1-based numbers) it accepts count.
+        With ``pages`` only cells and payload on those pages (1-based numbers) count.
         """
-        return compute_stats(self._c, include_page)
+        return compute_stats(self._c, pages)
 
 
 # -- helpers shared with the restore side ----------------------------------------------------------
@@ -367,7 +368,7 @@ def fold_name(name: str) -> str:
 
 
 def compute_stats(
-    conn: apsw.Connection, include_page: Callable[[int], bool] | None = None, schema: str = "main"
+    conn: apsw.Connection, pages: Collection[int] | None = None, schema: str = "main"
 ) -> DatabaseStats:
     """Per-table rows / index entries / payload bytes of ``schema`` of ``conn`` using dbstat.
 
@@ -392,18 +393,19 @@ def compute_stats(
         acc[1] += ncell
         acc[2] += payload
 
-    if include_page is None:
+    query = f"SELECT name, pagetype, sum(ncell), sum(payload) FROM dbstat('{schema}')"
+    if pages is None:
+        rows = conn.execute(query + " GROUP BY name, pagetype").fetchall()
+    elif pages:
+        # The filter runs inside SQLite: a Python callback per page costs ~5x the dbstat walk itself.
         rows = conn.execute(
-            f"SELECT name, pagetype, sum(ncell), sum(payload) FROM dbstat('{schema}') GROUP BY name, pagetype"
+            query + " WHERE pageno IN (SELECT value FROM json_each(?)) GROUP BY name, pagetype",
+            (json.dumps(sorted(pages)),),
         ).fetchall()
-        for name, pagetype, ncell, payload in rows:
-            add(str(name), str(pagetype), int(ncell or 0), int(payload or 0))
     else:
-        for name, pageno, pagetype, ncell, payload in conn.execute(
-            f"SELECT name, pageno, pagetype, ncell, payload FROM dbstat('{schema}')"
-        ):
-            if include_page(int(pageno)):
-                add(str(name), str(pagetype), int(ncell or 0), int(payload or 0))
+        rows = []  # nothing to count: skip the walk
+    for name, pagetype, ncell, payload in rows:
+        add(str(name), str(pagetype), int(ncell or 0), int(payload or 0))
 
     indexes: dict[str, list[str]] = {}
     for type_, name, tbl_name, _sql in entries:
