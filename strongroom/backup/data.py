@@ -137,7 +137,7 @@ class PackWriter:
         self.stored_bytes = 0
         self.on_pack_done: Callable[[FileRef], None] | None = None
 
-    def add(self, data: bytes) -> tuple[int, int]:
+    def add(self, data: bytes | memoryview) -> tuple[int, int]:
         """Store ``data``; returns (pack slot, offset within the pack's plaintext)."""
         if self._current is None:
             self._count += 1

@@ -115,11 +115,11 @@ _tls = threading.local()
 _BATCH = 16  # chunks per worker task (1 MiB): amortises task overhead and GIL hand-offs
 _INFLIGHT_BATCHES = 8  # bounds memory to ~8 MiB of chunks in flight, whatever the database size
 
-ChunkResult = tuple[bytes, bytes | None, int]  # digest, stored bytes (None: unchanged), codec
+ChunkResult = tuple[bytes, bytes | memoryview | None, int]  # digest, stored bytes (None: unchanged), codec
 
 
 def _hash_and_compress(
-    blocks: list[bytes], prev_digests: list[bytes | None], hasher: Callable[[bytes], bytes]
+    blocks: list[memoryview], prev_digests: list[bytes | None], hasher: Callable[[bytes], bytes]
 ) -> list[ChunkResult]:
     """Worker: hash each chunk; compress those that changed (zstd releases the GIL: runs in parallel)."""
     cctx = getattr(_tls, "cctx", None)
@@ -176,7 +176,7 @@ def _backup_database(
                 chunks_written += 1
         progress(CHUNK_SIZE * len(prevs))
 
-    def submit(first: int, blocks: list[bytes]) -> None:
+    def submit(first: int, blocks: list[memoryview]) -> None:
         prevs = [next(prev_records, None) if prev_records is not None else None for _ in blocks]
         digests = [p.digest if p is not None else None for p in prevs]
         inflight.append((first, prevs, pool.submit(_hash_and_compress, blocks, digests, hasher)))
@@ -184,17 +184,10 @@ def _backup_database(
             drain_one()
 
     try:
-        batch: list[bytes] = []
-        first = 0
-        for i, block in enumerate(snapshot.iter_blocks(CHUNK_SIZE)):
-            if not batch:
-                first = i
-            batch.append(block)
-            if len(batch) == _BATCH:
-                submit(first, batch)
-                batch = []
-        if batch:
-            submit(first, batch)
+        # One read per batch (1 MiB), sliced into chunk views without copying.
+        for n, block in enumerate(snapshot.iter_blocks(CHUNK_SIZE * _BATCH)):
+            view = memoryview(block)
+            submit(n * _BATCH, [view[j : j + CHUNK_SIZE] for j in range(0, len(view), CHUNK_SIZE)])
         while inflight:
             drain_one()
         ref = index.finish()
