@@ -4,6 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Debian packages: SoftHSM2 (a real PKCS#11 HSM for the HSM tests).
+if ! [ -e /usr/lib/softhsm/libsofthsm2.so ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 >/dev/null
+  else
+    echo "softhsm2 is missing: sudo apt-get install softhsm2" >&2; exit 1
+  fi
+fi
+
+# npm: Azurite, the Azure Blob emulator, into .tools/ (git-ignored).
+if ! [ -x .tools/node_modules/.bin/azurite-blob ]; then
+  npm install --silent --no-audit --no-fund --prefix .tools azurite@3 >/dev/null
+fi
+
 python3 -m pip install --quiet -e '.[test]'
 ruff check .
 python3 -m pytest -q "$@"
