@@ -429,3 +429,16 @@ def test_failed_backup_leaves_latest_alone(store: Store) -> None:
         store.backup(COLL, encryption=PASS, databases=["bank", "ghost"])
     assert sorted(os.listdir(coll_dir(store) / "metadata" / "latest")) == before
     assert len(store.show_backups(COLL)) == 1
+
+
+def test_failed_multi_database_restore_creates_nothing(store: Store) -> None:
+    fill_bank(store, "a", accounts=200)
+    fill_bank(store, "b", accounts=4000)
+    store.backup(COLL, encryption=PASS)
+    store.execute("DROP DATABASE a; DROP DATABASE b")
+    manifest = store.show_backup(COLL, encryption=PASS).manifests[-1]
+    b_index = next(d.index.path for d in manifest.databases if d.name == "b")
+    (coll_dir(store) / b_index).unlink()  # database b cannot be restored
+    with pytest.raises(IntegrityError, match="is missing"):
+        store.restore(COLL, encryption=PASS)
+    assert store.databases() == []

@@ -21,7 +21,7 @@ from typing import Protocol
 import apsw
 import zstandard
 
-from ..errors import AlreadyExistsError, IntegrityError, NotFoundError, StrongroomError, UsageError
+from ..errors import AlreadyExistsError, IntegrityError, NotFoundError, UsageError
 from ..sqlite import Snapshot, copy_table, open_image, write_database
 from ..storage import ExternalStorage, StorageContext, open_storage
 from . import layout
@@ -501,25 +501,32 @@ def restore(
         total = sum(e.size for e, _n, _p in plan)
         done = 0
         rows = index_entries = nbytes = 0
-        for entry, name, path in plan:
-            image = BackupImage(storage, entry.index, manifest.packs, keys)
-            try:
-                image.check_files()
-                write_database(image, path, key=target.database_key(name))
-            finally:
-                image.close()
-            done += entry.size
-            if progress:
-                progress(done, total, f"restored {name}")
-            # Count what was restored (exact, whatever the chain): an incremental layer's own counts
-            # describe only what changed in it.
-            with Snapshot.open(path, key=target.database_key(name)) as restored:
-                stats = restored.stats()
-            rows, index_entries, nbytes = (
-                rows + stats.rows,
-                index_entries + stats.index_entries,
-                nbytes + stats.bytes,
-            )
+        restored: list[Path] = []
+        try:
+            for entry, name, path in plan:
+                image = BackupImage(storage, entry.index, manifest.packs, keys)
+                try:
+                    image.check_files()
+                    write_database(image, path, key=target.database_key(name))
+                    restored.append(path)
+                finally:
+                    image.close()
+                done += entry.size
+                if progress:
+                    progress(done, total, f"restored {name}")
+                # Count what was restored (exact, whatever the chain): an incremental layer's own counts
+                # describe only what changed in it.
+                with Snapshot.open(path, key=target.database_key(name)) as restored_db:
+                    stats = restored_db.stats()
+                rows += stats.rows
+                index_entries += stats.index_entries
+                nbytes += stats.bytes
+        except BaseException:
+            # All or nothing: a restore that fails part way removes the databases it already created.
+            for path in restored:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(path) + suffix).unlink(missing_ok=True)
+            raise
         return JobResult(job_id, "succeeded", 1.0, rows, index_entries, nbytes)
 
 
@@ -714,7 +721,6 @@ __all__ = [
     "DatabaseSource",
     "RestoreTarget",
     "ShowBackupResult",
-    "StrongroomError",
     "alter_backup_add_kms",
     "backup",
     "restore",
