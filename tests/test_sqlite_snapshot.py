@@ -479,17 +479,24 @@ def test_stats_include_page(tmp_path: Path) -> None:
     people_pages = pages["people"]
     with Snapshot.open(db) as snap:
         full = snap.stats()
-        assert snap.stats(set(range(1, snap.page_count + 1))) == full
+        # chunks are 0-based: with one page per chunk, chunk i is page i + 1
+        assert snap.stats(set(range(snap.page_count))) == full
+        assert snap.stats(set(range(-(-snap.page_count // 4))), pages_per_chunk=4) == full
         none = snap.stats(set())
-        only_people = snap.stats(people_pages)
+        only_people = snap.stats({p - 1 for p in people_pages})
+        first_four = snap.stats({0}, pages_per_chunk=4)
         leaf_pages = {
             p
             for name, p, kind in conn.execute("SELECT name, pageno, pagetype FROM dbstat WHERE name = 'people'")
             if kind == "leaf"
         }
         half = set(sorted(leaf_pages)[::2])
-        half_stats = snap.stats(half)
+        half_stats = snap.stats({p - 1 for p in half})
     assert (none.rows, none.index_entries, none.bytes) == (0, 0, 0)
+    in_first_four = count(
+        conn, "SELECT coalesce(sum(payload), 0) FROM dbstat WHERE pageno <= 4 AND name <> 'sqlite_schema'"
+    )
+    assert first_four.bytes == in_first_four
     assert len(none.objects) == len(full.objects)
     by_name = {o.name: o for o in only_people.objects}
     assert by_name["people"].rows == count(conn, "SELECT count(*) FROM people")

@@ -202,13 +202,7 @@ def _backup_database(
         stats = snapshot.stats()
     else:
         per_chunk = CHUNK_SIZE // snapshot.page_size
-        pages = [
-            i * per_chunk + k + 1
-            for i in (n for n, flag in enumerate(changed) if flag)
-            for k in range(per_chunk)
-            if i * per_chunk + k < snapshot.page_count
-        ]
-        stats = snapshot.stats(pages)
+        stats = snapshot.stats([i for i, flag in enumerate(changed) if flag], per_chunk)
     objects = [ObjectInfo(o.name, o.type, o.rows, o.index_entries, o.bytes, o.sql) for o in stats.objects]
     if src.tables is not None:
         wanted = set(src.tables)

@@ -324,12 +324,13 @@ class Snapshot:
         rows = self._c.execute("SELECT type, name, tbl_name, sql FROM main.sqlite_schema").fetchall()
         return [SchemaEntry(str(t), str(n), str(tn), None if s is None else str(s)) for t, n, tn, s in rows]
 
-    def stats(self, pages: Collection[int] | None = None) -> DatabaseStats:
+    def stats(self, chunks: Collection[int] | None = None, pages_per_chunk: int = 1) -> DatabaseStats:
         """Rows, index entries and payload bytes per table (dbstat, same snapshot as the image).
 
-        With ``pages`` only cells and payload on those pages (1-based numbers) count.
+        With ``chunks`` only cells and payload on those pages count: chunk ``i`` is pages
+        ``i*pages_per_chunk + 1 .. (i+1)*pages_per_chunk`` (1-based), so a single page is ``pages_per_chunk=1``.
         """
-        return compute_stats(self._c, pages)
+        return compute_stats(self._c, chunks, pages_per_chunk)
 
 
 # -- helpers shared with the restore side ----------------------------------------------------------
@@ -368,7 +369,10 @@ def fold_name(name: str) -> str:
 
 
 def compute_stats(
-    conn: apsw.Connection, pages: Collection[int] | None = None, schema: str = "main"
+    conn: apsw.Connection,
+    chunks: Collection[int] | None = None,
+    pages_per_chunk: int = 1,
+    schema: str = "main",
 ) -> DatabaseStats:
     """Per-table rows / index entries / payload bytes of ``schema`` of ``conn`` using dbstat.
 
@@ -394,13 +398,13 @@ def compute_stats(
         acc[2] += payload
 
     query = f"SELECT name, pagetype, sum(ncell), sum(payload) FROM dbstat('{schema}')"
-    if pages is None:
+    if chunks is None:
         rows = conn.execute(query + " GROUP BY name, pagetype").fetchall()
-    elif pages:
+    elif chunks:
         # The filter runs inside SQLite: a Python callback per page costs ~5x the dbstat walk itself.
         rows = conn.execute(
-            query + " WHERE pageno IN (SELECT value FROM json_each(?)) GROUP BY name, pagetype",
-            (json.dumps(sorted(pages)),),
+            query + " WHERE (pageno - 1) / ? IN (SELECT value FROM json_each(?)) GROUP BY name, pagetype",
+            (pages_per_chunk, json.dumps(sorted(chunks))),
         ).fetchall()
     else:
         rows = []  # nothing to count: skip the walk
