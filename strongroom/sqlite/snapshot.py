@@ -387,29 +387,24 @@ def compute_stats(
         for sch, name, _type, _ncol, wr, _strict in conn.execute(f'PRAGMA "{schema}".table_list').fetchall()
         if sch == schema and wr
     }
-    # Per b-tree name: (cells on leaf pages, cells on all pages, payload bytes).
-    per_tree: dict[str, list[int]] = {}
-
-    def add(name: str, pagetype: str, ncell: int, payload: int) -> None:
-        acc = per_tree.setdefault(fold_name(name), [0, 0, 0])
-        if pagetype == "leaf":
-            acc[0] += ncell
-        acc[1] += ncell
-        acc[2] += payload
-
-    query = f"SELECT name, pagetype, sum(ncell), sum(payload) FROM dbstat('{schema}')"
-    if chunks is None:
-        rows = conn.execute(query + " GROUP BY name, pagetype").fetchall()
-    elif chunks:
+    # Per b-tree name: (cells on leaf pages, cells on all pages, payload bytes). One aggregate per
+    # b-tree, each walking only that b-tree (dbstat honours name=): no GROUP BY, so no sorter whose
+    # memory would grow with the database (measured: 35 MB at 1 GiB, 85 MB at 4 GiB with GROUP BY).
+    per_tree: dict[str, tuple[int, int, int]] = {}
+    query = (
+        "SELECT coalesce(sum(ncell) FILTER (WHERE pagetype = 'leaf'), 0), coalesce(sum(ncell), 0), "
+        f"coalesce(sum(payload), 0) FROM dbstat('{schema}') WHERE name = ?"
+    )
+    args: tuple[object, ...] = ()
+    if chunks is not None:
         # The filter runs inside SQLite: a Python callback per page costs ~5x the dbstat walk itself.
-        rows = conn.execute(
-            query + " WHERE (pageno - 1) / ? IN (SELECT value FROM json_each(?)) GROUP BY name, pagetype",
-            (pages_per_chunk, json.dumps(sorted(chunks))),
-        ).fetchall()
-    else:
-        rows = []  # nothing to count: skip the walk
-    for name, pagetype, ncell, payload in rows:
-        add(str(name), str(pagetype), int(ncell or 0), int(payload or 0))
+        query += " AND (pageno - 1) / ? IN (SELECT value FROM json_each(?))"
+        args = (pages_per_chunk, json.dumps(sorted(chunks)))
+    trees = [str(name) for type_, name, _t, _s in entries if type_ in ("table", "index")]
+    if chunks is None or chunks:  # with no chunk at all there is nothing to count: skip the walk
+        for name in trees:
+            leaf, cells, payload = conn.execute(query, (name, *args)).fetchall()[0]
+            per_tree[fold_name(name)] = (int(leaf), int(cells), int(payload))
 
     indexes: dict[str, list[str]] = {}
     for type_, name, tbl_name, _sql in entries:
