@@ -15,6 +15,7 @@ Every failure is a :class:`~strongroom.errors.UsageError`. Syntax errors read li
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -134,7 +135,10 @@ name: IDENT | @UNRESERVED@
 _GRAMMAR = _GRAMMAR.replace("@UNRESERVED@", " | ".join(sorted(UNRESERVED_KEYWORDS)))
 _GRAMMAR = _GRAMMAR.replace("@KEYWORDS@", " ".join(sorted(KEYWORDS)))
 
-_LARK = Lark(_GRAMMAR, parser="lalr", lexer="basic", maybe_placeholders=True)
+@functools.cache
+def _lark() -> Lark:
+    """Built on first use: building the LALR tables costs ~0.1 s, which every CLI command would pay."""
+    return Lark(_GRAMMAR, parser="lalr", lexer="basic", maybe_placeholders=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,7 +399,7 @@ def _lark_token(tok: _Tok) -> Token:
 
 
 def _parse_tree(toks: list[_Tok], sql: str) -> Tree:
-    interactive = _LARK.parse_interactive("")
+    interactive = _lark().parse_interactive("")
     for k, tok in enumerate(toks):
         if tok.error is not None:
             raise _error(f"lexical error: {tok.error}", toks, sql, k)
