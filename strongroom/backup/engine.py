@@ -508,13 +508,8 @@ def restore(
                 done += entry.size
                 if progress:
                     progress(done, total, f"restored {name}")
-                # Count what was restored (exact, whatever the chain): an incremental layer's own counts
-                # describe only what changed in it.
-                with Snapshot.open(path, key=target.database_key(name)) as restored_db:
-                    stats = restored_db.stats()
-                rows += stats.rows
-                index_entries += stats.index_entries
-                nbytes += stats.bytes
+                counts = _restored_counts(manifest, entry, path, target.database_key(name))
+                rows, index_entries, nbytes = rows + counts[0], index_entries + counts[1], nbytes + counts[2]
         except BaseException:
             # All or nothing: a restore that fails part way removes the databases it already created.
             for path in restored:
@@ -522,6 +517,19 @@ def restore(
                     Path(str(path) + suffix).unlink(missing_ok=True)
             raise
         return JobResult(job_id, "succeeded", 1.0, rows, index_entries, nbytes)
+
+
+def _restored_counts(manifest: Manifest, entry: DatabaseEntry, path: Path, key: bytes | None) -> tuple[int, int, int]:
+    """Rows, index entries and bytes of a restored database.
+
+    A full layer's manifest counts the whole database, exactly. An incremental layer counts only what
+    changed in it, so then the restored database itself is counted (one dbstat walk).
+    """
+    if manifest.backup_type == "full":
+        return entry.rows, entry.index_entries, entry.bytes
+    with Snapshot.open(path, key=key) as restored:
+        stats = restored.stats()
+    return stats.rows, stats.index_entries, stats.bytes
 
 
 def _pick_databases(manifest: Manifest, databases: list[str] | None) -> list[DatabaseEntry]:
