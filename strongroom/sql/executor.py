@@ -273,15 +273,19 @@ class Session:
         return Result(JOB_COLUMNS, rows)
 
     # -- backup statements ------------------------------------------------------------------------
-    def _qualify(self, names: tuple[str, ...]) -> list[str]:
-        return [n if "." in n else f"{self._current()}.{n}" for n in names]
+    def _targets(self, stmt: Backup | Restore) -> tuple[list[str] | None, list[str] | None]:
+        """(databases, tables) named by ``DATABASE ...`` / ``TABLE ...``; unqualified tables are in the current db."""
+        if stmt.targets is None:
+            return None, None
+        if stmt.targets.kind == "database":
+            return list(stmt.targets.names), None
+        return None, [n if "." in n else f"{self._current()}.{n}" for n in stmt.targets.names]
 
     def _run_Backup(self, stmt: Backup, params: object) -> Result:
         if stmt.as_of is not None:
             raise UsageError("BACKUP ... AS OF SYSTEM TIME is not supported: a backup is a snapshot taken now")
         dest = _one_destination(stmt.destinations, "BACKUP")
-        databases = list(stmt.targets.names) if stmt.targets and stmt.targets.kind == "database" else None
-        tables = self._qualify(stmt.targets.names) if stmt.targets and stmt.targets.kind == "table" else None
+        databases, tables = self._targets(stmt)
         enc = _encryption(stmt.options)
         incremental = stmt.subdir
 
@@ -303,8 +307,7 @@ class Session:
         subdir = stmt.subdir
         if subdir is None:
             dest, subdir = _split_backup_uri(dest)
-        databases = list(stmt.targets.names) if stmt.targets and stmt.targets.kind == "database" else None
-        tables = self._qualify(stmt.targets.names) if stmt.targets and stmt.targets.kind == "table" else None
+        databases, tables = self._targets(stmt)
         as_of = _as_of(stmt.as_of)
         enc = _encryption(stmt.options)
         for name in (stmt.options.new_db_name, stmt.options.into_db):
