@@ -167,3 +167,24 @@ def test_cli_sql_shell_script_mode(store: Store, monkeypatch: pytest.MonkeyPatch
     out = runner.invoke(main, ["sql", "-e", "BACKUP DATABASE INTO 'x'"])
     assert out.exit_code == 1
     assert out.output.startswith('ERROR: at or near "into": syntax error\nDETAIL: source SQL:\nBACKUP DATABASE INTO')
+
+
+def test_restore_as_of_system_time_picks_the_layer(store: Store) -> None:
+    fill_bank(store, accounts=100)
+    store.execute("BACKUP INTO 'nodelocal://1/t' WITH encryption_passphrase = 'pw'")
+    shown = store.execute("SHOW BACKUP LATEST IN 'nodelocal://1/t' WITH encryption_passphrase = 'pw'")
+    full_end = shown.rows[0][6]
+    time.sleep(0.05)
+    store.execute("USE bank; DELETE FROM accounts WHERE id <= 40")
+    store.execute("BACKUP INTO LATEST IN 'nodelocal://1/t' WITH encryption_passphrase = 'pw'")
+    store.execute(
+        f"RESTORE DATABASE bank FROM LATEST IN 'nodelocal://1/t' AS OF SYSTEM TIME '{full_end}' "
+        "WITH encryption_passphrase = 'pw', new_db_name = asof"
+    )
+    store.execute(
+        "RESTORE DATABASE bank FROM LATEST IN 'nodelocal://1/t' WITH encryption_passphrase = 'pw', new_db_name = now"
+    )
+    assert len(table_rows(store, "asof", "accounts")) == 100
+    assert len(table_rows(store, "now", "accounts")) == 60
+    with pytest.raises(UsageError, match="AS OF SYSTEM TIME 'yesterday'"):
+        store.execute("RESTORE FROM LATEST IN 'nodelocal://1/t' AS OF SYSTEM TIME 'yesterday'")
