@@ -55,6 +55,9 @@ class _FileTarget:
     def connect(self, name: str) -> apsw.Connection:
         return apsw.Connection(str(self.dest))
 
+    def set_region(self, name: str, region: str | None) -> None:
+        """A plain file has no home region to record."""
+
 
 def restore_file(
     from_: str,

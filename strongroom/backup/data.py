@@ -70,8 +70,9 @@ class _HashingSink:
 class SealedObjectWriter:
     """Streams one new object, sealed when the backup is encrypted; ``finish`` returns its FileRef."""
 
-    def __init__(self, storage: ExternalStorage, path: str, keys: BackupKeys) -> None:
+    def __init__(self, storage: ExternalStorage, path: str, keys: BackupKeys, locality: str = "") -> None:
         self.path = path
+        self.locality = locality
         self._writer = storage.writer(path, create_only=True)
         self._sink = _HashingSink(self._writer)
         self._sealed = SealedWriter(keys.key, self._sink) if keys.key else None
@@ -90,7 +91,7 @@ class SealedObjectWriter:
             self._sealed.close()
             iv = self._sealed.iv.hex()
         self._writer.commit()
-        return FileRef(self.path, self._sink.size, self._sink.sha.hexdigest(), iv)
+        return FileRef(self.path, self._sink.size, self._sink.sha.hexdigest(), iv, self.locality)
 
     def abort(self) -> None:
         self._writer.abort()
@@ -126,8 +127,11 @@ class PackTable:
 class PackWriter:
     """Appends compressed chunks to sealed pack files under ``<layer>/data/``, rolling at PACK_TARGET."""
 
-    def __init__(self, storage: ExternalStorage, layer_dir: str, keys: BackupKeys, table: PackTable) -> None:
+    def __init__(
+        self, storage: ExternalStorage, layer_dir: str, keys: BackupKeys, table: PackTable, locality: str = ""
+    ) -> None:
         self._storage = storage
+        self._locality = locality
         self._layer = layer_dir
         self._keys = keys
         self._table = table
@@ -141,8 +145,9 @@ class PackWriter:
         """Store ``data``; returns (pack slot, offset within the pack's plaintext)."""
         if self._current is None:
             self._count += 1
-            path = f"{self._layer}/data/{self._count:06d}.pack"
-            self._current = SealedObjectWriter(self._storage, path, self._keys)
+            region = f"-{self._locality.replace('=', '-')}" if self._locality else ""
+            path = f"{self._layer}/data/{self._count:06d}{region}.pack"
+            self._current = SealedObjectWriter(self._storage, path, self._keys, self._locality)
             self._slot = self._table.reserve(path)
         offset = self._current.written
         self._current.write(data)
@@ -178,8 +183,9 @@ class IndexWriter:
         chunk_size: int,
         page_size: int,
         size: int,
+        locality: str = "",
     ) -> None:
-        self._out = SealedObjectWriter(storage, path, keys)
+        self._out = SealedObjectWriter(storage, path, keys, locality)
         count = -(-size // chunk_size)
         self._out.write(_INDEX_HEADER.pack(_INDEX_MAGIC, chunk_size, page_size, size, count))
         self._expected = count
@@ -237,11 +243,14 @@ def stored_size_of(plaintext: int, keys: BackupKeys) -> int:
     return sealed_size(plaintext) if keys.key else plaintext
 
 
+StorageFor = Callable[[str], ExternalStorage]  # locality ("" = default) -> the storage holding its files
+
+
 class ChunkIndex:
     """Reads a chunk index: header fields, one record by position, or all records in order."""
 
-    def __init__(self, storage: ExternalStorage, ref: FileRef, keys: BackupKeys) -> None:
-        self._file = StoredFile(storage, ref, keys)
+    def __init__(self, storage_for: StorageFor, ref: FileRef, keys: BackupKeys) -> None:
+        self._file = StoredFile(storage_for(ref.locality), ref, keys)
         self._path = ref.path
         try:
             magic, self.chunk_size, self.page_size, self.size, self.count = _INDEX_HEADER.unpack(
@@ -274,12 +283,12 @@ class BackupImage:
     but sits in the wrong place (or a bug) can never yield wrong bytes.
     """
 
-    def __init__(self, storage: ExternalStorage, index_ref: FileRef, packs: list[FileRef], keys: BackupKeys) -> None:
-        self._storage = storage
+    def __init__(self, storage_for: StorageFor, index_ref: FileRef, packs: list[FileRef], keys: BackupKeys) -> None:
+        self._storage_for = storage_for
         self._keys = keys
         self._packs = packs
         self._open: dict[int, StoredFile] = {}
-        self.index = ChunkIndex(storage, index_ref, keys)
+        self.index = ChunkIndex(storage_for, index_ref, keys)
         self.page_size = self.index.page_size
         self.size = self.index.size
         self.chunk_size = self.index.chunk_size
@@ -297,7 +306,8 @@ class BackupImage:
         if f is None:
             if slot >= len(self._packs):
                 raise IntegrityError("chunk index points at a pack the manifest does not list")
-            f = self._open[slot] = StoredFile(self._storage, self._packs[slot], self._keys)
+            ref = self._packs[slot]
+            f = self._open[slot] = StoredFile(self._storage_for(ref.locality), ref, self._keys)
         return f
 
     def _decode(self, i: int, rec: ChunkRecord) -> bytes:

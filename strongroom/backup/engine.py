@@ -7,13 +7,15 @@ into the functions here.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -23,7 +25,7 @@ import zstandard
 
 from ..errors import AlreadyExistsError, IntegrityError, NotFoundError, UsageError
 from ..sqlite import Snapshot, copy_table, open_image, write_database
-from ..storage import ExternalStorage, StorageContext, open_storage
+from ..storage import ExternalStorage, StorageContext
 from . import layout
 from .data import (
     CHUNK_SIZE,
@@ -38,11 +40,13 @@ from .data import (
     PackWriter,
     StoredFile,
 )
+from .destinations import Destinations, open_destinations
 from .jobs import JobResult, Progress, new_job_id
 from .keys import BackupKeys, Encryption, add_kms, existing_backup_keys, new_backup_keys
 from .manifest import DatabaseEntry, FileRef, Manifest, ObjectInfo, read_manifest, write_manifest
 
 Clock = Callable[[], datetime]
+Collection = str | Sequence[str]  # one location, or a locality-aware set (COCKROACH_LOCALITY)
 
 
 def utcnow() -> datetime:
@@ -51,12 +55,14 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class DatabaseSource:
-    """A database to back up: its name in the backup, its file, its at-rest key, optional table subset."""
+    """A database to back up: its name in the backup, its file, its at-rest key, optional table subset,
+    and its home region (a locality-aware backup sends it to that region's location)."""
 
     name: str
     path: Path
     key: bytes | None = None
     tables: tuple[str, ...] | None = None
+    region: str | None = None
 
 
 class RestoreTarget(Protocol):
@@ -68,17 +74,18 @@ class RestoreTarget(Protocol):
 
     def connect(self, name: str) -> apsw.Connection: ...
 
+    def set_region(self, name: str, region: str | None) -> None:
+        """Record a restored database's home region (as it was when backed up)."""
+        ...
+
 
 @contextmanager
-def _storage(collection: str | ExternalStorage, context: StorageContext | None) -> Iterator[ExternalStorage]:
-    if isinstance(collection, str):
-        storage = open_storage(collection, context)
-        try:
-            yield storage
-        finally:
-            storage.close()
-    else:
-        yield collection
+def _destinations(collection: Collection, context: StorageContext | None) -> Iterator[Destinations]:
+    dests = open_destinations(collection, context)
+    try:
+        yield dests
+    finally:
+        dests.close()
 
 
 def _resolve_full(storage: ExternalStorage, subdir: str) -> str:
@@ -100,15 +107,34 @@ def _chain(storage: ExternalStorage, full: str) -> list[str]:
 
 @dataclass
 class _LayerWriter:
-    storage: ExternalStorage
+    """The files one backup layer writes: packs per locality, and a list of what to remove on failure."""
+
+    dests: Destinations
     layer_dir: str
     keys: BackupKeys
     table: PackTable = field(default_factory=PackTable)
-    written: list[str] = field(default_factory=list)
+    written: list[tuple[str, str]] = field(default_factory=list)  # (locality, path)
+    _packs: dict[str, PackWriter] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.packs = PackWriter(self.storage, self.layer_dir, self.keys, self.table)
-        self.packs.on_pack_done = lambda ref: self.written.append(ref.path)
+    def packs(self, locality: str) -> PackWriter:
+        writer = self._packs.get(locality)
+        if writer is None:
+            writer = PackWriter(self.dests.storage_for(locality), self.layer_dir, self.keys, self.table, locality)
+            writer.on_pack_done = lambda ref: self.written.append((ref.locality, ref.path))
+            self._packs[locality] = writer
+        return writer
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(p.stored_bytes for p in self._packs.values())
+
+    def finish(self) -> None:
+        for writer in self._packs.values():
+            writer.finish()
+
+    def abort(self) -> None:
+        for writer in self._packs.values():
+            writer.abort()
 
 
 _tls = threading.local()
@@ -148,15 +174,18 @@ def _backup_database(
     progress: Callable[[int], None],
     db_number: int,
 ) -> DatabaseEntry:
+    locality = layer.dests.locality_for_region(src.region)
+    packs = layer.packs(locality)
     index_path = f"{layer.layer_dir}/data/db-{db_number:04d}.idx"
-    index = IndexWriter(layer.storage, index_path, layer.keys, CHUNK_SIZE, snapshot.page_size, snapshot.size)
+    storage = layer.dests.storage_for(locality)
+    index = IndexWriter(storage, index_path, layer.keys, CHUNK_SIZE, snapshot.page_size, snapshot.size, locality)
     prev_records: Iterator[ChunkRecord] | None = None
     prev_packs: list[FileRef] = []
     if previous is not None and previous[0].page_size == snapshot.page_size and previous[0].chunk_size == CHUNK_SIZE:
         prev_records, prev_packs = iter(previous[0]), previous[1]
     changed = bytearray(-(-snapshot.size // CHUNK_SIZE))
     inflight: deque[tuple[int, list[ChunkRecord | None], Future[list[ChunkResult]]]] = deque()
-    stored_before = layer.packs.stored_bytes
+    stored_before = packs.stored_bytes
     chunks_written = 0
     hasher = layer.keys.hasher.digest
 
@@ -170,7 +199,7 @@ def _backup_database(
                 slot = layer.table.slot_for(prev_packs[prev.pack])
                 index.add(ChunkRecord(digest, slot, prev.offset, prev.length, prev.codec))
             else:
-                slot, offset = layer.packs.add(data)
+                slot, offset = packs.add(data)
                 index.add(ChunkRecord(digest, slot, offset, len(data), codec))
                 changed[i] = 1
                 chunks_written += 1
@@ -196,7 +225,7 @@ def _backup_database(
             fut.cancel()
         index.abort()
         raise
-    layer.written.append(ref.path)
+    layer.written.append((locality, ref.path))
 
     if previous is None:
         stats = snapshot.stats()
@@ -218,12 +247,13 @@ def _backup_database(
         bytes=sum(o.bytes for o in objects),
         tables=list(src.tables) if src.tables is not None else None,
         chunks_written=chunks_written,
-        stored_bytes=layer.packs.stored_bytes - stored_before,
+        stored_bytes=packs.stored_bytes - stored_before,
+        region=src.region,
     )
 
 
 def backup(
-    collection: str | ExternalStorage,
+    collection: Collection,
     sources: list[DatabaseSource],
     *,
     encryption: Encryption | None = None,
@@ -243,7 +273,8 @@ def backup(
     if len(set(names)) != len(names):
         raise UsageError("a database is named twice in the backup targets")
     job_id = job_id or new_job_id()
-    with _storage(collection, context) as storage:
+    with _destinations(collection, context) as dests:
+        storage = dests.default
         start_time: str | None = None
         prev_manifest: Manifest | None = None
         previous_layers: list[str] = []
@@ -274,16 +305,16 @@ def backup(
             start_time = prev_manifest.end_time
             backup_type = "incremental"
 
-        layer = _LayerWriter(storage, layer_dir, keys)
+        layer = _LayerWriter(dests, layer_dir, keys)
         lock = f"{layer_dir}/BACKUP-LOCK-{job_id}"
         storage.put(lock, b"lock", create_only=True)
-        layer.written.append(lock)
+        layer.written.append(("", lock))
         try:
             if info is not None:
                 storage.put(f"{layer_dir}/{layout.ENCRYPTION_INFO}", info, create_only=True)
-                layer.written.append(f"{layer_dir}/{layout.ENCRYPTION_INFO}")
-            entries = _backup_all(storage, layer, sources, prev_manifest, keys, progress, scratch_dir)
-            layer.packs.finish()
+                layer.written.append(("", f"{layer_dir}/{layout.ENCRYPTION_INFO}"))
+            entries = _backup_all(dests, layer, sources, prev_manifest, keys, progress, scratch_dir)
+            layer.finish()
             manifest = Manifest(
                 backup_type=backup_type,
                 job_id=job_id,
@@ -298,20 +329,57 @@ def backup(
                 databases=entries,
                 previous_layers=previous_layers,
             )
+            layer.written += _write_partitions(dests, manifest, keys)
             write_manifest(storage, layer_dir, manifest, keys)
         except BaseException:
-            layer.packs.abort()
+            layer.abort()
             # Best effort: a failed backup leaves no half-written layer behind (it has no manifest, so it
             # is never used either way; this just returns the space).
-            for name in layer.written:
+            for locality, name in layer.written:
                 with suppress(Exception):  # cleanup must not mask the real error
-                    storage.delete(name)
+                    dests.storage_for(locality).delete(name)
             raise
         storage.delete(lock)
         if backup_type == "full":
             # Only now, with every file durable, may LATEST name the new backup.
             layout.write_latest(storage, full, clock())
     return JobResult(job_id, "succeeded", 1.0, manifest.rows, manifest.index_entries, manifest.bytes)
+
+
+def _partition_files(manifest: Manifest) -> dict[str, list[FileRef]]:
+    """This layer's own files at each non-default locality."""
+    parts: dict[str, list[FileRef]] = {}
+    for ref in manifest.files():
+        if ref.locality and ref.path.startswith(manifest.layer_dir + "/"):
+            parts.setdefault(ref.locality, []).append(ref)
+    return parts
+
+
+def _partition_name(manifest: Manifest, n: int, locality: str) -> str:
+    return f"{manifest.layer_dir}/BACKUP_PART_{n}_{re.sub(r'[^A-Za-z0-9_-]', '_', locality)}"
+
+
+def _write_partitions(dests: Destinations, manifest: Manifest, keys: BackupKeys) -> list[tuple[str, str]]:
+    """A sealed BACKUP_PART_<n>_<locality> at each non-default location, listing the files it holds
+    (as CockroachDB writes partition descriptors), so a location can be checked on its own."""
+    written = []
+    for n, (locality, refs) in enumerate(sorted(_partition_files(manifest).items()), start=1):
+        name = _partition_name(manifest, n, locality)
+        body = json.dumps({"layer_dir": manifest.layer_dir, "locality": locality, "files": [asdict(r) for r in refs]})
+        dests.storage_for(locality).put(name, keys.seal(body.encode()), create_only=True)
+        written.append((locality, name))
+    return written
+
+
+def _check_partitions(dests: Destinations, manifest: Manifest, keys: BackupKeys) -> None:
+    for n, (locality, refs) in enumerate(sorted(_partition_files(manifest).items()), start=1):
+        name = _partition_name(manifest, n, locality)
+        try:
+            body = json.loads(keys.unseal(dests.storage_for(locality).get(name), f"reading /{name}"))
+        except NotFoundError:
+            raise IntegrityError(f"/{name} is missing from the location of {locality}") from None
+        if body.get("files") != [asdict(r) for r in refs]:
+            raise IntegrityError(f"/{name} does not list the files the manifest places in {locality}")
 
 
 def _check_same_targets(prev: Manifest, sources: list[DatabaseSource], is_full_cluster: bool) -> None:
@@ -334,7 +402,7 @@ def _describe(dbs: Iterable[DatabaseEntry]) -> str:
 
 
 def _backup_all(
-    storage: ExternalStorage,
+    dests: Destinations,
     layer: _LayerWriter,
     sources: list[DatabaseSource],
     prev_manifest: Manifest | None,
@@ -369,7 +437,7 @@ def _backup_all(
             prev_entry = prev_manifest.database(src.name) if prev_manifest else None
             if prev_manifest is not None and prev_entry is not None:
                 previous = (
-                    stack.enter_context(_closing(ChunkIndex(storage, prev_entry.index, keys))),
+                    stack.enter_context(_closing(ChunkIndex(dests.storage_for, prev_entry.index, keys))),
                     prev_manifest.packs,
                 )
             entries.append(_backup_database(src, snap, layer, previous, pool, tick, number))
@@ -449,7 +517,7 @@ def _restore_layer(storage: ExternalStorage, full: str, keys: BackupKeys, as_of:
 
 
 def restore(
-    collection: str | ExternalStorage,
+    collection: Collection,
     target: RestoreTarget,
     *,
     subdir: str = "LATEST",
@@ -472,12 +540,13 @@ def restore(
     if into_db is not None and not tables:
         raise UsageError("into_db can only be used for RESTORE TABLE")
     job_id = job_id or new_job_id()
-    with _storage(collection, context) as storage:
+    with _destinations(collection, context) as dests:
+        storage = dests.default
         full = _resolve_full(storage, subdir)
         keys = existing_backup_keys(storage, full, enc)
         manifest = _restore_layer(storage, full, keys, as_of)
         if tables:
-            rows, index_entries, nbytes = _restore_tables(storage, manifest, keys, target, tables, into_db)
+            rows, index_entries, nbytes = _restore_tables(dests, manifest, keys, target, tables, into_db)
             return JobResult(job_id, "succeeded", 1.0, rows, index_entries, nbytes)
         chosen = _pick_databases(manifest, databases)
         renames = {chosen[0].name: new_db_name} if new_db_name else {}
@@ -498,11 +567,12 @@ def restore(
         restored: list[Path] = []
         try:
             for entry, name, path in plan:
-                image = BackupImage(storage, entry.index, manifest.packs, keys)
+                image = BackupImage(dests.storage_for, entry.index, manifest.packs, keys)
                 try:
                     image.check_files()
                     write_database(image, path, key=target.database_key(name))
                     restored.append(path)
+                    target.set_region(name, entry.region)
                 finally:
                     image.close()
                 done += entry.size
@@ -545,7 +615,7 @@ def _pick_databases(manifest: Manifest, databases: list[str] | None) -> list[Dat
 
 
 def _restore_tables(
-    storage: ExternalStorage,
+    dests: Destinations,
     manifest: Manifest,
     keys: BackupKeys,
     target: RestoreTarget,
@@ -566,7 +636,7 @@ def _restore_tables(
         dest_name = into_db or entry.name
         if not target.database_path(dest_name).exists():
             raise NotFoundError(f'database "{dest_name}" does not exist')
-        image = BackupImage(storage, entry.index, manifest.packs, keys)
+        image = BackupImage(dests.storage_for, entry.index, manifest.packs, keys)
         conn = None
         dest = target.connect(dest_name)
         try:
@@ -611,9 +681,9 @@ SHOW_BACKUP_COLUMNS = (
 )
 
 
-def show_backups(collection: str | ExternalStorage, *, context: StorageContext | None = None) -> list[str]:
-    with _storage(collection, context) as storage:
-        return layout.list_fulls(storage)
+def show_backups(collection: Collection, *, context: StorageContext | None = None) -> list[str]:
+    with _destinations(collection, context) as dests:
+        return layout.list_fulls(dests.default)
 
 
 @dataclass
@@ -624,7 +694,7 @@ class ShowBackupResult:
 
 
 def show_backup(
-    collection: str | ExternalStorage,
+    collection: Collection,
     *,
     subdir: str = "LATEST",
     encryption: Encryption | None = None,
@@ -633,12 +703,13 @@ def show_backup(
 ) -> ShowBackupResult:
     """Describe every layer of a chain: one row per database, schema and table, like CockroachDB."""
     enc = encryption or Encryption()
-    with _storage(collection, context) as storage:
+    with _destinations(collection, context) as dests:
+        storage = dests.default
         full = _resolve_full(storage, subdir)
         keys = existing_backup_keys(storage, full, enc)
         manifests = [read_manifest(storage, d, keys) for d in _chain(storage, full)]
         if check_files:
-            verify_files(storage, manifests, keys)
+            verify_files(dests, manifests, keys)
         columns = SHOW_BACKUP_COLUMNS + (("file_bytes",) if check_files else ())
         rows: list[tuple[object, ...]] = []
         for m in manifests:
@@ -672,17 +743,19 @@ def _ts(iso: str) -> str:
     return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def verify_files(storage: ExternalStorage, manifests: list[Manifest], keys: BackupKeys) -> None:
+def verify_files(dests: Destinations, manifests: list[Manifest], keys: BackupKeys) -> None:
     """check_files: every file every layer needs exists with the size, sealed IV and SHA-256 its manifest
     recorded (so its bytes are exactly those written; decryption is not needed to know that)."""
     import hashlib
 
     seen: set[str] = set()
     for m in manifests:
+        _check_partitions(dests, m, keys)
         for ref in m.files():
             if ref.path in seen:
                 continue
             seen.add(ref.path)
+            storage = dests.storage_for(ref.locality)
             f = StoredFile(storage, ref, keys)  # checks presence, size and (sealed) IV
             try:
                 raw = storage.open_random(ref.path)
@@ -705,7 +778,7 @@ def verify_files(storage: ExternalStorage, manifests: list[Manifest], keys: Back
 
 
 def alter_backup_add_kms(
-    collection: str | ExternalStorage,
+    collection: Collection,
     *,
     subdir: str = "LATEST",
     new_kms: tuple[str, ...],
@@ -713,9 +786,9 @@ def alter_backup_add_kms(
     context: StorageContext | None = None,
 ) -> str:
     """ALTER BACKUP ... ADD NEW_KMS = ... WITH OLD_KMS = ...; returns the ENCRYPTION-INFO file written."""
-    with _storage(collection, context) as storage:
-        full = _resolve_full(storage, subdir)
-        return add_kms(storage, full, tuple(new_kms), tuple(old_kms))
+    with _destinations(collection, context) as dests:
+        full = _resolve_full(dests.default, subdir)
+        return add_kms(dests.default, full, tuple(new_kms), tuple(old_kms))
 
 
 __all__ = [

@@ -24,12 +24,14 @@ FORMAT = "strongroom-backup/1"
 
 @dataclass
 class FileRef:
-    """A stored file: collection-relative path, stored size, SHA-256 of stored bytes, sealed IV (hex)."""
+    """A stored file: collection-relative path, stored size, SHA-256 of stored bytes, sealed IV (hex),
+    and the locality whose storage holds it ("" = the default location)."""
 
     path: str
     size: int
     sha256: str
     iv: str = ""
+    locality: str = ""
 
 
 @dataclass
@@ -55,6 +57,7 @@ class DatabaseEntry:
     index_entries: int
     bytes: int
     tables: list[str] | None = None  # set when only these tables were backed up
+    region: str | None = None  # the database's home region (where a locality-aware backup put it)
     chunks_written: int = 0
     stored_bytes: int = 0  # bytes of new chunk data this layer wrote for the database
 

@@ -141,10 +141,11 @@ class AlterBackup(Statement):
 
 @dataclass(frozen=True)
 class CreateDatabase(Statement):
-    """``CREATE DATABASE [IF NOT EXISTS] name``."""
+    """``CREATE DATABASE [IF NOT EXISTS] name [PRIMARY REGION "region"]`` (the database's home region)."""
 
     name: str
     if_not_exists: bool = False
+    region: str | None = None
 
 
 @dataclass(frozen=True)

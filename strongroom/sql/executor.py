@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 import apsw
 
 from ..backup import Encryption, JobResult, new_job_id
+from ..backup.destinations import open_destinations
 from ..errors import NotFoundError, StrongroomError, UsageError
 from ..kms import open_kms
 from ..output import render
-from ..storage import open_storage
 from ..store.jobs import JOB_COLUMNS
 from ..uri import redact
 from .ast import (
@@ -62,10 +62,16 @@ def _encryption(options: Options) -> Encryption:
     return Encryption(passphrase=options.encryption_passphrase, kms=options.kms)
 
 
-def _one_destination(destinations: tuple[str, ...], what: str) -> str:
+def _collection(destinations: tuple[str, ...]) -> str | tuple[str, ...]:
+    """One location, or a locality-aware set of them (the engine checks COCKROACH_LOCALITY)."""
+    return destinations[0] if len(destinations) == 1 else destinations
+
+
+def _exact_backup(destinations: tuple[str, ...], what: str) -> tuple[str, str]:
+    """``... FROM '<uri of one backup>'``: split the collection from the backup's subdir."""
     if len(destinations) != 1:
-        raise UsageError(f"{what}: locality-aware collections (several URIs) are not supported yet")
-    return destinations[0]
+        raise UsageError(f"{what} FROM several locations needs LATEST IN (...) or '<subdir>' IN (...)")
+    return _split_backup_uri(destinations[0])
 
 
 def _describe(stmt: Statement) -> str:
@@ -168,7 +174,7 @@ class Session:
             conn.close()
 
     def _run_CreateDatabase(self, stmt: CreateDatabase, params: object) -> Result:
-        self.store.create_database(stmt.name, if_not_exists=stmt.if_not_exists)
+        self.store.create_database(stmt.name, if_not_exists=stmt.if_not_exists, region=stmt.region)
         return Result(status="CREATE DATABASE")
 
     def _run_DropDatabase(self, stmt: DropDatabase, params: object) -> Result:
@@ -179,7 +185,10 @@ class Session:
         return Result(status="DROP DATABASE")
 
     def _run_ShowDatabases(self, stmt: ShowDatabases, params: object) -> Result:
-        return Result(("database_name",), [(name,) for name in self.store.databases()])
+        return Result(
+            ("database_name", "primary_region"),
+            [(name, self.store.database_region(name)) for name in self.store.databases()],
+        )
 
     def _run_ShowTables(self, stmt: ShowTables, params: object) -> Result:
         db = stmt.database or self._current()
@@ -229,8 +238,7 @@ class Session:
     # -- jobs -------------------------------------------------------------------------------------
     def _check_uris(self, stmt: Backup | Restore) -> None:
         """Planning errors (bad URI, unknown scheme or parameter) surface now, even for detached jobs."""
-        for uri in stmt.destinations:
-            open_storage(uri, self.store.storage_context).close()
+        open_destinations(stmt.destinations, self.store.storage_context).close()
         for uri in stmt.options.kms:
             open_kms(uri).close()
 
@@ -284,7 +292,7 @@ class Session:
     def _run_Backup(self, stmt: Backup, params: object) -> Result:
         if stmt.as_of is not None:
             raise UsageError("BACKUP ... AS OF SYSTEM TIME is not supported: a backup is a snapshot taken now")
-        dest = _one_destination(stmt.destinations, "BACKUP")
+        dest = _collection(stmt.destinations)
         databases, tables = self._targets(stmt)
         enc = _encryption(stmt.options)
         incremental = stmt.subdir
@@ -303,10 +311,9 @@ class Session:
         return self._job(stmt, "BACKUP", work)
 
     def _run_Restore(self, stmt: Restore, params: object) -> Result:
-        dest = _one_destination(stmt.destinations, "RESTORE")
-        subdir = stmt.subdir
+        dest, subdir = _collection(stmt.destinations), stmt.subdir
         if subdir is None:
-            dest, subdir = _split_backup_uri(dest)
+            dest, subdir = _exact_backup(stmt.destinations, "RESTORE")
         databases, tables = self._targets(stmt)
         as_of = _as_of(stmt.as_of)
         enc = _encryption(stmt.options)
@@ -331,23 +338,21 @@ class Session:
         return self._job(stmt, "RESTORE", work)
 
     def _run_ShowBackups(self, stmt: ShowBackups, params: object) -> Result:
-        dest = _one_destination(stmt.destinations, "SHOW BACKUPS")
+        dest = _collection(stmt.destinations)
         return Result(("path",), [(p,) for p in self.store.show_backups(dest)])
 
     def _run_ShowBackup(self, stmt: ShowBackup, params: object) -> Result:
-        dest = _one_destination(stmt.destinations, "SHOW BACKUP")
-        subdir = stmt.subdir
+        dest, subdir = _collection(stmt.destinations), stmt.subdir
         if subdir is None:
-            dest, subdir = _split_backup_uri(dest)
+            dest, subdir = _exact_backup(stmt.destinations, "SHOW BACKUP")
         shown = self.store.show_backup(
             dest, subdir=subdir, encryption=_encryption(stmt.options), check_files=stmt.options.check_files
         )
         return Result(shown.columns, shown.rows)
 
     def _run_AlterBackup(self, stmt: AlterBackup, params: object) -> Result:
-        dest = _one_destination(stmt.destinations, "ALTER BACKUP")
-        subdir = stmt.subdir
+        dest, subdir = _collection(stmt.destinations), stmt.subdir
         if subdir is None:
-            dest, subdir = _split_backup_uri(dest)
+            dest, subdir = _exact_backup(stmt.destinations, "ALTER BACKUP")
         self.store.alter_backup(dest, subdir=subdir, new_kms=stmt.new_kms, old_kms=stmt.old_kms)
         return Result(status="ALTER BACKUP")

@@ -65,7 +65,8 @@ RESERVED_KEYWORDS = frozenset({"AS", "CREATE", "FROM", "IN", "INTO", "NOT", "TAB
 UNRESERVED_KEYWORDS = frozenset(
     {
         "ADD", "ALTER", "BACKUP", "BACKUPS", "CASCADE", "DATABASE", "DATABASES", "DROP", "EXISTS", "IF",
-        "JOB", "JOBS", "LATEST", "NEW_KMS", "OF", "OLD_KMS", "OPTIONS", "RESTORE", "RESTRICT", "SET",
+        "JOB", "JOBS", "LATEST", "NEW_KMS", "OF", "OLD_KMS", "OPTIONS", "PRIMARY", "REGION", "RESTORE",
+        "RESTRICT", "SET",
         "SHOW", "SYSTEM", "TABLES", "TIME", "USE",
     }
 )  # fmt: skip
@@ -113,8 +114,9 @@ opt_value: STRING                                   -> ov_string
          | TRUE                                     -> ov_true
          | FALSE                                    -> ov_false
 
-create_db: CREATE DATABASE [if_not_exists] name
+create_db: CREATE DATABASE [if_not_exists] name [primary_region]
 if_not_exists: IF NOT EXISTS
+primary_region: PRIMARY REGION [EQ] name_or_string
 drop_db: DROP DATABASE [if_exists] name [CASCADE | RESTRICT]
 if_exists: IF EXISTS
 show_databases: SHOW DATABASES
@@ -655,8 +657,12 @@ class _ToAST(Transformer):
     def if_exists(self, children: list[Any]) -> bool:
         return True
 
+    def primary_region(self, children: list[Any]) -> tuple[str, str]:
+        return ("region", children[-1])
+
     def create_db(self, children: list[Any]) -> CreateDatabase:
-        return CreateDatabase(children[-1], if_not_exists=children[2] is True)
+        region = children[4][1] if isinstance(children[4], tuple) else None
+        return CreateDatabase(children[3], if_not_exists=children[2] is True, region=region)
 
     def drop_db(self, children: list[Any]) -> DropDatabase:
         return DropDatabase(children[3], if_exists=children[2] is True)

@@ -69,11 +69,10 @@ class Store:
             raise AlreadyExistsError(f"{root} exists and is not empty: choose a new directory for the store")
         for d in (root, root / "databases", root / "extern"):
             d.mkdir(parents=True, exist_ok=True)
-        meta = {"format": FORMAT, "id": str(uuid.uuid4()), "created": datetime.now(UTC).isoformat()}
-        tmp = root / f".{MARKER}.tmp"
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, root / MARKER)
-        return cls(root, meta)
+        meta: dict[str, object] = {"format": FORMAT, "id": str(uuid.uuid4()), "created": datetime.now(UTC).isoformat()}
+        store = cls(root, meta)
+        store._save_meta()
+        return store
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Store:
@@ -89,6 +88,32 @@ class Store:
     @property
     def id(self) -> str:
         return str(self.meta["id"])
+
+    def _save_meta(self) -> None:
+        """Rewrite the store metadata atomically (temp, fsync, rename), so a crash leaves old or new."""
+        tmp = self.path / f".{MARKER}.tmp"
+        with open(tmp, "w") as f:
+            f.write(json.dumps(self.meta, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path / MARKER)
+
+    def _regions(self) -> dict[str, str]:
+        return self.meta.setdefault("database_regions", {})  # type: ignore[return-value]
+
+    def database_region(self, name: str) -> str | None:
+        """The database's home region (``CREATE DATABASE ... PRIMARY REGION``), or None."""
+        return self._regions().get(name)
+
+    def set_region(self, name: str, region: str | None) -> None:
+        regions = self._regions()
+        if regions.get(name) == region:
+            return
+        if region is None:
+            regions.pop(name, None)
+        else:
+            regions[name] = region
+        self._save_meta()
 
     @property
     def jobs(self) -> JobRegistry:
@@ -134,7 +159,7 @@ class Store:
     def has_database(self, name: str) -> bool:
         return self.database_path(name).exists()
 
-    def create_database(self, name: str, *, if_not_exists: bool = False) -> None:
+    def create_database(self, name: str, *, if_not_exists: bool = False, region: str | None = None) -> None:
         path = self.database_path(name)
         if path.exists():
             if if_not_exists:
@@ -145,6 +170,7 @@ class Store:
             conn.execute("PRAGMA journal_mode=WAL").fetchall()
         finally:
             conn.close()
+        self.set_region(name, region)
 
     def drop_database(self, name: str, *, if_exists: bool = False) -> None:
         path = self.database_path(name)
@@ -154,6 +180,7 @@ class Store:
             raise NotFoundError(f'database "{name}" does not exist')
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(str(path) + suffix).unlink(missing_ok=True)
+        self.set_region(name, None)
 
     def connect(self, name: str) -> apsw.Connection:
         """An ordinary apsw connection to a database of the store (WAL mode, 30 s busy timeout)."""
@@ -167,7 +194,7 @@ class Store:
     # -- backup and restore: thin calls into the backup engine --------------------------------------
     def backup(
         self,
-        into: str,
+        into: str | Sequence[str],
         *,
         databases: list[str] | None = None,
         tables: list[str] | None = None,
@@ -190,7 +217,7 @@ class Store:
 
     def restore(
         self,
-        from_: str,
+        from_: str | Sequence[str],
         *,
         subdir: str = "LATEST",
         databases: list[str] | None = None,
@@ -219,12 +246,12 @@ class Store:
             job_id=job_id,
         )
 
-    def show_backups(self, in_: str) -> list[str]:
+    def show_backups(self, in_: str | Sequence[str]) -> list[str]:
         return engine.show_backups(in_, context=self.storage_context)
 
     def show_backup(
         self,
-        in_: str,
+        in_: str | Sequence[str],
         *,
         subdir: str = "LATEST",
         encryption: Encryption | None = None,
@@ -266,7 +293,11 @@ def _sources(store: Store, databases: list[str] | None, tables: list[str] | None
         for db, names in grouped.items():
             if not store.has_database(db):
                 raise NotFoundError(f'database "{db}" does not exist')
-            out.append(DatabaseSource(db, store.database_path(db), store.database_key(db), tuple(names)))
+            out.append(
+                DatabaseSource(
+                    db, store.database_path(db), store.database_key(db), tuple(names), store.database_region(db)
+                )
+            )
         return out
     names = databases or store.databases()
     for db in names:
@@ -274,4 +305,7 @@ def _sources(store: Store, databases: list[str] | None, tables: list[str] | None
             raise NotFoundError(f'database "{db}" does not exist')
     if not names:
         raise UsageError("the store has no databases to back up")
-    return [DatabaseSource(db, store.database_path(db), store.database_key(db)) for db in names]
+    return [
+        DatabaseSource(db, store.database_path(db), store.database_key(db), region=store.database_region(db))
+        for db in names
+    ]
