@@ -1,6 +1,7 @@
 """External storage by URI scheme: ``open_storage(uri, context)`` gives an :class:`ExternalStorage`."""
 
-from . import local  # noqa: F401  (registers nodelocal:// and file://)
+# Each module registers its schemes; cloud SDKs are imported only when a URI of theirs is opened.
+from . import azure, gcs, local, s3  # noqa: F401
 from .base import (
     ExternalStorage,
     ObjectWriter,
