@@ -35,7 +35,7 @@ SEED = 20240601
 CHANGE_FRACTION = 0.01
 MB = 1_000_000
 GIB = 1 << 30
-ALL_TOOLS = ("strongroom", "restic", "borg")
+ALL_TOOLS = ("strongroom", "strongroom-s3", "restic", "borg")
 
 
 # ---------------------------------------------------------------------------------------------- running a step
@@ -258,7 +258,72 @@ class Strongroom(Tool):
         return self.run("restore", ["strongroom", "restore", str(self.repo), "--file", str(dest), "--passphrase"])
 
 
-TOOL_CLASSES: dict[str, type[Tool]] = {"strongroom": Strongroom, "restic": Restic, "borg": Borg}
+class StrongroomS3(Strongroom):
+    """strongroom into S3: moto's server on this machine (the same protocol and multipart uploads as AWS)."""
+
+    name = "strongroom-s3"
+    bucket = "bench"
+
+    def init(self) -> Step | None:
+        import atexit
+        import socket
+
+        import boto3
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.logs.mkdir(parents=True, exist_ok=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=open(self.logs / "moto.log", "wb"),  # noqa: SIM115 (lives as long as the server)
+            stderr=subprocess.STDOUT,
+        )
+        atexit.register(server.terminate)
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
+        for _ in range(100):
+            try:
+                self.s3.create_bucket(Bucket=self.bucket)
+                break
+            except Exception:  # the server is still starting
+                time.sleep(0.1)
+        return None
+
+    @property
+    def collection(self) -> str:
+        return (
+            f"s3://{self.bucket}/collection?AWS_ACCESS_KEY_ID=bench&AWS_SECRET_ACCESS_KEY=bench"
+            f"&AWS_ENDPOINT={self.endpoint}"
+        )
+
+    def full(self, db: Path) -> Step:
+        return self.run("full", ["strongroom", "backup", self.collection, "--file", str(db), "--passphrase"])
+
+    def incremental(self, db: Path) -> Step:
+        cmd = ["strongroom", "backup", self.collection, "--file", str(db), "--incremental", "--passphrase"]
+        return self.run("incremental", cmd)
+
+    def restore(self, dest: Path) -> Step:
+        return self.run("restore", ["strongroom", "restore", self.collection, "--file", str(dest), "--passphrase"])
+
+    def repo_size(self) -> int:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        return sum(obj["Size"] for page in pages for obj in page.get("Contents", []))
+
+
+TOOL_CLASSES: dict[str, type[Tool]] = {
+    "strongroom": Strongroom,
+    "strongroom-s3": StrongroomS3,
+    "restic": Restic,
+    "borg": Borg,
+}
 
 
 # ---------------------------------------------------------------------------------------------- install
@@ -651,7 +716,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-gib", type=float, default=1.0, help="database size to build (default 1)")
     ap.add_argument("--work", type=Path, default=HERE / "work", help="scratch directory (default bench/work)")
     ap.add_argument("--skip-build", action="store_true", help="reuse the base database of this size if present")
-    ap.add_argument("--tools", default=",".join(ALL_TOOLS), help="comma-separated: strongroom,restic,borg")
+    ap.add_argument(
+        "--tools", default=",".join(ALL_TOOLS), help="comma-separated: strongroom,strongroom-s3,restic,borg"
+    )
     ap.add_argument("--scattered", action="store_true", help="change 1%% of rows chosen at random, not the newest")
     ap.add_argument("--json", type=Path, help="write every figure to this file")
     ap.add_argument("--build-only", action="store_true", help="build (or reuse) the base database, then stop")
