@@ -171,6 +171,7 @@ def _backup_database(
     layer: _LayerWriter,
     previous: tuple[ChunkIndex, list[FileRef]] | None,
     pool: ThreadPoolExecutor,
+    stats_pool: ThreadPoolExecutor,
     progress: Callable[[int], None],
     db_number: int,
 ) -> DatabaseEntry:
@@ -183,6 +184,9 @@ def _backup_database(
     prev_packs: list[FileRef] = []
     if previous is not None and previous[0].page_size == snapshot.page_size and previous[0].chunk_size == CHUNK_SIZE:
         prev_records, prev_packs = iter(previous[0]), previous[1]
+    # A full backup counts rows on the snapshot's second connection while the pages stream (same
+    # snapshot, runs in parallel); an incremental counts only changed pages, so it must wait for them.
+    full_stats = stats_pool.submit(snapshot.stats) if previous is None else None
     changed = bytearray(-(-snapshot.size // CHUNK_SIZE))
     inflight: deque[tuple[int, list[ChunkRecord | None], Future[list[ChunkResult]]]] = deque()
     stored_before = packs.stored_bytes
@@ -223,12 +227,15 @@ def _backup_database(
     except BaseException:
         for _first, _prevs, fut in inflight:
             fut.cancel()
+        if full_stats is not None:  # its connection is closed with the snapshot: let it finish first
+            with suppress(Exception):
+                full_stats.result()
         index.abort()
         raise
     layer.written.append((locality, ref.path))
 
-    if previous is None:
-        stats = snapshot.stats()
+    if full_stats is not None:
+        stats = full_stats.result()
     else:
         per_chunk = CHUNK_SIZE // snapshot.page_size
         stats = snapshot.stats([i for i, flag in enumerate(changed) if flag], per_chunk)
@@ -413,6 +420,7 @@ def _backup_all(
     entries: list[DatabaseEntry] = []
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)))
+        stats_pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="stats"))
         snapshots = []
         # Open every snapshot first so the backup is as close to one point in time as we can make it.
         for src in sources:
@@ -440,7 +448,7 @@ def _backup_all(
                     stack.enter_context(_closing(ChunkIndex(dests.storage_for, prev_entry.index, keys))),
                     prev_manifest.packs,
                 )
-            entries.append(_backup_database(src, snap, layer, previous, pool, tick, number))
+            entries.append(_backup_database(src, snap, layer, previous, pool, stats_pool, tick, number))
     return entries
 
 

@@ -159,6 +159,7 @@ class Snapshot:
         *,
         path: str,
         conn: apsw.Connection,
+        counter: apsw.Connection,
         encrypted: bool,
         page_size: int,
         page_count: int,
@@ -169,6 +170,9 @@ class Snapshot:
         """Internal: use :meth:`Snapshot.open`."""
         self.path = path
         self._conn: apsw.Connection | None = conn
+        # A second reader pinned to the same snapshot, so stats() can run in another thread while
+        # pages stream from the first (one apsw connection serialises its callers).
+        self._counter: apsw.Connection | None = counter
         self.encrypted = encrypted
         self.page_size = page_size
         self.page_count = page_count
@@ -186,9 +190,11 @@ class Snapshot:
         path = os.fspath(path)
         writer = connect(path, key=key, cipher=cipher)
         reader: apsw.Connection | None = None
+        counter: apsw.Connection | None = None
         try:
             # Opened (and keyed) before taking the write lock, to keep the writers' pause short.
             reader = connect(path, key=key, cipher=cipher, readonly=True)
+            counter = connect(path, key=key, cipher=cipher, readonly=True)
             try:
                 writer.execute("BEGIN IMMEDIATE")
             except apsw.BusyError:
@@ -198,6 +204,9 @@ class Snapshot:
             reader.execute("BEGIN")
             # The first read starts B's read transaction: from here on B's snapshot is fixed.
             reader.execute("SELECT count(*) FROM main.sqlite_schema").fetchall()
+            # Begun under the same write lock, the counter's snapshot is B's.
+            counter.execute("BEGIN")
+            counter.execute("SELECT count(*) FROM main.sqlite_schema").fetchall()
             journal_mode = str(reader.execute("PRAGMA main.journal_mode").fetchall()[0][0]).lower()
             page_size = int(reader.execute("PRAGMA main.page_size").fetchall()[0][0])
             page_count = int(reader.execute("PRAGMA main.page_count").fetchall()[0][0])
@@ -223,6 +232,7 @@ class Snapshot:
             snap = cls(
                 path=path,
                 conn=reader,
+                counter=counter,
                 encrypted=key is not None,
                 page_size=page_size,
                 page_count=page_count,
@@ -230,12 +240,13 @@ class Snapshot:
                 wal_map=wal_map,
                 wal_frames=wal_frames,
             )
-            reader = None
+            reader = counter = None
             return snap
         finally:
             writer.close()  # idempotent in apsw
-            if reader is not None:
-                reader.close()
+            for conn in (reader, counter):
+                if conn is not None:
+                    conn.close()
 
     # -- context management --------------------------------------------------------------------
 
@@ -246,14 +257,16 @@ class Snapshot:
         self.close()
 
     def close(self) -> None:
-        """End the read transaction (writers and checkpoints proceed freely again)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                if not conn.get_autocommit():
-                    conn.execute("ROLLBACK")
-            finally:
-                conn.close()
+        """End the read transactions (writers and checkpoints proceed freely again)."""
+        conns = (self._conn, self._counter)
+        self._conn = self._counter = None
+        for conn in conns:
+            if conn is not None:
+                try:
+                    if not conn.get_autocommit():
+                        conn.execute("ROLLBACK")
+                finally:
+                    conn.close()
 
     @property
     def _c(self) -> apsw.Connection:
@@ -330,7 +343,9 @@ class Snapshot:
         With ``chunks`` only cells and payload on those pages count: chunk ``i`` is pages
         ``i*pages_per_chunk + 1 .. (i+1)*pages_per_chunk`` (1-based), so a single page is ``pages_per_chunk=1``.
         """
-        return compute_stats(self._c, chunks, pages_per_chunk)
+        if self._counter is None:
+            raise StrongroomError("snapshot is closed")
+        return compute_stats(self._counter, chunks, pages_per_chunk)
 
 
 # -- helpers shared with the restore side ----------------------------------------------------------
