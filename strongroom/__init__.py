@@ -1,14 +1,18 @@
 """Strongroom: CockroachDB-grade encrypted BACKUP/RESTORE and customer-managed keys for SQLite.
 
-The map:
-    crypto/   sealed-file format (CockroachDB's chunked AES-256-GCM), PBKDF2, ENCRYPTION-INFO
-    kms/      key management services by URI scheme (local:// is the embedded default)
-    storage/  where backups go, by URI scheme (nodelocal://, file paths)
+The map (dependencies point down the list):
+    crypto/   sealed-file format (CockroachDB's chunked AES-256-GCM), PBKDF2, ENCRYPTION-INFO, chunk hashes
+    kms/      key management services by URI scheme: local:// (the embedded default), aws, gs/gcp-kms,
+              azure-kms, pkcs11
+    storage/  where backups go, by URI scheme: nodelocal:// and paths, s3://, gs://, azure://
     sqlite/   consistent page snapshots of live databases, restore, backup images as databases
-    backup/   collections, manifests, BACKUP / RESTORE / SHOW / ALTER BACKUP
-    store/    the store: named SQLite databases
+    backup/   collections and their layout, locality-aware destinations, manifests, packs and chunk
+              indexes, keys; BACKUP / RESTORE / SHOW / ALTER BACKUP (engine.py)
+    store/    the store: named SQLite databases with home regions, and its job registry
+    sql/      the statement grammar and the executor behind ``strongroom sql`` and ``Store.execute``
     files.py  back up / restore a plain SQLite file
-    cli.py    the ``strongroom`` command
+    output.py result tables as CockroachDB prints them, CSV, JSON
+    cli.py    the ``strongroom`` command; demo.py is ``strongroom demo``
 """
 
 from .backup import Encryption, JobResult
