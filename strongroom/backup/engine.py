@@ -124,10 +124,6 @@ class _LayerWriter:
             self._packs[locality] = writer
         return writer
 
-    @property
-    def stored_bytes(self) -> int:
-        return sum(p.stored_bytes for p in self._packs.values())
-
     def finish(self) -> None:
         for writer in self._packs.values():
             writer.finish()
