@@ -442,3 +442,44 @@ def test_failed_multi_database_restore_creates_nothing(store: Store) -> None:
     with pytest.raises(IntegrityError, match="is missing"):
         store.restore(COLL, encryption=PASS)
     assert store.databases() == []
+
+
+def test_backup_while_a_writer_keeps_committing(store: Store) -> None:
+    """The backup is one transaction-consistent moment: every committed batch whole, none half."""
+    import threading
+    import time
+
+    fill_bank(store, accounts=20000)
+    stop = threading.Event()
+    committed: list[int] = []
+
+    def writer() -> None:
+        conn = store.connect("bank")
+        batch = 0
+        while not stop.is_set():
+            batch += 1
+            with conn:  # each batch: 50 rows in one transaction, tagged with its batch number
+                conn.executemany(
+                    "INSERT INTO audit(account, what) VALUES (?, ?)", [(batch, f"batch {batch}") for _ in range(50)]
+                )
+            committed.append(batch)
+        conn.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        while len(committed) < 5:
+            time.sleep(0.001)
+        store.backup(COLL, encryption=PASS)
+    finally:
+        stop.set()
+        thread.join()
+    store.restore(COLL, encryption=PASS, databases=["bank"], new_db_name="copy")
+    conn = store.connect("copy")
+    batches = conn.execute("SELECT account, count(*) FROM audit WHERE what LIKE 'batch %' GROUP BY account").fetchall()
+    conn.close()
+    assert batches, "the writer committed before the snapshot, so some batches must be in the backup"
+    assert all(n == 50 for _b, n in batches)  # no batch is cut in half
+    numbers = sorted(b for b, _n in batches)
+    assert numbers == list(range(1, len(numbers) + 1))  # a prefix of the commit order: no gaps
+    assert len(numbers) <= len(committed)
