@@ -69,21 +69,33 @@ def open_azure(uri: str, context: StorageContext | None = None) -> ObjectStoreSt
     config: dict[str, Any] = {"account_name": account, "endpoint": endpoint, "authority_host": authority}
     if auth_mode(params) == "specified":
         if key and any(client.values()):
-            raise UsageError("azure uri: give either AZURE_ACCOUNT_KEY or AZURE_CLIENT_ID, AZURE_CLIENT_SECRET and "
-                             "AZURE_TENANT_ID, not both")
+            raise UsageError(
+                "azure uri: give either AZURE_ACCOUNT_KEY or AZURE_CLIENT_ID, AZURE_CLIENT_SECRET and "
+                "AZURE_TENANT_ID, not both"
+            )
         if key:
             config["account_key"] = key
         elif all(client.values()):
-            config.update(client_id=client["AZURE_CLIENT_ID"], client_secret=client["AZURE_CLIENT_SECRET"],
-                          tenant_id=client["AZURE_TENANT_ID"])
+            config.update(
+                client_id=client["AZURE_CLIENT_ID"],
+                client_secret=client["AZURE_CLIENT_SECRET"],
+                tenant_id=client["AZURE_TENANT_ID"],
+            )
         else:
-            raise UsageError('azure uri missing "AZURE_ACCOUNT_KEY" parameter (or all of "AZURE_CLIENT_ID", '
-                             '"AZURE_CLIENT_SECRET", "AZURE_TENANT_ID")')
+            raise UsageError(
+                'azure uri missing "AZURE_ACCOUNT_KEY" parameter (or all of "AZURE_CLIENT_ID", '
+                '"AZURE_CLIENT_SECRET", "AZURE_TENANT_ID")'
+            )
     secrets = [key, client["AZURE_CLIENT_SECRET"]]
     prefix = parsed.path.strip("/") or None
     try:
-        store = AzureStore(container, prefix=prefix, config=config, client_options=client_options_for(endpoint),
-                           retry_config=RETRY_CONFIG)
+        store = AzureStore(
+            container,
+            prefix=prefix,
+            config=config,
+            client_options=client_options_for(endpoint),
+            retry_config=RETRY_CONFIG,
+        )
     except Exception as exc:
         raise UsageError(f"invalid azure location {display}: {backend_detail(exc, secrets)}") from None
     return ObjectStoreStorage(store, display, secrets=secrets)

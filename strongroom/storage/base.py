@@ -11,7 +11,7 @@ import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 from ..errors import UsageError
 from ..uri import parse_uri, redact
@@ -25,6 +25,25 @@ class ObjectWriter(Protocol):
     def commit(self) -> None: ...
 
     def abort(self) -> None: ...
+
+
+class WriterBase:
+    """What every backend's writer shares: a context manager that commits on success, aborts on error."""
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
 
 
 class RandomReader(Protocol):

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
 from ..uri import parse_uri, redact
-from .base import StorageContext, clean_name, register_storage
+from .base import StorageContext, WriterBase, clean_name, register_storage
 from .s3 import PART_SIZE, TMP_SUFFIX, auth_mode, backend_detail
 
 GCS_PARAMS = ("AUTH", "CREDENTIALS", "BEARER_TOKEN", "ASSUME_ROLE", "GCS_ENDPOINT")
@@ -112,7 +112,7 @@ class _GCSReader:
         pass
 
 
-class _GCSWriter:
+class _GCSWriter(WriterBase):
     """Buffers up to one chunk; a bigger object becomes a resumable upload, finalized by ``commit``."""
 
     def __init__(self, storage: GCSStorage, name: str, create_only: bool) -> None:
@@ -134,8 +134,9 @@ class _GCSWriter:
             if len(self._buf) <= CHUNK_SIZE:
                 return
             blob = self._storage._blob(self._name)
-            self._file = blob.open("wb", chunk_size=CHUNK_SIZE, ignore_flush=True, retry=self._storage._retry,
-                                   **self._precondition())
+            self._file = blob.open(
+                "wb", chunk_size=CHUNK_SIZE, ignore_flush=True, retry=self._storage._retry, **self._precondition()
+            )
             data, self._buf = bytes(self._buf), bytearray()
         try:
             with self._storage._errors("write", self._name, create_only=self._create_only):
@@ -178,15 +179,6 @@ class _GCSWriter:
         file, self._file = self._file, None
         if file is not None:
             self._cancel(file)
-
-    def __enter__(self) -> _GCSWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 class _ErrorMap:
@@ -280,9 +272,10 @@ class GCSStorage:
         base = f"{self._prefix}/" if self._prefix else ""
         out: list[tuple[str, int]] = []
         with self._errors("list", prefix):
-            for blob in self._client.list_blobs(self._bucket, prefix=base + prefix, retry=self._retry,
-                                                timeout=REQUEST_TIMEOUT):
-                name = blob.name[len(base):]
+            for blob in self._client.list_blobs(
+                self._bucket, prefix=base + prefix, retry=self._retry, timeout=REQUEST_TIMEOUT
+            ):
+                name = blob.name[len(base) :]
                 if name and not name.endswith(TMP_SUFFIX):
                     out.append((name, int(blob.size or 0)))
         return iter(sorted(out))

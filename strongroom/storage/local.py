@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
 from ..uri import parse_uri
-from .base import StorageContext, clean_name, register_storage
+from .base import StorageContext, WriterBase, clean_name, register_storage
 
 _TMP_SUFFIX = ".strongroom-tmp"
 
@@ -30,7 +30,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class _FileWriter:
+class _FileWriter(WriterBase):
     def __init__(self, storage: LocalStorage, name: str, create_only: bool) -> None:
         self._storage = storage
         self._final = storage._path(name)
@@ -71,15 +71,6 @@ class _FileWriter:
             self._done = True
             self._file.close()
             self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> _FileWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 class _FileReader:

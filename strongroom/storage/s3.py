@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
 from ..uri import parse_uri, redact
-from .base import StorageContext, clean_name, register_storage
+from .base import StorageContext, WriterBase, clean_name, register_storage
 
 # A streamed object is uploaded in parts of this size once it outgrows one part (S3 needs parts >= 5 MiB).
 PART_SIZE = 8 * 1024 * 1024
@@ -68,8 +68,10 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 def backend_detail(exc: BaseException, secrets: Iterable[str]) -> str:
     """A one-line summary of a backend error: obstore appends the XML error body and pages of debug output."""
     full = str(exc)
-    text = full.split("\n", 1)[0].split("Debug source:", 1)[0].split("<?xml", 1)[0].strip().rstrip(":") \
+    text = (
+        full.split("\n", 1)[0].split("Debug source:", 1)[0].split("<?xml", 1)[0].strip().rstrip(":")
         or type(exc).__name__
+    )
     # S3 and Azure put the useful part in the XML body: <Code>NoSuchBucket</Code><Message>...</Message>.
     code = re.search(r"<Code>([^<]{1,100})</Code>", full)
     message = re.search(r"<Message>([^<\n]{1,200})", full)
@@ -117,7 +119,7 @@ class _RangeReader:
         pass
 
 
-class _ObstoreWriter:
+class _ObstoreWriter(WriterBase):
     """Buffers up to one part; a bigger object becomes a multipart upload (visible only once completed)."""
 
     def __init__(self, storage: ObjectStoreStorage, name: str, create_only: bool) -> None:
@@ -183,15 +185,6 @@ class _ObstoreWriter:
         self._done = True
         self._buf = bytearray()
         self._abort_file()
-
-    def __enter__(self) -> _ObstoreWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 class _ErrorMap:
@@ -335,14 +328,19 @@ def _implicit_provider(region: str) -> Callable[[], dict[str, Any]]:
             raise StorageError("AUTH=implicit: no AWS credentials found in the environment")
         frozen = creds.get_frozen_credentials()
         expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
-        return {"access_key_id": frozen.access_key, "secret_access_key": frozen.secret_key, "token": frozen.token,
-                "expires_at": expires}
+        return {
+            "access_key_id": frozen.access_key,
+            "secret_access_key": frozen.secret_key,
+            "token": frozen.token,
+            "expires_at": expires,
+        }
 
     return provide
 
 
-def _assume_role_provider(base: Callable[[], dict[str, Any]], roles: list[str], region: str,
-                          endpoint: str | None, display: str) -> Callable[[], dict[str, Any]]:
+def _assume_role_provider(
+    base: Callable[[], dict[str, Any]], roles: list[str], region: str, endpoint: str | None, display: str
+) -> Callable[[], dict[str, Any]]:
     """Temporary credentials from STS AssumeRole (each role of a chain assumed with the previous one's)."""
     boto3 = _boto3()
 
@@ -350,10 +348,14 @@ def _assume_role_provider(base: Callable[[], dict[str, Any]], roles: list[str], 
         creds = base()
         expires = None
         for role in roles:
-            sts = boto3.client("sts", region_name=region, endpoint_url=endpoint,
-                               aws_access_key_id=creds["access_key_id"],
-                               aws_secret_access_key=creds["secret_access_key"],
-                               aws_session_token=creds.get("token"))
+            sts = boto3.client(
+                "sts",
+                region_name=region,
+                endpoint_url=endpoint,
+                aws_access_key_id=creds["access_key_id"],
+                aws_secret_access_key=creds["secret_access_key"],
+                aws_session_token=creds.get("token"),
+            )
             try:
                 session_name = f"strongroom-{uuid.uuid4().hex[:12]}"
                 got = sts.assume_role(RoleArn=role, RoleSessionName=session_name)["Credentials"]
@@ -361,8 +363,11 @@ def _assume_role_provider(base: Callable[[], dict[str, Any]], roles: list[str], 
                 secrets = [creds["secret_access_key"], creds.get("token") or ""]
                 raise StorageError(f"{display}: cannot assume role {role}: {backend_detail(exc, secrets)}") from None
             expires = got["Expiration"].astimezone(dt.UTC)  # obstore insists on datetime.UTC, boto3 gives tzutc()
-            creds = {"access_key_id": got["AccessKeyId"], "secret_access_key": got["SecretAccessKey"],
-                     "token": got["SessionToken"]}
+            creds = {
+                "access_key_id": got["AccessKeyId"],
+                "secret_access_key": got["SecretAccessKey"],
+                "token": got["SessionToken"],
+            }
         # Ask again a few minutes before the session expires.
         creds["expires_at"] = expires - dt.timedelta(minutes=5) if expires else None
         return creds
@@ -397,18 +402,31 @@ def open_s3(uri: str, context: StorageContext | None = None) -> ObjectStoreStora
     roles = [r.strip() for r in params.get("ASSUME_ROLE", "").split(",") if r.strip()]
     if roles:
         provider = _assume_role_provider(provider, roles, region, endpoint, display)
-    path_style = parse_bool(params["AWS_USE_PATH_STYLE"], "AWS_USE_PATH_STYLE") if "AWS_USE_PATH_STYLE" in params \
+    path_style = (
+        parse_bool(params["AWS_USE_PATH_STYLE"], "AWS_USE_PATH_STYLE")
+        if "AWS_USE_PATH_STYLE" in params
         else endpoint is not None
-    config: dict[str, Any] = {"region": region, "virtual_hosted_style_request": not path_style,
-                              "copy_if_not_exists": "multipart", "conditional_put": "etag"}
+    )
+    config: dict[str, Any] = {
+        "region": region,
+        "virtual_hosted_style_request": not path_style,
+        "copy_if_not_exists": "multipart",
+        "conditional_put": "etag",
+    }
     if endpoint:
         config["endpoint"] = endpoint
     prefix = parsed.path.strip("/") or None
     try:
         # The credential provider (rather than keys in the config) keeps obstore from mixing in AWS_* variables
         # from the environment when the URI says AUTH=specified.
-        store = S3Store(bucket, prefix=prefix, config=config, client_options=client_options_for(endpoint),
-                        retry_config=RETRY_CONFIG, credential_provider=provider)
+        store = S3Store(
+            bucket,
+            prefix=prefix,
+            config=config,
+            client_options=client_options_for(endpoint),
+            retry_config=RETRY_CONFIG,
+            credential_provider=provider,
+        )
     except Exception as exc:
         raise UsageError(f"invalid s3 location {display}: {backend_detail(exc, [secret, token or ''])}") from None
     return ObjectStoreStorage(store, display, secrets=[secret, token or ""])
