@@ -22,7 +22,8 @@ from typing import Any
 from ..errors import UsageError
 from ..uri import parse_uri, redact
 from .base import StorageContext, register_storage
-from .s3 import RETRY_CONFIG, ObjectStoreStorage, auth_mode, backend_detail, client_options_for
+from .cloud import auth_mode, backend_detail
+from .s3 import RETRY_CONFIG, ObjectStoreStorage, client_options_for
 
 AZURE_PARAMS = (
     "AZURE_ACCOUNT_NAME",

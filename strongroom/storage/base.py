@@ -90,6 +90,9 @@ class StorageContext:
     extern_dir: Path | None = None
 
 
+# Suffix of the temporary objects writers stage before making an object visible; listings never show them.
+TMP_SUFFIX = ".strongroom-tmp"
+
 StorageFactory = Callable[[str, StorageContext], ExternalStorage]
 _REGISTRY: dict[str, StorageFactory] = {}
 

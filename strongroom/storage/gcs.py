@@ -27,8 +27,8 @@ from typing import Any
 
 from ..errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
 from ..uri import parse_uri, redact
-from .base import StorageContext, WriterBase, clean_name, register_storage
-from .s3 import PART_SIZE, TMP_SUFFIX, auth_mode, backend_detail
+from .base import TMP_SUFFIX, StorageContext, WriterBase, clean_name, register_storage
+from .cloud import PART_SIZE, BackendErrorMap, auth_mode, backend_detail
 
 GCS_PARAMS = ("AUTH", "CREDENTIALS", "BEARER_TOKEN", "ASSUME_ROLE", "GCS_ENDPOINT")
 SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
@@ -181,32 +181,22 @@ class _GCSWriter(WriterBase):
             self._cancel(file)
 
 
-class _ErrorMap:
+class _ErrorMap(BackendErrorMap):
+    """google-api-core's meanings: PreconditionFailed on a create-only write, NotFound for a missing object."""
+
     def __init__(self, storage: GCSStorage, op: str, name: str, create_only: bool) -> None:
-        self._storage = storage
-        self._op = op
-        self._name = name
-        self._create_only = create_only
+        super().__init__(storage.display_uri, storage._secrets, op, name, create_only)
+        self._bucket = storage._bucket.name
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+    def translate(self, exc: Exception) -> None:
         from google.api_core import exceptions as gexc
 
-        if exc is None or not isinstance(exc, Exception):
-            return False
-        if isinstance(exc, (StorageError, NotFoundError, AlreadyExistsError, UsageError)):
-            return False
-        where = self._storage.display_uri
-        if self._create_only and isinstance(exc, gexc.PreconditionFailed):
-            raise AlreadyExistsError(f"{where}: {self._name} already exists") from None
+        if self.create_only and isinstance(exc, gexc.PreconditionFailed):
+            raise AlreadyExistsError(f"{self.where}: {self.name} already exists") from None
         if isinstance(exc, gexc.NotFound):
-            if self._op == "list":  # listing a prefix never 404s unless the bucket itself is missing
-                raise NotFoundError(f"{where}: bucket {self._storage._bucket.name} does not exist") from None
-            raise NotFoundError(f"{where}: {self._name} does not exist") from None
-        detail = backend_detail(exc, self._storage._secrets)
-        raise StorageError(f"{where}: cannot {self._op} {self._name or '(listing)'}: {detail}") from None
+            if self.op == "list":  # listing a prefix never 404s unless the bucket itself is missing
+                raise NotFoundError(f"{self.where}: bucket {self._bucket} does not exist") from None
+            raise NotFoundError(f"{self.where}: {self.name} does not exist") from None
 
 
 class GCSStorage:

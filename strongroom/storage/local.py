@@ -17,9 +17,7 @@ from pathlib import Path
 
 from ..errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
 from ..uri import parse_uri
-from .base import StorageContext, WriterBase, clean_name, register_storage
-
-_TMP_SUFFIX = ".strongroom-tmp"
+from .base import TMP_SUFFIX, StorageContext, WriterBase, clean_name, register_storage
 
 
 def _fsync_dir(path: Path) -> None:
@@ -37,7 +35,7 @@ class _FileWriter(WriterBase):
         self._name = name
         self._create_only = create_only
         self._final.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self._final.with_name(f".{self._final.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
+        self._tmp = self._final.with_name(f".{self._final.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
         self._file = open(self._tmp, "wb")  # noqa: SIM115 (closed in commit/abort)
         self._done = False
 
@@ -141,7 +139,7 @@ class LocalStorage:
         base = len(str(self.root)) + 1
         for dirpath, _dirs, files in os.walk(self.root):
             for fname in files:
-                if fname.endswith(_TMP_SUFFIX):
+                if fname.endswith(TMP_SUFFIX):
                     continue
                 full = os.path.join(dirpath, fname)
                 rel = full[base:].replace(os.sep, "/")

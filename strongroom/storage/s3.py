@@ -24,18 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
 from ..uri import parse_uri, redact
-from .base import StorageContext, WriterBase, clean_name, register_storage
+from .base import TMP_SUFFIX, StorageContext, WriterBase, clean_name, register_storage
+from .cloud import PART_SIZE, BackendErrorMap, auth_mode, backend_detail, parse_bool
 
-# A streamed object is uploaded in parts of this size once it outgrows one part (S3 needs parts >= 5 MiB).
-PART_SIZE = 8 * 1024 * 1024
-TMP_SUFFIX = ".strongroom-tmp"
 # Bounded retries for 5xx, dropped connections and timeouts: obstore's default (10 retries, up to 3 minutes) makes a
 # dead endpoint look like a hang; a few quick retries ride out a blip and then we report the failure.
 RETRY_CONFIG: dict[str, Any] = {
@@ -43,7 +40,6 @@ RETRY_CONFIG: dict[str, Any] = {
     "backoff": {"init_backoff": dt.timedelta(milliseconds=100), "max_backoff": dt.timedelta(seconds=2), "base": 2},
     "retry_timeout": dt.timedelta(seconds=60),
 }
-_MAX_DETAIL = 400
 
 S3_PARAMS = (
     "AWS_ACCESS_KEY_ID",
@@ -55,48 +51,6 @@ S3_PARAMS = (
     "AUTH",
     "ASSUME_ROLE",
 )
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Replace every known secret value in ``text``: backend messages are not ours and might echo one."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "redacted")
-    return text
-
-
-def backend_detail(exc: BaseException, secrets: Iterable[str]) -> str:
-    """A one-line summary of a backend error: obstore appends the XML error body and pages of debug output."""
-    full = str(exc)
-    text = (
-        full.split("\n", 1)[0].split("Debug source:", 1)[0].split("<?xml", 1)[0].strip().rstrip(":")
-        or type(exc).__name__
-    )
-    # S3 and Azure put the useful part in the XML body: <Code>NoSuchBucket</Code><Message>...</Message>.
-    code = re.search(r"<Code>([^<]{1,100})</Code>", full)
-    message = re.search(r"<Message>([^<\n]{1,200})", full)
-    if code:
-        text += f" ({code.group(1)}{': ' + message.group(1).strip() if message else ''})"
-    if len(text) > _MAX_DETAIL:
-        text = text[:_MAX_DETAIL] + "..."
-    return scrub(text, secrets)
-
-
-def parse_bool(value: str, param: str) -> bool:
-    low = value.strip().lower()
-    if low in ("true", "1", "yes"):
-        return True
-    if low in ("false", "0", "no", ""):
-        return False
-    raise UsageError(f"invalid value {value!r} for {param}: expected true or false")
-
-
-def auth_mode(params: dict[str, str]) -> str:
-    """``AUTH``: ``specified`` (the default, as in CockroachDB) or ``implicit``."""
-    auth = params.get("AUTH", "") or "specified"
-    if auth not in ("specified", "implicit"):
-        raise UsageError(f"unsupported value {auth} for AUTH")
-    return auth
 
 
 class _RangeReader:
@@ -187,33 +141,17 @@ class _ObstoreWriter(WriterBase):
         self._abort_file()
 
 
-class _ErrorMap:
-    """Context manager turning obstore/OS errors into ours, naming the redacted location, never a secret."""
+class _ErrorMap(BackendErrorMap):
+    """obstore's meanings: AlreadyExists/Precondition on a create-only write, FileNotFoundError for a missing key."""
 
-    def __init__(self, storage: ObjectStoreStorage, op: str, name: str, create_only: bool) -> None:
-        self._storage = storage
-        self._op = op
-        self._name = name
-        self._create_only = create_only
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
-        if exc is None or isinstance(exc, (StorageError, NotFoundError, AlreadyExistsError, UsageError)):
-            return False
-        if not isinstance(exc, Exception):
-            return False
+    def translate(self, exc: Exception) -> None:
         from obstore.exceptions import AlreadyExistsError as ObsAlreadyExists
         from obstore.exceptions import PreconditionError as ObsPrecondition
 
-        where = self._storage.display_uri
-        if self._create_only and isinstance(exc, (ObsAlreadyExists, ObsPrecondition)):
-            raise AlreadyExistsError(f"{where}: {self._name} already exists") from None
+        if self.create_only and isinstance(exc, ObsAlreadyExists | ObsPrecondition):
+            raise AlreadyExistsError(f"{self.where}: {self.name} already exists") from None
         if isinstance(exc, FileNotFoundError):  # obstore's NotFoundError derives from it
-            raise NotFoundError(f"{where}: {self._name} does not exist") from None
-        detail = backend_detail(exc, self._storage._secrets)
-        raise StorageError(f"{where}: cannot {self._op} {self._name or '(listing)'}: {detail}") from None
+            raise NotFoundError(f"{self.where}: {self.name} does not exist") from None
 
 
 class ObjectStoreStorage:
@@ -235,7 +173,7 @@ class ObjectStoreStorage:
         return self._display
 
     def _errors(self, op: str, name: str, *, create_only: bool = False) -> _ErrorMap:
-        return _ErrorMap(self, op, name, create_only)
+        return _ErrorMap(self.display_uri, self._secrets, op, name, create_only)
 
     @staticmethod
     def _key(name: str) -> str:
