@@ -67,8 +67,10 @@ def _collection(destinations: tuple[str, ...]) -> str | tuple[str, ...]:
     return destinations[0] if len(destinations) == 1 else destinations
 
 
-def _exact_backup(destinations: tuple[str, ...], what: str) -> tuple[str, str]:
-    """``... FROM '<uri of one backup>'``: split the collection from the backup's subdir."""
+def _location(destinations: tuple[str, ...], subdir: str | None, what: str) -> tuple[str | tuple[str, ...], str]:
+    """(collection, subdir) of ``... LATEST | '<subdir>' IN <collection>``, or of ``... '<uri of one backup>'``."""
+    if subdir is not None:
+        return _collection(destinations), subdir
     if len(destinations) != 1:
         raise UsageError(f"{what} FROM several locations needs LATEST IN (...) or '<subdir>' IN (...)")
     return _split_backup_uri(destinations[0])
@@ -311,9 +313,7 @@ class Session:
         return self._job(stmt, "BACKUP", work)
 
     def _run_Restore(self, stmt: Restore, params: object) -> Result:
-        dest, subdir = _collection(stmt.destinations), stmt.subdir
-        if subdir is None:
-            dest, subdir = _exact_backup(stmt.destinations, "RESTORE")
+        dest, subdir = _location(stmt.destinations, stmt.subdir, "RESTORE")
         databases, tables = self._targets(stmt)
         as_of = _as_of(stmt.as_of)
         enc = _encryption(stmt.options)
@@ -342,17 +342,13 @@ class Session:
         return Result(("path",), [(p,) for p in self.store.show_backups(dest)])
 
     def _run_ShowBackup(self, stmt: ShowBackup, params: object) -> Result:
-        dest, subdir = _collection(stmt.destinations), stmt.subdir
-        if subdir is None:
-            dest, subdir = _exact_backup(stmt.destinations, "SHOW BACKUP")
+        dest, subdir = _location(stmt.destinations, stmt.subdir, "SHOW BACKUP")
         shown = self.store.show_backup(
             dest, subdir=subdir, encryption=_encryption(stmt.options), check_files=stmt.options.check_files
         )
         return Result(shown.columns, shown.rows)
 
     def _run_AlterBackup(self, stmt: AlterBackup, params: object) -> Result:
-        dest, subdir = _collection(stmt.destinations), stmt.subdir
-        if subdir is None:
-            dest, subdir = _exact_backup(stmt.destinations, "ALTER BACKUP")
+        dest, subdir = _location(stmt.destinations, stmt.subdir, "ALTER BACKUP")
         self.store.alter_backup(dest, subdir=subdir, new_kms=stmt.new_kms, old_kms=stmt.old_kms)
         return Result(status="ALTER BACKUP")
