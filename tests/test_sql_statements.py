@@ -188,3 +188,18 @@ def test_restore_as_of_system_time_picks_the_layer(store: Store) -> None:
     assert len(table_rows(store, "now", "accounts")) == 60
     with pytest.raises(UsageError, match="AS OF SYSTEM TIME 'yesterday'"):
         store.execute("RESTORE FROM LATEST IN 'nodelocal://1/t' AS OF SYSTEM TIME 'yesterday'")
+
+
+def test_statements_naming_one_backup_by_its_uri(store: Store) -> None:
+    fill_bank(store, accounts=30)
+    store.execute("BACKUP INTO 'nodelocal://1/u' WITH encryption_passphrase = 'pw'")
+    [sub] = [row[0] for row in store.execute("SHOW BACKUPS IN 'nodelocal://1/u'").rows]
+    shown = store.execute(f"SHOW BACKUP 'nodelocal://1/u{sub}' WITH encryption_passphrase = 'pw'")
+    assert [r[2] for r in shown.rows if r[3] == "table"] == ["accounts", "audit"]
+    store.execute(
+        f"RESTORE DATABASE bank FROM 'nodelocal://1/u{sub}' WITH encryption_passphrase = 'pw', new_db_name = u"
+    )
+    assert len(table_rows(store, "u", "accounts")) == 30
+    with pytest.raises(UsageError) as exc:
+        store.execute("RESTORE FROM 'nodelocal://1/u' WITH encryption_passphrase = 'pw'")
+    assert str(exc.value).startswith("RESTORE FROM 'nodelocal://1/u' names no backup: use RESTORE FROM LATEST IN")
