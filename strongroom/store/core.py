@@ -28,6 +28,7 @@ from ..backup.engine import DatabaseSource, ShowBackupResult
 from ..backup.jobs import JobResult, Progress
 from ..backup.keys import Encryption
 from ..errors import AlreadyExistsError, NotFoundError, UsageError
+from ..sqlite.connect import connect
 from ..storage import StorageContext
 from .jobs import JobRegistry
 
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 MARKER = "STRONGROOM-STORE"
 FORMAT = 1
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-BUSY_TIMEOUT_MS = 30_000
 
 
 def check_database_name(name: str) -> str:
@@ -165,7 +165,7 @@ class Store:
             if if_not_exists:
                 return
             raise AlreadyExistsError(f'database "{name}" already exists')
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+        conn = connect(path, key=self.database_key(name), create=True)
         try:
             conn.execute("PRAGMA journal_mode=WAL").fetchall()
         finally:
@@ -187,9 +187,7 @@ class Store:
         path = self.database_path(name)
         if not path.exists():
             raise NotFoundError(f'database "{name}" does not exist')
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
-        conn.set_busy_timeout(BUSY_TIMEOUT_MS)
-        return conn
+        return connect(path, key=self.database_key(name))
 
     # -- backup and restore: thin calls into the backup engine --------------------------------------
     def backup(
