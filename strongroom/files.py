@@ -32,7 +32,7 @@ def backup_file(
     """Back up one SQLite file (a consistent snapshot, even while others write) into a collection.
 
     ``incremental`` is "LATEST" or a full backup's subdir; ``key`` is the raw key of a SQLite3
-    Multiple Ciphers (chacha20) file.
+    Multiple Ciphers (AEGIS) file.
     """
     p = Path(path).absolute()
     source = engine.DatabaseSource(name or _name_for(p), p, key)

@@ -36,7 +36,7 @@ CREATE VIEW adults AS SELECT * FROM people WHERE age >= 18;
 """
 
 
-def open_db(path: Path, key: bytes | None = None, cipher: str = "chacha20") -> apsw.Connection:
+def open_db(path: Path, key: bytes | None = None, cipher: str = "aegis") -> apsw.Connection:
     conn = apsw.Connection(str(path))
     if key is not None:
         conn.execute(f"PRAGMA cipher='{cipher}'").fetchall()
@@ -162,7 +162,7 @@ def test_write_database_keyed_never_writes_plaintext(out: Path, source: tuple[Pa
 
 
 def test_write_database_keyed_from_plaintext_source(tmp_path: Path) -> None:
-    # Reserve bytes go from 0 (plaintext page layout) to 32 (chacha20).
+    # Reserve bytes go from 0 (plaintext page layout) to 64 (aegis).
     src = tmp_path / "plain.db"
     make_source(src)
     with Snapshot.open(src) as snap:

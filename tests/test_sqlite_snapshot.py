@@ -52,7 +52,7 @@ def open_db(path: str | Path, key: bytes | None) -> apsw.Connection:
     conn = apsw.Connection(str(path))
     conn.set_busy_timeout(30_000)
     if key is not None:
-        conn.execute("PRAGMA cipher='chacha20'").fetchall()
+        conn.execute("PRAGMA cipher='aegis'").fetchall()
         conn.execute(f"PRAGMA key=\"x'{key.hex()}'\"").fetchall()
     return conn
 

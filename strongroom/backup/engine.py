@@ -24,7 +24,7 @@ import apsw
 import zstandard
 
 from ..errors import AlreadyExistsError, IntegrityError, NotFoundError, UsageError
-from ..sqlite import Snapshot, copy_table, open_image, write_database
+from ..sqlite import Snapshot, apply_key, copy_table, open_image, write_database
 from ..storage import ExternalStorage, StorageContext
 from . import layout
 from .data import (
@@ -471,8 +471,7 @@ def _table_scratch(src: DatabaseSource, scratch_dir: Path | None) -> Iterator[tu
     try:
         conn = apsw.Connection(str(path))
         try:
-            conn.execute("PRAGMA cipher='chacha20'").fetchall()
-            conn.execute(f"PRAGMA key=\"x'{key.hex()}'\"").fetchall()
+            apply_key(conn, key)
             src_key = f"x'{src.key.hex()}'" if src.key else ""
             conn.execute("ATTACH ? AS src KEY ?", (str(src.path), src_key))
             conn.execute("BEGIN")

@@ -1,10 +1,11 @@
 """SQLite data path: consistent page snapshots of live databases, and restoring page images."""
 
-from .connect import connect
+from .connect import DEFAULT_CIPHER, apply_key, connect
 from .image import BytesImage, ImageSource, ImageVFS, copy_table, integrity_check, open_image, write_database
 from .snapshot import DatabaseStats, ObjectStats, SchemaEntry, Snapshot
 
 __all__ = [
+    "DEFAULT_CIPHER",
     "BytesImage",
     "DatabaseStats",
     "ImageSource",
@@ -12,6 +13,7 @@ __all__ = [
     "ObjectStats",
     "SchemaEntry",
     "Snapshot",
+    "apply_key",
     "connect",
     "copy_table",
     "integrity_check",

@@ -21,7 +21,7 @@ from typing import Protocol
 import apsw
 
 from ..errors import AlreadyExistsError, IntegrityError, NotFoundError, StrongroomError, UsageError
-from .connect import CIPHER_VFS, check_cipher, connect, key_literal
+from .connect import CIPHER_VFS, DEFAULT_CIPHER, check_cipher, connect, key_literal
 from .snapshot import fold_name
 
 _CACHE_BLOCK = 64 * 1024  # a multiple of every page size up to 64 KiB
@@ -294,7 +294,7 @@ def write_database(
     dest: str | os.PathLike[str],
     *,
     key: bytes | None = None,
-    cipher: str = "chacha20",
+    cipher: str = DEFAULT_CIPHER,
 ) -> None:
     """Create database ``dest`` from ``source``: a plain copy, or a sqlite3mc file keyed with ``key``.
 

@@ -50,7 +50,7 @@ from typing import Self
 import apsw
 
 from ..errors import StrongroomError
-from .connect import connect
+from .connect import DEFAULT_CIPHER, connect
 
 DEFAULT_BLOCK_SIZE = 1 << 20  # a multiple of every legal page size
 
@@ -185,7 +185,7 @@ class Snapshot:
     # -- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, key: bytes | None = None, cipher: str = "chacha20") -> Self:
+    def open(cls, path: str | os.PathLike[str], *, key: bytes | None = None, cipher: str = DEFAULT_CIPHER) -> Self:
         """Pin a consistent snapshot of ``path`` (keyed with the raw ``key`` if given)."""
         path = os.fspath(path)
         writer = connect(path, key=key, cipher=cipher)
