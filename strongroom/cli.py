@@ -8,6 +8,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from .kms import create_key, default_keyring
 from .output import render
 from .sql import Use, parse
 from .sql.executor import Session
-from .store import Store, init_store, open_store
+from .store import DEFAULT_REGION, Store, init_store, open_store
+from .uri import redact
 
 DEFAULT_STORE = "./strongroom-data"
 err = Console(stderr=True)
@@ -111,12 +113,54 @@ def main() -> None:
     """Encrypted BACKUP / RESTORE for SQLite, the CockroachDB way."""
 
 
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``720h``, ``90m`` or ``45s``."""
+    m = _DURATION.match(text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise UsageError(f"invalid duration {text!r}: use a positive number with s, m, h or d, e.g. 30d")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+    return timedelta(**{unit: int(m.group(1))})
+
+
+def parse_region_uris(values: Sequence[str], regions: Sequence[str]) -> dict[str, str]:
+    """``--cmek URI`` (every region) or ``--cmek REGION=URI`` (repeat per region)."""
+    out: dict[str, str] = {}
+    for value in values:
+        region, sep, uri = value.partition("=")
+        if sep and "://" not in region and ":" not in region:
+            out[region] = uri
+        elif len(values) == 1:
+            return dict.fromkeys(regions, value)
+        else:
+            raise UsageError(f"with several --cmek options, write each as REGION=URI (got {redact(value)!r})")
+    return out
+
+
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-def init(directory: str) -> None:
-    """Create a store in DIRECTORY."""
-    store = init_store(directory)
+@click.option("--region", "regions", multiple=True, metavar="NAME", help="A store region (repeat; first is primary).")
+@click.option("--cmek", multiple=True, metavar="[REGION=]URI", help="The CMEK wrapping the store key (per region).")
+@click.option("--rotation-period", default="30d", show_default=True, help="Data key rotation period (e.g. 30d, 720h).")
+def init(directory: str, regions: tuple[str, ...], cmek: tuple[str, ...], rotation_period: str) -> None:
+    """Create a store in DIRECTORY, encrypted at rest.
+
+    Without --cmek each region's store key is wrapped by a new local key file in the keyring
+    ($STRONGROOM_KEYRING or ~/.strongroom/keys): keep a copy of it, the store cannot open without it.
+    """
+    names = list(regions) or [DEFAULT_REGION]
+    store = init_store(
+        directory,
+        regions=names,
+        cmek=parse_region_uris(cmek, names) or None,
+        rotation_period=parse_duration(rotation_period),
+    )
     click.echo(f"created store {store.path} (id {store.id})")
+    for st in store.encryption_status():
+        protection = f"CMEK {st.key_uri}" if st.cmek else f"local key file {st.key_uri} (keep a copy of it)"
+        click.echo(f"region {st.region}: store key wrapped by {protection}")
 
 
 # -- keys ---------------------------------------------------------------------------------------------

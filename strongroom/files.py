@@ -55,8 +55,13 @@ class _FileTarget:
     def connect(self, name: str) -> apsw.Connection:
         return apsw.Connection(str(self.dest))
 
-    def set_region(self, name: str, region: str | None) -> None:
+    def prepare_database(self, name: str, region: str | None) -> bytes | None:
         """A plain file has no home region to record."""
+        return self.key
+
+    def discard_database(self, name: str) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(self.dest) + suffix).unlink(missing_ok=True)
 
 
 def restore_file(

@@ -214,14 +214,14 @@ def test_full_backup_into_existing_subdir_is_refused(store: Store) -> None:
     t = datetime(2026, 11, 23, 12, 0, 0, 120000, tzinfo=UTC)
     engine.backup(
         COLL,
-        [engine.DatabaseSource("bank", store.database_path("bank"))],
+        [engine.DatabaseSource("bank", store.database_path("bank"), store.database_key("bank"))],
         context=store.storage_context,
         clock=lambda: t,
     )
     with pytest.raises(AlreadyExistsError) as exc:
         engine.backup(
             COLL,
-            [engine.DatabaseSource("bank", store.database_path("bank"))],
+            [engine.DatabaseSource("bank", store.database_path("bank"), store.database_key("bank"))],
             context=store.storage_context,
             clock=lambda: t,
         )

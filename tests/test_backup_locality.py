@@ -7,13 +7,19 @@ from pathlib import Path
 import pytest
 from conftest import MARKER, table_rows
 
-from strongroom import Store
+from strongroom import Store, init_store
 from strongroom.errors import EncryptionError, IntegrityError, UsageError
 
 DEFAULT = "nodelocal://1/main?COCKROACH_LOCALITY=default"
 WEST = "nodelocal://1/west?COCKROACH_LOCALITY=region%3Dus-west1"
 BOTH = f"('{DEFAULT}', '{WEST}')"
 PW = "WITH encryption_passphrase = 'pw'"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """A two-region store: databases live in us-east1 (the primary region) or us-west1."""
+    return init_store(tmp_path / "store", regions=["us-east1", "us-west1"])
 
 
 def _fill(store: Store) -> None:

@@ -70,12 +70,19 @@ class RestoreTarget(Protocol):
 
     def database_path(self, name: str) -> Path: ...
 
-    def database_key(self, name: str) -> bytes | None: ...
+    def database_key(self, name: str) -> bytes | None:
+        """The key an existing database of the target opens with."""
+        ...
 
     def connect(self, name: str) -> apsw.Connection: ...
 
-    def set_region(self, name: str, region: str | None) -> None:
-        """Record a restored database's home region (as it was when backed up)."""
+    def prepare_database(self, name: str, region: str | None) -> bytes | None:
+        """Record a database about to be restored (its home region, as backed up) and return the
+        key to write it with. Called before any byte is written."""
+        ...
+
+    def discard_database(self, name: str) -> None:
+        """Undo a restore that failed part way: remove the database's files and records."""
         ...
 
 
@@ -567,27 +574,26 @@ def restore(
         total = sum(e.size for e, _n, _p in plan)
         done = 0
         rows = index_entries = nbytes = 0
-        restored: list[Path] = []
+        prepared: list[str] = []
         try:
             for entry, name, path in plan:
                 image = BackupImage(dests.storage_for, entry.index, manifest.packs, keys)
                 try:
                     image.check_files()
-                    write_database(image, path, key=target.database_key(name))
-                    restored.append(path)
-                    target.set_region(name, entry.region)
+                    prepared.append(name)
+                    key = target.prepare_database(name, entry.region)
+                    write_database(image, path, key=key)
                 finally:
                     image.close()
                 done += entry.size
                 if progress:
                     progress(done, total, f"restored {name}")
-                counts = _restored_counts(manifest, entry, path, target.database_key(name))
+                counts = _restored_counts(manifest, entry, path, key)
                 rows, index_entries, nbytes = rows + counts[0], index_entries + counts[1], nbytes + counts[2]
         except BaseException:
             # All or nothing: a restore that fails part way removes the databases it already created.
-            for path in restored:
-                for suffix in ("", "-wal", "-shm"):
-                    Path(str(path) + suffix).unlink(missing_ok=True)
+            for name in prepared:
+                target.discard_database(name)
             raise
         return JobResult(job_id, "succeeded", 1.0, rows, index_entries, nbytes)
 

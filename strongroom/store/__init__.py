@@ -1,5 +1,5 @@
-"""The Strongroom store: named SQLite databases, the seam for encryption at rest."""
+"""The Strongroom store: named SQLite databases in regions, encrypted at rest under a key hierarchy."""
 
-from .core import Store, check_database_name, init_store, open_store
+from .core import DEFAULT_REGION, RegionStatus, Store, check_database_name, init_store, open_store
 
-__all__ = ["Store", "check_database_name", "init_store", "open_store"]
+__all__ = ["DEFAULT_REGION", "RegionStatus", "Store", "check_database_name", "init_store", "open_store"]

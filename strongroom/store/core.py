@@ -1,23 +1,30 @@
-"""A Strongroom store: a directory of named SQLite databases (CockroachDB's "cluster" for us).
+"""A Strongroom store: named SQLite databases in one or more regions, encrypted at rest.
 
 Layout::
 
-    <store>/STRONGROOM-STORE     store metadata (JSON)
-    <store>/databases/<name>.db  one SQLite database per name (WAL mode)
-    <store>/extern/              nodelocal:// external storage (CockroachDB's external-io dir)
+    <store>/STRONGROOM-STORE         store metadata (JSON): id, regions, databases' home regions
+    <store>/databases/<name>.db      one SQLite3 Multiple Ciphers database per name (AEGIS, WAL mode)
+    <store>/keys/<region>/KEYS-<n>   the region's key hierarchy (see keys.py)
+    <store>/audit.log                every use of a CMEK (see audit.py)
+    <store>/system.db                the job registry (SHOW JOBS)
+    <store>/extern/                  nodelocal:// external storage (CockroachDB's external-io dir)
 
-Encryption at rest (CMEK) hangs off :meth:`Store.database_key`: today every database is a plain
-SQLite file and the key is None; the backup engine and restore already take a per-database key.
+Every database is encrypted with a data key of its home region; the region's store key seals the
+data keys, and the region's CMEK (or, without CMEK, a local key file) wraps the store key. Opening
+the store unwraps each region's store key (one KMS decrypt per region): no key, no start.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import uuid
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,17 +34,34 @@ from ..backup import engine
 from ..backup.engine import DatabaseSource, ShowBackupResult
 from ..backup.jobs import JobResult, Progress
 from ..backup.keys import Encryption
-from ..errors import AlreadyExistsError, NotFoundError, UsageError
-from ..sqlite.connect import connect
+from ..errors import AlreadyExistsError, EncryptionError, NotFoundError, StrongroomError, UsageError
+from ..kms import create_key, local_kms_uri
+from ..sqlite.connect import connect, key_literal
 from ..storage import StorageContext
+from ..uri import redact
+from .audit import AuditLog, AuditRecord
+from .connection import follow_rekeys
 from .jobs import JobRegistry
+from .keys import (
+    DEFAULT_ROTATION_PERIOD,
+    REVOKED,
+    FileKey,
+    RegionKeys,
+    RegionSpec,
+    Registry,
+    key_type,
+    read_spec,
+    set_revoked_on_disk,
+)
 
 if TYPE_CHECKING:
     from ..sql.executor import Result, Session
 
 MARKER = "STRONGROOM-STORE"
-FORMAT = 1
+FORMAT = 2
+DEFAULT_REGION = "local"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 def check_database_name(name: str) -> str:
@@ -48,6 +72,43 @@ def check_database_name(name: str) -> str:
     return name
 
 
+def check_region_name(region: str) -> str:
+    if not isinstance(region, str) or not _REGION.match(region):
+        raise UsageError(f"invalid region name {region!r}: use letters, digits, '-', '_' or '.' (max 63)")
+    return region
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    """One data key of a region and what it protects (CockroachDB's encryption status)."""
+
+    key_id: str
+    created: str
+    store_key_id: str
+    active: bool
+    files: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class RegionStatus:
+    region: str
+    status: str
+    cmek: bool
+    key_type: str
+    key_uri: str  # redacted
+    auth_principal: str | None
+    cmek_enabled_at: str | None
+    store_key_id: str
+    store_key_created: str
+    active_data_key_id: str | None  # None when the region's keys are not open (revoked)
+    rotation_period_s: int | None
+    next_rotation: str | None
+    data_keys: tuple[KeyUsage, ...]
+    updated_at: str
+    user_message: str
+
+
 class Store:
     """Open with :func:`open_store`; create with :func:`init_store`."""
 
@@ -56,26 +117,72 @@ class Store:
         self.meta = meta
         self.databases_dir = path / "databases"
         self.extern_dir = path / "extern"
+        self.keys_dir = path / "keys"
+        self.audit = AuditLog(path / "audit.log")
+        self._keys: dict[str, RegionKeys] = {}
         self._jobs: JobRegistry | None = None
         self._session: Session | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
     @classmethod
-    def init(cls, path: str | os.PathLike[str]) -> Store:
+    def init(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        regions: Sequence[str] = (DEFAULT_REGION,),
+        cmek: str | Mapping[str, str] | None = None,
+        rotation_period: timedelta = DEFAULT_ROTATION_PERIOD,
+    ) -> Store:
+        """Create a store. ``cmek`` is one KMS URI for every region, or a URI per region; a region
+        without one gets its store key wrapped by a new local key file in the keyring."""
         root = Path(path).absolute()
         if (root / MARKER).exists():
             raise AlreadyExistsError(f"{root} is already a Strongroom store")
         if root.exists() and any(root.iterdir()):
             raise AlreadyExistsError(f"{root} exists and is not empty: choose a new directory for the store")
-        for d in (root, root / "databases", root / "extern"):
+        regions = [check_region_name(r) for r in regions]
+        if not regions or len(set(regions)) != len(regions):
+            raise UsageError("a store needs one or more distinct regions")
+        specs = _cmek_specs(cmek, regions)
+        if rotation_period <= timedelta(0):
+            raise UsageError("the data key rotation period must be positive")
+        for uri in specs.values():
+            key_type(uri)
+        store_id = str(uuid.uuid4())
+        for d in (root, root / "databases", root / "extern", root / "keys"):
             d.mkdir(parents=True, exist_ok=True)
-        meta: dict[str, object] = {"format": FORMAT, "id": str(uuid.uuid4()), "created": datetime.now(UTC).isoformat()}
+        meta: dict[str, object] = {
+            "format": FORMAT,
+            "id": store_id,
+            "created": datetime.now(UTC).isoformat(),
+            "regions": regions,
+            "encrypted": True,
+        }
         store = cls(root, meta)
+        local_key = None
+        for region in regions:
+            uri = specs.get(region)
+            if uri is None and local_key is None:
+                local_key = f"strongroom-store-{store_id}"
+                create_key(local_key)
+            store._keys[region] = RegionKeys.create(
+                store._region_dir(region),
+                region,
+                uri or local_kms_uri(local_key),  # type: ignore[arg-type]
+                cmek=uri is not None,
+                audit=store.audit,
+                rotation_period=rotation_period,
+            )
         store._save_meta()
         return store
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> Store:
+    def open(cls, path: str | os.PathLike[str], *, unlock: bool = True) -> Store:
+        """Open a store: unwrap every region's store key (one KMS decrypt per region).
+
+        With ``unlock=False`` no key is touched: only metadata and key status can be read (how
+        ``strongroom cmek status`` and ``cmek enable`` work on a store that cannot start).
+        """
         root = Path(path).absolute()
         try:
             meta = json.loads((root / MARKER).read_text())
@@ -83,11 +190,33 @@ class Store:
             raise NotFoundError(f"{root} is not a Strongroom store (create one with: strongroom init {path})") from None
         if meta.get("format") != FORMAT:
             raise UsageError(f"{root}: unsupported store format {meta.get('format')!r}")
-        return cls(root, meta)
+        store = cls(root, meta)
+        for region in store.regions:
+            if read_spec(store._region_dir(region)) is None:
+                raise EncryptionError(
+                    "encryption was used on this store before, but no encryption settings were found "
+                    f'for region "{region}" ({store._region_dir(region)} is empty or missing): '
+                    "restore the store's keys directory"
+                )
+        if unlock:
+            for region in store.regions:
+                store._keys[region] = RegionKeys.load(store._region_dir(region), store.audit)
+        return store
 
     @property
     def id(self) -> str:
         return str(self.meta["id"])
+
+    @property
+    def regions(self) -> list[str]:
+        return list(self.meta["regions"])  # type: ignore[call-overload]
+
+    @property
+    def primary_region(self) -> str:
+        return self.regions[0]
+
+    def _region_dir(self, region: str) -> Path:
+        return self.keys_dir / region
 
     def _save_meta(self) -> None:
         """Rewrite the store metadata atomically (temp, fsync, rename), so a crash leaves old or new."""
@@ -98,15 +227,27 @@ class Store:
             os.fsync(f.fileno())
         os.replace(tmp, self.path / MARKER)
 
-    def _regions(self) -> dict[str, str]:
+    def _reload_meta(self) -> None:
+        self.meta = json.loads((self.path / MARKER).read_text())
+
+    def _regions_of_databases(self) -> dict[str, str]:
         return self.meta.setdefault("database_regions", {})  # type: ignore[return-value]
 
     def database_region(self, name: str) -> str | None:
-        """The database's home region (``CREATE DATABASE ... PRIMARY REGION``), or None."""
-        return self._regions().get(name)
+        """The database's home region as declared (``CREATE DATABASE ... PRIMARY REGION``), or None."""
+        return self._regions_of_databases().get(name)
 
-    def set_region(self, name: str, region: str | None) -> None:
-        regions = self._regions()
+    def home_region(self, name: str) -> str:
+        """The region whose keys protect database ``name``: its declared region, else the primary."""
+        return self.database_region(name) or self.primary_region
+
+    def _check_region(self, region: str) -> str:
+        if region not in self.regions:
+            raise UsageError(f'region "{region}" does not exist\nHINT: valid regions: {", ".join(self.regions)}')
+        return region
+
+    def _set_region(self, name: str, region: str | None) -> None:
+        regions = self._regions_of_databases()
         if regions.get(name) == region:
             return
         if region is None:
@@ -114,6 +255,46 @@ class Store:
         else:
             regions[name] = region
         self._save_meta()
+
+    # -- keys -------------------------------------------------------------------------------------
+    def region_keys(self, region: str) -> RegionKeys:
+        self._check_region(region)
+        keys = self._keys.get(region)
+        if keys is None:
+            raise EncryptionError(f'region "{region}" is not open: its keys are locked (see strongroom cmek status)')
+        return keys
+
+    def _candidate_keys(self, name: str) -> list[bytes]:
+        keys = self.region_keys(self.home_region(name))
+        keys.refresh()
+        return keys.file_keys(name)
+
+    def database_key(self, name: str) -> bytes:
+        """The data key database ``name`` opens with now (None of the keys ever leaves the store)."""
+        path = self.database_path(name)
+        candidates = self._candidate_keys(name)
+        if not path.exists():
+            raise NotFoundError(f'database "{name}" does not exist')
+        if len(candidates) > 1:  # mid re-key (or a crash during one): the file says which
+            for key in candidates:
+                try:
+                    connect(path, key=key, readonly=True).close()
+                except EncryptionError:
+                    continue
+                return key
+        if not candidates:
+            raise EncryptionError(f'database "{name}": key {name} is not found in region "{self.home_region(name)}"')
+        return candidates[0]
+
+    @contextmanager
+    def _rotation_lock(self) -> Iterator[None]:
+        """One re-key or rotation at a time per store, across processes."""
+        fd = os.open(self.keys_dir / ".rotate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     @property
     def jobs(self) -> JobRegistry:
@@ -138,9 +319,11 @@ class Store:
         return results[-1]
 
     def close(self) -> None:
+        """Close the default session and forget every unwrapped key."""
         if self._session is not None:
             self._session.close()
             self._session = None
+        self._keys.clear()
 
     @property
     def storage_context(self) -> StorageContext:
@@ -149,9 +332,6 @@ class Store:
     # -- databases --------------------------------------------------------------------------------
     def database_path(self, name: str) -> Path:
         return self.databases_dir / f"{check_database_name(name)}.db"
-
-    def database_key(self, name: str) -> bytes | None:
-        return None
 
     def databases(self) -> list[str]:
         return sorted(p.stem for p in self.databases_dir.glob("*.db") if _NAME.match(p.stem))
@@ -165,29 +345,252 @@ class Store:
             if if_not_exists:
                 return
             raise AlreadyExistsError(f'database "{name}" already exists')
-        conn = connect(path, key=self.database_key(name), create=True)
+        key = self.prepare_database(name, region)
+        conn = connect(path, key=key, create=True)
         try:
             conn.execute("PRAGMA journal_mode=WAL").fetchall()
         finally:
             conn.close()
-        self.set_region(name, region)
+
+    def prepare_database(self, name: str, region: str | None) -> bytes:
+        """Record a new database's home region and data key before its file is written."""
+        if region is not None:
+            self._check_region(region)
+        if self.has_database(name):
+            raise AlreadyExistsError(f'database "{name}" already exists')
+        self._set_region(name, region)
+        keys = self.region_keys(self.home_region(name))
+        for other in self.regions:  # a name reused in another region must not keep its old entry
+            if other != keys.region and other in self._keys:
+                self._keys[other].forget(name)
+        return keys.assign(name)
+
+    def discard_database(self, name: str) -> None:
+        path = self.database_path(name)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        region = self.home_region(name)
+        self._set_region(name, None)
+        if region in self._keys:
+            self._keys[region].forget(name)
 
     def drop_database(self, name: str, *, if_exists: bool = False) -> None:
-        path = self.database_path(name)
-        if not path.exists():
+        if not self.database_path(name).exists():
             if if_exists:
                 return
             raise NotFoundError(f'database "{name}" does not exist')
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
-        self.set_region(name, None)
+        self.discard_database(name)
 
     def connect(self, name: str) -> apsw.Connection:
-        """An ordinary apsw connection to a database of the store (WAL mode, 30 s busy timeout)."""
+        """An ordinary apsw connection to a database of the store (WAL mode, 30 s busy timeout).
+
+        The connection is keyed with the database's data key and follows it through re-keys; the
+        key itself is never exposed. Temporary tables and indexes stay in memory.
+        """
         path = self.database_path(name)
         if not path.exists():
             raise NotFoundError(f'database "{name}" does not exist')
-        return connect(path, key=self.database_key(name))
+        conn = connect(path, key=self.database_key(name))
+        conn.execute("PRAGMA temp_store=MEMORY").fetchall()
+        return follow_rekeys(conn, lambda: self._candidate_keys(name))
+
+    # -- rotation ---------------------------------------------------------------------------------
+    def _regions_arg(self, region: str | None) -> list[str]:
+        return [self._check_region(region)] if region else self.regions
+
+    def rotate_data_keys(self, region: str | None = None, *, if_due: bool = False) -> dict[str, list[str]]:
+        """Make a new active data key per region and re-key every database onto it, online.
+
+        With ``if_due`` only regions whose active data key is older than their rotation period
+        rotate (the schedule; ``strongroom serve`` runs it). Returns the databases re-keyed per region.
+        """
+        done: dict[str, list[str]] = {}
+        with self._rotation_lock():
+            for r in self._regions_arg(region):
+                keys = self.region_keys(r)
+                keys.refresh()
+                if if_due and not keys.rotation_due():
+                    continue
+                keys.new_data_key()
+                done[r] = self._rekey_region(keys)
+        return done
+
+    def _rekey_region(self, keys: RegionKeys) -> list[str]:
+        rekeyed = []
+        for name in self.databases():
+            if self.home_region(name) != keys.region:
+                continue
+            entry = keys.registry.files.get(name)
+            if entry is None or entry.key_id != keys.registry.active_data_key_id or entry.rekey_to:
+                self._rekey_database(keys, name)
+                rekeyed.append(name)
+        self._forget_missing(keys)
+        return rekeyed
+
+    def _forget_missing(self, keys: RegionKeys) -> None:
+        """Drop registry entries of databases that no longer exist, then data keys nothing uses."""
+        existing = set(self.databases())
+
+        def change(spec: RegionSpec, registry: Registry) -> None:
+            for name in [n for n in registry.files if n not in existing]:
+                del registry.files[name]
+            registry.drop_unused_data_keys()
+
+        keys.update(change)
+
+    def _rekey_database(self, keys: RegionKeys, name: str) -> None:
+        """Move one database onto the region's active data key, while others keep using it.
+
+        Crash-safe in three steps: record ``rekey_to`` (either key opens the file from then on),
+        ``PRAGMA rekey`` (one SQLite transaction: the file is under the old key or the new), then
+        record the new key. The WAL is checkpointed and truncated around the rekey, so no page under
+        the retired key is left behind in it.
+        """
+        current = self.database_key(name)
+        target_id = keys.registry.active_data_key_id
+
+        def begin(spec: RegionSpec, registry: Registry) -> None:
+            entry = registry.files.get(name)
+            old_id = next((k for k, v in registry.data_keys.items() if v.key == current), None)
+            if old_id is None:
+                raise EncryptionError(f'database "{name}": its key is not in the registry of region "{keys.region}"')
+            registry.files[name] = FileKey(old_id, target_id if old_id != target_id else None)
+            del entry
+
+        keys.update(begin)
+        if current != keys.registry.data_keys[target_id].key:
+            conn = connect(self.database_path(name), key=current)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                conn.execute(f'PRAGMA rekey="{key_literal(keys.registry.data_keys[target_id].key)}"').fetchall()
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            finally:
+                conn.close()
+
+        def finish(spec: RegionSpec, registry: Registry) -> None:
+            registry.files[name] = FileKey(target_id)
+
+        keys.update(finish)
+
+    def rotate_store_key(self, region: str | None = None) -> None:
+        """New store keys (wrapped by the same CMEK or key file), each with a new data key for new data."""
+        with self._rotation_lock():
+            for r in self._regions_arg(region):
+                self.region_keys(r).rotate_store_key()
+
+    # -- CMEK ---------------------------------------------------------------------------------------
+    def enable_cmek(self, specs: Mapping[str, str], *, auth_principal: str | None = None) -> None:
+        """Enable CMEK: every region of the store gets a CMEK (CockroachDB Cloud's POST).
+
+        For each region a new store key is made and wrapped by the region's CMEK, and a new data key
+        under it protects data written from now on; existing files keep their data keys, which are
+        now sealed under the new store key too, so nothing in the region opens without the CMEK.
+        """
+        missing = [r for r in self.regions if r not in specs]
+        if missing:
+            raise UsageError(f"enabling CMEK needs a key for every region of the store; missing: {', '.join(missing)}")
+        self._set_cmek(specs, auth_principal=auth_principal, enabling=True)
+
+    def rotate_cmek(self, specs: Mapping[str, str | None], *, auth_principal: str | None = None) -> None:
+        """Rotate the CMEK of some regions (CockroachDB Cloud's PUT): a new key URI, or None for a new
+        version of the same key; the store key is re-wrapped. A region without CMEK gets it enabled."""
+        resolved: dict[str, str] = {}
+        for region, uri in specs.items():
+            spec = self._spec(region)
+            if uri is None:
+                if not spec.cmek:
+                    raise UsageError(f'region "{region}" has no CMEK to rotate: give a key URI to enable one')
+                uri = spec.key_uri
+            resolved[region] = uri
+        self._set_cmek(resolved, auth_principal=auth_principal, enabling=False)
+
+    def _spec(self, region: str) -> RegionSpec:
+        found = read_spec(self._region_dir(self._check_region(region)))
+        if found is None:
+            raise EncryptionError(f'region "{region}" has no key files')
+        return found[1]
+
+    def _set_cmek(self, specs: Mapping[str, str], *, auth_principal: str | None, enabling: bool) -> None:
+        for region, uri in specs.items():
+            self._check_region(region)
+            if not uri:
+                raise UsageError(
+                    f'region "{region}": encryption was used on this store before; CMEK cannot be dropped '
+                    "(revoke it instead: strongroom cmek revoke)"
+                )
+            key_type(uri)
+        with self._rotation_lock():
+            for region, uri in specs.items():
+                keys = self._keys.get(region)
+                if keys is None:  # revoked or never opened: unwrap with the key it was wrapped by
+                    keys = RegionKeys.load(
+                        self._region_dir(region), self.audit, purpose="re-enable CMEK", allow_revoked=True
+                    )
+                    self._keys[region] = keys
+                try:
+                    keys.set_cmek(uri, auth_principal=auth_principal, enabling=enabling and not keys.spec.cmek)
+                except StrongroomError as exc:
+                    keys.set_status("ENABLE_FAILED" if enabling or not keys.spec.cmek else "ROTATE_FAILED", str(exc))
+                    raise
+
+    def revoke_cmek(self) -> None:
+        """Revoke the store's use of its CMEK (CockroachDB Cloud's PATCH REVOKE): every region stops
+        and the store no longer starts until CMEK is enabled again with a key it can use."""
+        if not any(self._spec(r).cmek for r in self.regions):
+            raise UsageError("CMEK is not enabled on this store: there is nothing to revoke")
+        with self._rotation_lock():
+            for region in self.regions:
+                keys = self._keys.get(region)
+                if keys is not None:
+                    keys.set_status(REVOKED)
+                else:
+                    set_revoked_on_disk(self._region_dir(region))
+            self.close()
+
+    def encryption_status(self) -> list[RegionStatus]:
+        """Which keys protect what, per region (CockroachDB's encryption status report)."""
+        out = []
+        for region in self.regions:
+            keys = self._keys.get(region)
+            if keys is not None:
+                keys.refresh()
+                spec = keys.spec
+            else:
+                spec = self._spec(region)
+            usages: list[KeyUsage] = []
+            active = period = next_rotation = None
+            if keys is not None:
+                reg = keys.registry
+                active, period = reg.active_data_key_id, reg.rotation_period_s
+                created = datetime.fromisoformat(reg.active_data_key.created)
+                next_rotation = (created + timedelta(seconds=period)).isoformat(timespec="seconds")
+                for kid, dk in reg.data_keys.items():
+                    names = [n for n, f in reg.files.items() if f.key_id == kid and self.has_database(n)]
+                    size = sum(_db_bytes(self.database_path(n)) for n in names)
+                    usages.append(KeyUsage(kid, dk.created, dk.store_key_id, kid == active, len(names), size))
+            out.append(
+                RegionStatus(
+                    region=region,
+                    status=spec.status,
+                    cmek=spec.cmek,
+                    key_type=spec.key_type,
+                    key_uri=redact(spec.key_uri),
+                    auth_principal=spec.auth_principal,
+                    cmek_enabled_at=spec.cmek_enabled_at,
+                    store_key_id=spec.store_key_id,
+                    store_key_created=spec.store_key_created,
+                    active_data_key_id=active,
+                    rotation_period_s=period,
+                    next_rotation=next_rotation,
+                    data_keys=tuple(usages),
+                    updated_at=spec.updated_at,
+                    user_message=spec.user_message,
+                )
+            )
+        return out
+
+    def audit_records(self) -> list[AuditRecord]:
+        return self.audit.records()
 
     # -- backup and restore: thin calls into the backup engine --------------------------------------
     def backup(
@@ -267,12 +670,18 @@ class Store:
         )
 
 
-def init_store(path: str | os.PathLike[str]) -> Store:
-    return Store.init(path)
+def init_store(
+    path: str | os.PathLike[str],
+    *,
+    regions: Sequence[str] = (DEFAULT_REGION,),
+    cmek: str | Mapping[str, str] | None = None,
+    rotation_period: timedelta = DEFAULT_ROTATION_PERIOD,
+) -> Store:
+    return Store.init(path, regions=regions, cmek=cmek, rotation_period=rotation_period)
 
 
-def open_store(path: str | os.PathLike[str]) -> Store:
-    return Store.open(path)
+def open_store(path: str | os.PathLike[str], *, unlock: bool = True) -> Store:
+    return Store.open(path, unlock=unlock)
 
 
 def _sources(store: Store, databases: list[str] | None, tables: list[str] | None) -> list[DatabaseSource]:
@@ -307,3 +716,18 @@ def _sources(store: Store, databases: list[str] | None, tables: list[str] | None
         DatabaseSource(db, store.database_path(db), store.database_key(db), region=store.database_region(db))
         for db in names
     ]
+
+
+def _cmek_specs(cmek: str | Mapping[str, str] | None, regions: Sequence[str]) -> dict[str, str]:
+    if cmek is None:
+        return {}
+    if isinstance(cmek, str):
+        return dict.fromkeys(regions, cmek)
+    unknown = [r for r in cmek if r not in regions]
+    if unknown:
+        raise UsageError(f'region "{unknown[0]}" does not exist\nHINT: valid regions: {", ".join(regions)}')
+    return dict(cmek)
+
+
+def _db_bytes(path: Path) -> int:
+    return sum(os.path.getsize(f) for f in (path, Path(f"{path}-wal")) if f.exists())
