@@ -88,7 +88,7 @@ def run_demo(directory: str | None) -> None:
     rng = random.Random(2026)
 
     _say(f"1. A store at {root / 'store'}, with a small bank in it")
-    store = init_store(root / "store")
+    store = init_store(root / "store", keyring=keyring)
     _fill(store, rng)
     before = _fingerprint(store, "bank")
     click.echo(f"   database bank: 2000 accounts, 700 transfers (fingerprint {before})\n")

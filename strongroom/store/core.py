@@ -132,9 +132,11 @@ class Store:
         regions: Sequence[str] = (DEFAULT_REGION,),
         cmek: str | Mapping[str, str] | None = None,
         rotation_period: timedelta = DEFAULT_ROTATION_PERIOD,
+        keyring: str | os.PathLike[str] | None = None,
     ) -> Store:
         """Create a store. ``cmek`` is one KMS URI for every region, or a URI per region; a region
-        without one gets its store key wrapped by a new local key file in the keyring."""
+        without one gets its store key wrapped by a new local key file in ``keyring`` (default: the
+        default keyring, $STRONGROOM_KEYRING or ~/.strongroom/keys)."""
         root = Path(path).absolute()
         if (root / MARKER).exists():
             raise AlreadyExistsError(f"{root} is already a Strongroom store")
@@ -164,11 +166,11 @@ class Store:
             uri = specs.get(region)
             if uri is None and local_key is None:
                 local_key = f"strongroom-store-{store_id}"
-                create_key(local_key)
+                create_key(local_key, keyring)
             store._keys[region] = RegionKeys.create(
                 store._region_dir(region),
                 region,
-                uri or local_kms_uri(local_key),  # type: ignore[arg-type]
+                uri or local_kms_uri(local_key, Path(keyring).absolute() if keyring else None),  # type: ignore[arg-type]
                 cmek=uri is not None,
                 audit=store.audit,
                 rotation_period=rotation_period,
@@ -676,8 +678,9 @@ def init_store(
     regions: Sequence[str] = (DEFAULT_REGION,),
     cmek: str | Mapping[str, str] | None = None,
     rotation_period: timedelta = DEFAULT_ROTATION_PERIOD,
+    keyring: str | os.PathLike[str] | None = None,
 ) -> Store:
-    return Store.init(path, regions=regions, cmek=cmek, rotation_period=rotation_period)
+    return Store.init(path, regions=regions, cmek=cmek, rotation_period=rotation_period, keyring=keyring)
 
 
 def open_store(path: str | os.PathLike[str], *, unlock: bool = True) -> Store:
