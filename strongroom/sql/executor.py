@@ -230,6 +230,11 @@ class Session:
             cursor.exec_trace = trace
             rows = [tuple(r) for r in cursor.execute(stmt.sql, bindings)]
             columns = described[-1] if described else ()
+        except apsw.AuthError:
+            raise UsageError(
+                "not authorized: a store database's keys and encryption are managed by the store "
+                "(key and cipher pragmas, temp files on disk, ATTACH and VACUUM INTO are refused)"
+            ) from None
         except apsw.Error as exc:
             raise UsageError(str(exc)) from None
         if columns:

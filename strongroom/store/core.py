@@ -40,7 +40,7 @@ from ..sqlite.connect import connect, key_literal
 from ..storage import StorageContext
 from ..uri import redact
 from .audit import AuditLog, AuditRecord
-from .connection import follow_rekeys
+from .connection import follow_rekeys, guard
 from .jobs import JobRegistry
 from .keys import (
     DEFAULT_ROTATION_PERIOD,
@@ -387,13 +387,13 @@ class Store:
         """An ordinary apsw connection to a database of the store (WAL mode, 30 s busy timeout).
 
         The connection is keyed with the database's data key and follows it through re-keys; the
-        key itself is never exposed. Temporary tables and indexes stay in memory.
+        key itself is never exposed. Temporary tables and indexes stay in memory, and statements
+        that would change the key or write elsewhere unencrypted are refused (connection.guard).
         """
         path = self.database_path(name)
         if not path.exists():
             raise NotFoundError(f'database "{name}" does not exist')
-        conn = connect(path, key=self.database_key(name))
-        conn.execute("PRAGMA temp_store=MEMORY").fetchall()
+        conn = guard(connect(path, key=self.database_key(name)))
         return follow_rekeys(conn, lambda: self._candidate_keys(name))
 
     # -- rotation ---------------------------------------------------------------------------------
