@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,21 @@ def test_cockroachdb_locality_errors(store: Store, into: str, message: str) -> N
         store.execute(f"BACKUP INTO {into} {PW}")
     assert str(exc.value) == message
     assert store.execute("SHOW JOBS").rows == []  # refused while planning: no job, nothing written
+
+
+def test_restore_into_a_store_without_the_region_is_refused(store: Store, tmp_path: Path) -> None:
+    _fill(store)
+    store.execute(f"BACKUP INTO {BOTH} {PW}")
+    other = init_store(tmp_path / "other")  # one region, "local"
+    shutil.copytree(store.extern_dir / "main", other.extern_dir / "main")
+    shutil.copytree(store.extern_dir / "west", other.extern_dir / "west")
+    with pytest.raises(UsageError) as exc:
+        other.execute(f"RESTORE DATABASE west_db FROM LATEST IN {BOTH} {PW}")
+    assert str(exc.value) == (
+        "detected a mismatch in regions between the restore cluster and the backup cluster, "
+        'missing regions detected: us-west1.\nHINT: database "west_db" lives in region "us-west1"; '
+        "this store's regions are local"
+    )
+    assert other.databases() == [] and other.database_region("west_db") is None
+    other.execute(f"RESTORE DATABASE home_db FROM LATEST IN {BOTH} {PW}")
+    assert len(table_rows(other, "home_db", "t")) == 3000

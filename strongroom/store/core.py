@@ -21,7 +21,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -114,7 +114,8 @@ class Store:
 
     def __init__(self, path: Path, meta: dict[str, object]) -> None:
         self.path = path
-        self.meta = meta
+        self._meta = meta
+        self._meta_stamp: tuple[int, int, int] | None = None
         self.databases_dir = path / "databases"
         self.extern_dir = path / "extern"
         self.keys_dir = path / "keys"
@@ -175,7 +176,7 @@ class Store:
                 audit=store.audit,
                 rotation_period=rotation_period,
             )
-        store._save_meta()
+        store.update_meta(lambda m: None)
         return store
 
     @classmethod
@@ -220,20 +221,38 @@ class Store:
     def _region_dir(self, region: str) -> Path:
         return self.keys_dir / region
 
-    def _save_meta(self) -> None:
-        """Rewrite the store metadata atomically (temp, fsync, rename), so a crash leaves old or new."""
-        tmp = self.path / f".{MARKER}.tmp"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(self.meta, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path / MARKER)
+    # Several processes share a store (``serve``, the CLI, apps), so the metadata is re-read whenever
+    # the file changed, and changed only under a lock: read, modify, write atomically.
+    @property
+    def meta(self) -> dict[str, object]:
+        try:
+            st = os.stat(self.path / MARKER)
+        except FileNotFoundError:
+            return self._meta
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp != self._meta_stamp:
+            self._meta, self._meta_stamp = json.loads((self.path / MARKER).read_text()), stamp
+        return self._meta
 
-    def _reload_meta(self) -> None:
-        self.meta = json.loads((self.path / MARKER).read_text())
+    def update_meta(self, change: Callable[[dict[str, object]], None]) -> None:
+        """Apply ``change`` to the newest metadata and rewrite it atomically (temp, fsync, rename)."""
+        fd = os.open(self.path / ".meta.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            meta = dict(self.meta)
+            change(meta)
+            tmp = self.path / f".{MARKER}.tmp"
+            with open(tmp, "w") as f:
+                f.write(json.dumps(meta, indent=2) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / MARKER)
+            self._meta, self._meta_stamp = meta, None
+        finally:
+            os.close(fd)
 
     def _regions_of_databases(self) -> dict[str, str]:
-        return self.meta.setdefault("database_regions", {})  # type: ignore[return-value]
+        return dict(self.meta.get("database_regions", {}))  # type: ignore[call-overload]
 
     def database_region(self, name: str) -> str | None:
         """The database's home region as declared (``CREATE DATABASE ... PRIMARY REGION``), or None."""
@@ -249,14 +268,18 @@ class Store:
         return region
 
     def _set_region(self, name: str, region: str | None) -> None:
-        regions = self._regions_of_databases()
-        if regions.get(name) == region:
+        if self.database_region(name) == region:
             return
-        if region is None:
-            regions.pop(name, None)
-        else:
-            regions[name] = region
-        self._save_meta()
+
+        def change(meta: dict[str, object]) -> None:
+            regions = dict(meta.get("database_regions", {}))  # type: ignore[call-overload]
+            if region is None:
+                regions.pop(name, None)
+            else:
+                regions[name] = region
+            meta["database_regions"] = regions
+
+        self.update_meta(change)
 
     # -- keys -------------------------------------------------------------------------------------
     def region_keys(self, region: str) -> RegionKeys:
@@ -347,6 +370,8 @@ class Store:
             if if_not_exists:
                 return
             raise AlreadyExistsError(f'database "{name}" already exists')
+        if region is not None:
+            self._check_region(region)
         key = self.prepare_database(name, region)
         conn = connect(path, key=key, create=True)
         try:
@@ -355,9 +380,14 @@ class Store:
             conn.close()
 
     def prepare_database(self, name: str, region: str | None) -> bytes:
-        """Record a new database's home region and data key before its file is written."""
-        if region is not None:
-            self._check_region(region)
+        """Record a new database's home region and data key before its file is written (restore
+        calls this with the region the database had when it was backed up)."""
+        if region is not None and region not in self.regions:
+            raise UsageError(
+                "detected a mismatch in regions between the restore cluster and the backup cluster, "
+                f'missing regions detected: {region}.\nHINT: database "{name}" lives in region "{region}"; '
+                f"this store's regions are {', '.join(self.regions)}"
+            )
         if self.has_database(name):
             raise AlreadyExistsError(f'database "{name}" already exists')
         self._set_region(name, region)
@@ -488,9 +518,7 @@ class Store:
         under it protects data written from now on; existing files keep their data keys, which are
         now sealed under the new store key too, so nothing in the region opens without the CMEK.
         """
-        missing = [r for r in self.regions if r not in specs]
-        if missing:
-            raise UsageError(f"enabling CMEK needs a key for every region of the store; missing: {', '.join(missing)}")
+        self.check_cmek_specs(specs, every_region=True)
         self._set_cmek(specs, auth_principal=auth_principal, enabling=True)
 
     def rotate_cmek(self, specs: Mapping[str, str | None], *, auth_principal: str | None = None) -> None:
@@ -512,7 +540,14 @@ class Store:
             raise EncryptionError(f'region "{region}" has no key files')
         return found[1]
 
-    def _set_cmek(self, specs: Mapping[str, str], *, auth_principal: str | None, enabling: bool) -> None:
+    def check_cmek_specs(self, specs: Mapping[str, str], *, every_region: bool = False) -> None:
+        """Refuse a CMEK change before anything is touched (the HTTP API answers 400 with these)."""
+        if every_region:
+            missing = [r for r in self.regions if r not in specs]
+            if missing:
+                raise UsageError(
+                    f"enabling CMEK needs a key for every region of the store; missing: {', '.join(missing)}"
+                )
         for region, uri in specs.items():
             self._check_region(region)
             if not uri:
