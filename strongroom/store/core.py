@@ -86,6 +86,7 @@ class KeyUsage:
     created: str
     store_key_id: str
     active: bool
+    under_cmek: bool  # made while the region had CMEK (see keys.DataKey)
     files: int
     bytes: int
 
@@ -604,7 +605,9 @@ class Store:
                 for kid, dk in reg.data_keys.items():
                     names = [n for n, f in reg.files.items() if f.key_id == kid and self.has_database(n)]
                     size = sum(_db_bytes(self.database_path(n)) for n in names)
-                    usages.append(KeyUsage(kid, dk.created, dk.store_key_id, kid == active, len(names), size))
+                    usages.append(
+                        KeyUsage(kid, dk.created, dk.store_key_id, kid == active, dk.under_cmek, len(names), size)
+                    )
             out.append(
                 RegionStatus(
                     region=region,

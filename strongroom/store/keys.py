@@ -94,6 +94,10 @@ class DataKey:
     key: bytes
     created: str
     store_key_id: str
+    #: Made while the region had CMEK, so it was never sealed under a store key that a local key
+    #: file could unwrap (CockroachDB's ``was_exposed``, inverted). Keys made before CMEK was
+    #: enabled are retired by the next data key rotation.
+    under_cmek: bool = False
 
 
 @dataclass
@@ -119,7 +123,12 @@ class Registry:
             "store_key_id": self.store_key_id,
             "active_data_key_id": self.active_data_key_id,
             "data_keys": {
-                kid: {"key": _b64(k.key), "created": k.created, "store_key_id": k.store_key_id}
+                kid: {
+                    "key": _b64(k.key),
+                    "created": k.created,
+                    "store_key_id": k.store_key_id,
+                    "under_cmek": k.under_cmek,
+                }
                 for kid, k in self.data_keys.items()
             },
             "files": {name: asdict(f) for name, f in self.files.items()},
@@ -134,7 +143,8 @@ class Registry:
             store_key_id=doc["store_key_id"],
             active_data_key_id=doc["active_data_key_id"],
             data_keys={
-                kid: DataKey(_unb64(k["key"]), k["created"], k["store_key_id"]) for kid, k in doc["data_keys"].items()
+                kid: DataKey(_unb64(k["key"]), k["created"], k["store_key_id"], k.get("under_cmek", False))
+                for kid, k in doc["data_keys"].items()
             },
             files={name: FileKey(**f) for name, f in doc["files"].items()},
             rotation_period_s=int(doc["rotation_period_s"]),
@@ -143,9 +153,9 @@ class Registry:
     def copy(self) -> Registry:
         return Registry.from_bytes(self.to_bytes())
 
-    def add_data_key(self) -> str:
+    def add_data_key(self, *, under_cmek: bool) -> str:
         kid = new_key_id()
-        self.data_keys[kid] = DataKey(os.urandom(KEY_SIZE), _now(), self.store_key_id)
+        self.data_keys[kid] = DataKey(os.urandom(KEY_SIZE), _now(), self.store_key_id, under_cmek)
         self.active_data_key_id = kid
         return kid
 
@@ -342,7 +352,7 @@ class RegionKeys:
         store_key, store_key_id = os.urandom(KEY_SIZE), new_key_id()
         registry = Registry(store_key_id=store_key_id, active_data_key_id="")
         registry.rotation_period_s = int(rotation_period.total_seconds())
-        registry.add_data_key()
+        registry.add_data_key(under_cmek=cmek)
         now = _now()
         spec = RegionSpec(
             region=region,
@@ -473,7 +483,7 @@ class RegionKeys:
         made: list[str] = []
 
         def change(spec: RegionSpec, registry: Registry) -> None:
-            made.append(registry.add_data_key())
+            made.append(registry.add_data_key(under_cmek=spec.cmek))
 
         self.update(change)
         return made[0]
@@ -488,7 +498,7 @@ class RegionKeys:
             spec.store_key_id, spec.store_key_created, spec.wrapped_store_key = new_id, _now(), wrapped
             spec.user_message = ""
             registry.store_key_id = new_id
-            registry.add_data_key()
+            registry.add_data_key(under_cmek=spec.cmek)
             return new_key
 
         self.update(change)
@@ -513,7 +523,7 @@ class RegionKeys:
             if store_key_id != spec.store_key_id:
                 spec.store_key_id, spec.store_key_created = store_key_id, _now()
                 registry.store_key_id = store_key_id
-                registry.add_data_key()
+                registry.add_data_key(under_cmek=True)
             spec.key_uri, spec.wrapped_store_key, spec.auth_principal = uri, wrapped, auth_principal
             spec.cmek, spec.status, spec.user_message = True, ENABLED, ""
             if first or spec.cmek_enabled_at is None:
