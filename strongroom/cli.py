@@ -203,17 +203,23 @@ def db() -> None:
 
 @db.command("create")
 @click.argument("name")
+@click.option("--region", metavar="NAME", help="Home region (default: the store's primary region).")
 @STORE
-def db_create(name: str, store: str | None) -> None:
-    open_store(_store_path(store)).create_database(name)
-    click.echo(f"created database {name}")
+def db_create(name: str, region: str | None, store: str | None) -> None:
+    """CREATE DATABASE NAME [PRIMARY REGION "R"]: its data key comes from its home region."""
+    opened = open_store(_store_path(store))
+    opened.create_database(name, region=region)
+    click.echo(f"created database {name} in region {opened.home_region(name)}")
 
 
 @db.command("list")
 @STORE
-def db_list(store: str | None) -> None:
-    for name in open_store(_store_path(store)).databases():
-        click.echo(name)
+@FORMAT
+def db_list(store: str | None, fmt: str) -> None:
+    """Databases and their home regions."""
+    opened = open_store(_store_path(store))
+    rows = [(name, opened.home_region(name)) for name in opened.databases()]
+    click.echo(render(("database_name", "region"), rows, fmt))
 
 
 @db.command("drop")

@@ -63,7 +63,10 @@ def test_backup_restore_show_alter(cli: CliRunner, tmp_path: Path) -> None:
     ok(cli, "alter-backup", "nodelocal://1/b", "--new-kms", "local:///west", "--old-kms", "local:///east")
     out = ok(cli, "restore", "nodelocal://1/b", "--database", "app", "--new-db-name", "app2", "--kms", "local:///west")
     assert "| succeeded |" in out
-    assert ok(cli, "db", "list").split() == ["app", "app2"]
+    assert json.loads(ok(cli, "db", "list", "--format", "json")) == [
+        {"database_name": "app", "region": "local"},
+        {"database_name": "app2", "region": "local"},
+    ]
     fail = cli.invoke(main, ["restore", "nodelocal://1/b", "--kms", "local:///west"])
     assert fail.exit_code == 1 and fail.output == 'ERROR: database "app" already exists\n'
 
@@ -126,3 +129,38 @@ def test_demo_tells_the_story(tmp_path: Path) -> None:
     ):
         assert expected in out
     assert os.path.isdir(tmp_path / "demo" / "store" / "extern" / "kms-backups" / "incrementals")
+
+
+def test_init_regions_cmek_and_db_regions(tmp_path: Path, _keyring: Path) -> None:
+    runner = CliRunner()
+    ok(runner, "keys", "create", "west-cmek")
+    out = ok(
+        runner,
+        "init",
+        str(tmp_path / "s"),
+        "--region",
+        "us-east1",
+        "--region",
+        "us-west1",
+        "--cmek",
+        "us-west1=local:///west-cmek",
+        "--rotation-period",
+        "7d",
+    )
+    lines = out.splitlines()
+    assert lines[1].startswith("region us-east1: store key wrapped by local key file local:///strongroom-store-")
+    assert lines[1].endswith("(keep a copy of it)")
+    assert lines[2] == "region us-west1: store key wrapped by CMEK local:///west-cmek"
+    store = str(tmp_path / "s")
+    assert ok(runner, "db", "create", "orders", "--region", "us-west1", "--store", store) == (
+        "created database orders in region us-west1\n"
+    )
+    bad = runner.invoke(main, ["db", "create", "x", "--region", "mars", "--store", store])
+    assert (
+        bad.exit_code == 1
+        and bad.output == 'ERROR: region "mars" does not exist\nHINT: valid regions: us-east1, us-west1\n'
+    )
+    period = runner.invoke(main, ["init", str(tmp_path / "t"), "--rotation-period", "1 month"])
+    assert period.exit_code == 1
+    assert period.output == "ERROR: invalid duration '1 month': use a positive number with s, m, h or d, e.g. 30d\n"
+    assert open_store(store).encryption_status()[0].rotation_period_s == 7 * 86400
