@@ -557,6 +557,9 @@ class Store:
                     "(revoke it instead: strongroom cmek revoke)"
                 )
             key_type(uri)
+
+    def _set_cmek(self, specs: Mapping[str, str], *, auth_principal: str | None, enabling: bool) -> None:
+        self.check_cmek_specs(specs)
         with self._rotation_lock():
             for region, uri in specs.items():
                 keys = self._keys.get(region)
