@@ -91,7 +91,7 @@ def new_key_id() -> str:
 
 @dataclass
 class DataKey:
-    key: bytes
+    key: bytes = field(repr=False)  # never in a repr, log or traceback
     created: str
     store_key_id: str
     #: Made while the region had CMEK, so it was never sealed under a store key that a local key
