@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -33,6 +33,7 @@ from ..uri import redact
 from .layout import ENCRYPTION_INFO
 
 DATA_KEY_SIZE = 32
+KMSOpener = Callable[[str], KMS]
 APPEARS_ENCRYPTED = 'file appears encrypted -- try specifying one of "encryption_passphrase" or "kms"'
 NO_INFO = "could not find or read encryption information: no ENCRYPTION-INFO files found"
 URI_NOT_USED = (
@@ -43,10 +44,15 @@ URI_NOT_USED = (
 
 @dataclass(frozen=True)
 class Encryption:
-    """What the user gave: a passphrase, or one or more KMS URIs, or nothing (unencrypted)."""
+    """What the user gave: a passphrase, or one or more KMS URIs, or nothing (unencrypted).
+
+    ``kms_opener`` opens each KMS URI (default :func:`open_kms`); a store passes one that writes
+    every call to its audit log (managed backups wrapped by a CMEK).
+    """
 
     passphrase: str | None = None
     kms: tuple[str, ...] = field(default=())
+    kms_opener: KMSOpener | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.passphrase is not None and self.kms:
@@ -94,11 +100,11 @@ class BackupKeys:
 
 
 @contextmanager
-def opened_kms(uris: tuple[str, ...]) -> Iterator[list[KMS]]:
+def opened_kms(uris: tuple[str, ...], opener: KMSOpener | None = None) -> Iterator[list[KMS]]:
     handles: list[KMS] = []
     try:
         for uri in uris:
-            handles.append(open_kms(uri))
+            handles.append((opener or open_kms)(uri))
         yield handles
     finally:
         for h in handles:
@@ -118,7 +124,7 @@ def new_backup_keys(enc: Encryption) -> tuple[BackupKeys, bytes | None]:
     if enc.kms:
         data_key = os.urandom(DATA_KEY_SIZE)
         wrapped: dict[bytes, bytes] = {}
-        with opened_kms(enc.kms) as handles:
+        with opened_kms(enc.kms, enc.kms_opener) as handles:
             for kms in handles:
                 try:
                     wrapped[kms_identity(kms.master_key_id)] = kms.encrypt(data_key)
@@ -157,12 +163,14 @@ def existing_backup_keys(storage: ExternalStorage, full_dir: str, enc: Encryptio
         if not salts:
             raise EncryptionError('this backup was encrypted with KMS keys, not a passphrase: specify "kms"')
         return BackupKeys(passphrase_key(enc.passphrase, salts[-1]))
-    return BackupKeys(unwrap_data_key(infos, enc.kms))
+    return BackupKeys(unwrap_data_key(infos, enc.kms, enc.kms_opener))
 
 
-def unwrap_data_key(infos: list[tuple[str, EncryptionInfo]], uris: tuple[str, ...]) -> bytes:
+def unwrap_data_key(
+    infos: list[tuple[str, EncryptionInfo]], uris: tuple[str, ...], opener: KMSOpener | None = None
+) -> bytes:
     """The data key, unwrapped by the first of ``uris`` that answers; all must be in one info file."""
-    with opened_kms(uris) as handles:
+    with opened_kms(uris, opener) as handles:
         ids = [kms_identity(k.master_key_id) for k in handles]
         entry = next(
             (info for _name, info in infos if all(i in info.encrypted_data_keys for i in ids)),
