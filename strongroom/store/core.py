@@ -39,6 +39,7 @@ from ..kms import create_key, local_kms_uri
 from ..sqlite.connect import connect, key_literal
 from ..storage import StorageContext
 from ..uri import redact
+from . import managed
 from .audit import AuditLog, AuditRecord
 from .connection import follow_rekeys, guard
 from .jobs import JobRegistry
@@ -634,6 +635,39 @@ class Store:
 
     def audit_records(self) -> list[AuditRecord]:
         return self.audit.records()
+
+    # -- managed backups: thin calls into managed.py ----------------------------------------------
+    @property
+    def managed_backup_schedule(self) -> managed.Schedule:
+        return managed.schedule(self)
+
+    def set_managed_backup_schedule(
+        self, *, interval: timedelta | None = None, full_every: timedelta | None = None
+    ) -> managed.Schedule:
+        return managed.set_schedule(self, interval=interval, full_every=full_every)
+
+    def run_due_managed_backups(self, now: datetime | None = None) -> list[managed.TakenBackup]:
+        """Take the managed backups due now (what ``strongroom serve``'s scheduler calls)."""
+        return managed.run_due(self, now)
+
+    def managed_backup(self, full: bool | None = None) -> list[managed.TakenBackup]:
+        """Take a managed backup of every region now: full, incremental, or (None) as scheduled."""
+        return managed.take_now(self, full)
+
+    def managed_backups(self) -> list[managed.ManagedBackup]:
+        return managed.list_backups(self)
+
+    def restore_managed(
+        self,
+        subdir: str = "LATEST",
+        databases: list[str] | None = None,
+        new_db_name: str | None = None,
+        region: str | None = None,
+        as_of: datetime | None = None,
+    ) -> JobResult:
+        if new_db_name is not None:
+            check_database_name(new_db_name)
+        return managed.restore(self, subdir, databases, new_db_name, region, as_of)
 
     # -- backup and restore: thin calls into the backup engine --------------------------------------
     def backup(

@@ -1,0 +1,492 @@
+"""Managed backups: the store backs itself up on a schedule, under backup keys of its own.
+
+CockroachDB Cloud backs every cluster up on a schedule; those *managed* backups cover every
+database, can be restored only to the cluster where they were taken, and are encrypted with data
+keys distinct from the cluster's. Once CMEK is enabled their data keys are wrapped by the CMEK, the
+CMEK must be available to restore, and backups taken before CMEK was enabled can no longer be
+restored. Here:
+
+- **Where**: ``<store>/managed-backups/<region>/``, one backup collection per region in CockroachDB's
+  layout, written by the backup engine, holding only the databases whose home region it is. Each
+  region's backups are therefore under that region's key alone: destroying one region's CMEK makes
+  exactly that region's backups unrecoverable (data domiciling).
+- **Keys**: each full backup gets a fresh random data key (the engine's KMS mode: it is never one of
+  the store's data keys), wrapped by the region's CMEK when enabled, else by the region's store key
+  file. Incrementals use their full backup's key. Every call to that key is in the audit log.
+- **Whose**: ``MANAGED-BY`` at the root of each collection names the store and region that write
+  it; a store restores only its own. (Cryptographically, a store without CMEK cannot unwrap another
+  store's backups anyway: its key file is its own. Two stores sharing one CMEK are kept apart by
+  this check.)
+- **CMEK**: a backup whose data key is not wrapped by the region's current key (one taken before
+  CMEK was enabled) is refused, and the next scheduled backup of the region is a full one.
+- **Schedule**: every ``interval`` (default 1 h) a backup is due per region, a full one when the
+  last full is ``full_every`` old (default 24 h; CockroachDB Cloud's daily full plus hourly
+  incrementals), an incremental otherwise. What is due is read from the collections themselves (the
+  backups' subdir names are their end times), so a missed run or a restarted scheduler catches up.
+- **One writer**: ``managed-backups/.lock`` (flock) serialises writers across processes; a killed
+  backup leaves a partial layer that nothing lists or uses, and LATEST moves only after every file
+  of a backup is durable.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..backup import engine, layout
+from ..backup.engine import DatabaseSource
+from ..backup.jobs import JobResult, new_job_id
+from ..backup.keys import Encryption, KMSOpener, read_encryption_infos
+from ..crypto import kms_identity
+from ..errors import EncryptionError, KMSError, NotFoundError, StrongroomError, UsageError
+from ..kms import KMS, open_kms
+from ..storage import ExternalStorage, open_storage
+from ..uri import redact
+from .audit import AuditedKMS
+from .keys import REVOKED, RegionSpec
+
+if TYPE_CHECKING:
+    from .core import Store
+
+MANAGED_DIR = "managed-backups"
+OWNER_MARKER = "MANAGED-BY"
+SCHEDULE_META = "managed_backups"
+DEFAULT_INTERVAL = timedelta(hours=1)
+DEFAULT_FULL_EVERY = timedelta(days=1)
+FULL, INCREMENTAL = "full", "incremental"
+BACKUP_PURPOSE = "managed backup"
+RESTORE_PURPOSE = "restore managed backup"
+LIST_COLUMNS = ("region", "path", "backup_type", "end_time", "restorable", "reason")
+TAKEN_COLUMNS = ("region", "backup_type", "path", "end_time", "rows", "bytes")
+
+
+class ManagedBackupError(StrongroomError):
+    """Several regions' managed backups failed, or some failed and others succeeded (``taken``).
+    (When the only region to back up fails, its own error is raised.)"""
+
+    def __init__(self, message: str, taken: list[TakenBackup]) -> None:
+        super().__init__(message)
+        self.taken = taken
+
+
+# -------------------------------------------------------------------------------------------- schedule
+
+
+def format_duration(value: timedelta) -> str:
+    """``1d``, ``6h``, ``30m`` or ``45s``: the largest unit that divides the duration."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A backup of each region every ``interval``; a full one when the last full is ``full_every`` old."""
+
+    interval: timedelta = DEFAULT_INTERVAL
+    full_every: timedelta = DEFAULT_FULL_EVERY
+
+    def __post_init__(self) -> None:
+        if self.interval <= timedelta(0):
+            raise UsageError("the managed backup interval must be positive")
+        if self.full_every < self.interval:
+            raise UsageError(
+                f"the full backup period ({format_duration(self.full_every)}) must not be shorter than "
+                f"the backup interval ({format_duration(self.interval)})"
+            )
+
+    def to_meta(self) -> dict[str, int]:
+        return {"interval_s": int(self.interval.total_seconds()), "full_every_s": int(self.full_every.total_seconds())}
+
+    @classmethod
+    def from_meta(cls, doc: object) -> Schedule:
+        if not isinstance(doc, dict):
+            return cls()
+        return cls(timedelta(seconds=int(doc["interval_s"])), timedelta(seconds=int(doc["full_every_s"])))
+
+
+def schedule(store: Store) -> Schedule:
+    return Schedule.from_meta(store.meta.get(SCHEDULE_META))
+
+
+def set_schedule(store: Store, *, interval: timedelta | None = None, full_every: timedelta | None = None) -> Schedule:
+    """Change the schedule (unchanged parts keep their value); stored in the store metadata."""
+    made: list[Schedule] = []
+
+    def change(meta: dict[str, object]) -> None:
+        current = Schedule.from_meta(meta.get(SCHEDULE_META))
+        made.append(Schedule(interval or current.interval, full_every or current.full_every))
+        meta[SCHEDULE_META] = made[0].to_meta()
+
+    store.update_meta(change)
+    return made[0]
+
+
+# ----------------------------------------------------------------------------------------- collections
+
+
+@dataclass(frozen=True)
+class ManagedBackup:
+    """One layer (a full backup or an incremental on it) of a region's managed backups."""
+
+    region: str
+    full_subdir: str
+    path: str  # the full subdir, or the incremental's collection-relative dir
+    backup_type: str
+    end_time: datetime  # from the layer's name: to the hundredth of a second, UTC
+    restorable: bool
+    reason: str | None  # why not, when not restorable
+
+    def row(self) -> tuple[object, ...]:
+        end = self.end_time.strftime("%Y-%m-%d %H:%M:%S.%f")[:-4]
+        return (self.region, self.path, self.backup_type, end, self.restorable, self.reason)
+
+
+@dataclass(frozen=True)
+class TakenBackup:
+    """A managed backup a run took."""
+
+    region: str
+    backup_type: str
+    full_subdir: str
+    path: str
+    end_time: datetime
+    result: JobResult
+
+    def row(self) -> tuple[object, ...]:
+        end = self.end_time.strftime("%Y-%m-%d %H:%M:%S.%f")[:-4]
+        return (self.region, self.backup_type, self.path, end, self.result.rows, self.result.bytes)
+
+
+def collection_dir(store: Store, region: str) -> Path:
+    return store.path / MANAGED_DIR / region
+
+
+@contextmanager
+def _collection(store: Store, region: str) -> Iterator[ExternalStorage]:
+    storage = open_storage(str(collection_dir(store, region)), store.storage_context)
+    try:
+        yield storage
+    finally:
+        storage.close()
+
+
+def _full_time(full: str) -> datetime:
+    return datetime.strptime(full.strip("/"), "%Y/%m/%d-%H%M%S.%f").replace(tzinfo=UTC)
+
+
+def _incremental_time(layer_dir: str) -> datetime:
+    day, clock = layer_dir.rsplit("/", 2)[-2:]
+    return datetime.strptime(f"{day}/{clock}", "%Y%m%d/%H%M%S.%f").replace(tzinfo=UTC)
+
+
+def _latest_full(storage: ExternalStorage) -> str | None:
+    try:
+        return layout.read_latest(storage)
+    except NotFoundError:
+        return None
+
+
+def _check_owner(store: Store, region: str, storage: ExternalStorage) -> None:
+    """Refuse a collection another store (or another region) wrote: managed backups stay where taken."""
+    where = collection_dir(store, region)
+    try:
+        owner = json.loads(storage.get(OWNER_MARKER))
+        owner_store, owner_region = str(owner["store_id"]), str(owner["region"])
+    except NotFoundError:
+        raise NotFoundError(f"{where} has no {OWNER_MARKER} file: it is not a managed backup collection") from None
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"{where}/{OWNER_MARKER} is malformed") from None
+    if owner_store != store.id or owner_region != region:
+        raise UsageError(
+            f'the managed backups in {where} were taken by store {owner_store} (region "{owner_region}"), '
+            f'not by this store {store.id} (region "{region}"): managed backups can be restored only '
+            "to the store where they were taken"
+        )
+
+
+def _claim(store: Store, region: str, storage: ExternalStorage) -> None:
+    """Write MANAGED-BY before a region's first managed backup, else check it (under the writer lock)."""
+    if not storage.exists(OWNER_MARKER):
+        doc = {"store_id": store.id, "region": region, "created": datetime.now(UTC).isoformat()}
+        storage.put(OWNER_MARKER, (json.dumps(doc) + "\n").encode(), create_only=True)
+    _check_owner(store, region, storage)
+
+
+def _region_spec(store: Store, region: str) -> RegionSpec:
+    """The region's key spec: from its open keys (caught up with other processes), else from disk."""
+    keys = store._keys.get(region)
+    if keys is None:
+        return store._spec(region)
+    keys.refresh()
+    return keys.spec
+
+
+def _key_name(spec: RegionSpec) -> str:
+    return "CMEK" if spec.cmek else "store key file"
+
+
+def _wrapped_by(storage: ExternalStorage, full: str, key_uri: str) -> bool:
+    """Is the full backup's data key wrapped by ``key_uri``? (ENCRYPTION-INFO only: no KMS call.)"""
+    kms = open_kms(key_uri)
+    try:
+        identity = kms_identity(kms.master_key_id)
+    finally:
+        kms.close()
+    return any(identity in info.encrypted_data_keys for _name, info in read_encryption_infos(storage, full))
+
+
+def _unrestorable(storage: ExternalStorage, full: str, spec: RegionSpec) -> str | None:
+    """Why a chain cannot be restored now, or None (decided without any KMS call)."""
+    what = f'managed backup {full} of region "{spec.region}"'
+    if spec.status == REVOKED:
+        return f"{what} cannot be restored: the region's CMEK {redact(spec.key_uri)} was revoked"
+    if spec.cmek and spec.cmek_enabled_at and _full_time(full) < datetime.fromisoformat(spec.cmek_enabled_at):
+        return f"{what} was taken before CMEK was enabled ({spec.cmek_enabled_at}): it cannot be restored"
+    if not _wrapped_by(storage, full, spec.key_uri):
+        # Taken under another key: before CMEK was enabled (within the same second), or before the
+        # region moved to another CMEK.
+        key = f"{_key_name(spec)} {redact(spec.key_uri)}"
+        return f"{what} is not encrypted with the region's {key}: it cannot be restored"
+    return None
+
+
+def list_backups(store: Store) -> list[ManagedBackup]:
+    """Every managed backup layer of every region, oldest first per region (no KMS call)."""
+    out: list[ManagedBackup] = []
+    for region in store.regions:
+        if not collection_dir(store, region).is_dir():
+            continue
+        spec = _region_spec(store, region)
+        with _collection(store, region) as storage:
+            try:
+                _check_owner(store, region, storage)
+                foreign = None
+            except StrongroomError as exc:
+                foreign = str(exc)
+            for full in layout.list_fulls(storage):
+                reason = foreign or _unrestorable(storage, full, spec)
+                layers = [(full, FULL, _full_time(full))]
+                layers += [(d, INCREMENTAL, _incremental_time(d)) for d in layout.list_incrementals(storage, full)]
+                for path, kind, end in layers:
+                    out.append(ManagedBackup(region, full, path, kind, end, reason is None, reason))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ backup
+
+
+def _opener(store: Store, region: str, purpose: str) -> KMSOpener:
+    def open_audited(uri: str) -> KMS:
+        return AuditedKMS(open_kms(uri), store.audit, region, purpose)
+
+    return open_audited
+
+
+@contextmanager
+def _writer_lock(store: Store, *, wait: bool) -> Iterator[bool]:
+    """Hold the store's managed-backup lock (yields False, without waiting, if another holds it)."""
+    folder = store.path / MANAGED_DIR
+    folder.mkdir(exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _region_databases(store: Store, region: str) -> list[str]:
+    return [name for name in store.databases() if store.home_region(name) == region]
+
+
+def _due(
+    store: Store, region: str, storage: ExternalStorage, sched: Schedule, now: datetime | None, full: bool | None
+) -> str | None:
+    """FULL, INCREMENTAL or None (nothing due). ``now`` None: a forced run (the interval is ignored)."""
+    latest = _latest_full(storage)
+    usable = latest is not None and _wrapped_by(storage, latest, _region_spec(store, region).key_uri)
+    if full is False and not usable:
+        raise UsageError(
+            f'region "{region}" has no managed full backup under its current key to add an incremental '
+            "backup to: take a full one"
+        )
+    if full is not None:
+        return FULL if full else INCREMENTAL
+    if not usable:
+        return FULL  # the first backup, or the region's key changed (CMEK enabled): a new chain
+    assert latest is not None
+    last_full = _full_time(latest)
+    increments = layout.list_incrementals(storage, latest)
+    last = _incremental_time(increments[-1]) if increments else last_full
+    if now is not None and now - last < sched.interval:
+        return None
+    return FULL if (now or datetime.now(UTC)) - last_full >= sched.full_every else INCREMENTAL
+
+
+def _take(store: Store, region: str, storage: ExternalStorage, kind: str, names: list[str]) -> TakenBackup:
+    spec = _region_spec(store, region)
+    sources = [
+        DatabaseSource(name, store.database_path(name), store.database_key(name), region=store.database_region(name))
+        for name in names
+    ]
+    try:
+        result = engine.backup(
+            str(collection_dir(store, region)),
+            sources,
+            encryption=Encryption(kms=(spec.key_uri,), kms_opener=_opener(store, region, BACKUP_PURPOSE)),
+            incremental="LATEST" if kind == INCREMENTAL else None,
+            is_full_cluster=True,  # every database of the region: the chain follows the region's databases
+            context=store.storage_context,
+        )
+    except KMSError as exc:
+        raise KMSError(
+            f'managed backup of region "{region}" failed: its {_key_name(spec)} {redact(spec.key_uri)} '
+            f"is not available: {exc}"
+        ) from None
+    full = _latest_full(storage)
+    assert full is not None
+    if kind == FULL:
+        return TakenBackup(region, FULL, full, full, _full_time(full), result)
+    path = layout.list_incrementals(storage, full)[-1]  # the newest: no one else writes under the lock
+    return TakenBackup(region, INCREMENTAL, full, path, _incremental_time(path), result)
+
+
+def _run(store: Store, now: datetime | None, full: bool | None, *, wait: bool) -> list[TakenBackup]:
+    """Back up each region that is due (every region with databases, when ``now`` is None)."""
+    taken: list[TakenBackup] = []
+    errors: list[StrongroomError] = []
+    with _writer_lock(store, wait=wait) as locked:
+        if not locked:
+            return taken  # another process is writing managed backups now: it takes what is due
+        sched = schedule(store)
+        for region in store.regions:
+            names = _region_databases(store, region)
+            if not names:
+                continue
+            try:
+                with _collection(store, region) as storage:
+                    _claim(store, region, storage)
+                    kind = _due(store, region, storage, sched, now, full)
+                    if kind is not None:
+                        taken.append(_take(store, region, storage, kind, names))
+            except StrongroomError as exc:
+                errors.append(exc)  # regions are independent: one region's failure stops no other
+    if len(errors) == 1 and not taken:
+        raise errors[0]
+    if errors:
+        raise ManagedBackupError("; ".join(str(e) for e in errors), taken)
+    return taken
+
+
+def run_due(store: Store, now: datetime | None = None) -> list[TakenBackup]:
+    """Take every managed backup that is due at ``now`` (default: the current time); [] if none is
+    due, or if another process is taking managed backups at this moment."""
+    return _run(store, now or datetime.now(UTC), None, wait=False)
+
+
+def take_now(store: Store, full: bool | None = None) -> list[TakenBackup]:
+    """Take a managed backup of every region with databases now: full, incremental, or (None) the
+    kind the schedule would take. Waits for another process's managed backup to finish first."""
+    taken = _run(store, None, full, wait=True)
+    if not taken:
+        raise UsageError("the store has no databases to back up")
+    return taken
+
+
+# ----------------------------------------------------------------------------------------------- restore
+
+
+def _regions_to_restore(store: Store, subdir: str, databases: list[str] | None, region: str | None) -> list[str]:
+    if region is not None:
+        return [store._check_region(region)]
+    with_backups = [r for r in store.regions if (collection_dir(store, r) / OWNER_MARKER).exists()]
+    if subdir.upper() != "LATEST":
+        full = layout.normalize_subdir(subdir).strip("/")
+        holding = [r for r in with_backups if (collection_dir(store, r) / full / layout.MANIFEST).exists()]
+        if not holding:
+            raise NotFoundError(f"no managed backup {subdir} in this store (strongroom backup-schedule list)")
+        if len(holding) > 1:
+            raise UsageError(f"managed backup {subdir} exists in regions {', '.join(holding)}: name one")
+        return holding
+    if databases:
+        return sorted({store.home_region(name) for name in databases}, key=store.regions.index)
+    if not with_backups:
+        raise NotFoundError("this store has no managed backups yet")
+    return with_backups
+
+
+def restore(
+    store: Store,
+    subdir: str = "LATEST",
+    databases: list[str] | None = None,
+    new_db_name: str | None = None,
+    region: str | None = None,
+    as_of: datetime | None = None,
+) -> JobResult:
+    """Restore managed backups into this store: every database of every region (LATEST), or some.
+
+    All or nothing: every chain is checked (owner, CMEK) before a byte is restored, and databases
+    restored from one region are removed again if another region's restore fails.
+    """
+    if new_db_name is not None and (not databases or len(databases) != 1):
+        raise UsageError("new_db_name can only be used to restore a single database")
+    plan: list[tuple[str, str, list[str] | None, RegionSpec]] = []
+    for r in _regions_to_restore(store, subdir, databases, region):
+        if not collection_dir(store, r).is_dir():
+            raise NotFoundError(f'region "{r}" has no managed backups yet')
+        with _collection(store, r) as storage:
+            _check_owner(store, r, storage)
+            full = _latest_full(storage) if subdir.upper() == "LATEST" else layout.normalize_subdir(subdir)
+            if full is None:
+                raise NotFoundError(f'region "{r}" has no managed backup yet')
+            spec = _region_spec(store, r)
+            reason = _unrestorable(storage, full, spec)
+            if reason:
+                raise KMSError(reason) if spec.status == REVOKED else EncryptionError(reason)
+        wanted = [d for d in databases if region or store.home_region(d) == r] if databases else None
+        plan.append((r, full, wanted, spec))
+    restored: set[str] = set()
+    results: list[JobResult] = []
+    try:
+        for r, full, wanted, spec in plan:
+            before = set(store.databases())
+            try:
+                result = engine.restore(
+                    str(collection_dir(store, r)),
+                    store,
+                    subdir=full,
+                    encryption=Encryption(kms=(spec.key_uri,), kms_opener=_opener(store, r, RESTORE_PURPOSE)),
+                    databases=wanted,
+                    new_db_name=new_db_name,
+                    as_of=as_of,
+                    context=store.storage_context,
+                )
+            except KMSError as exc:
+                raise KMSError(
+                    f'cannot restore managed backup {full} of region "{r}": its {_key_name(spec)} '
+                    f"{redact(spec.key_uri)} is not available: {exc}"
+                ) from None
+            except NotFoundError as exc:
+                raise NotFoundError(f'managed backup {full} of region "{r}": {exc}') from None
+            restored |= set(store.databases()) - before
+            results.append(result)
+    except BaseException:
+        for name in restored:  # the engine already undid the failing region's own databases
+            store.discard_database(name)
+        raise
+    rows, index_entries = sum(r.rows for r in results), sum(r.index_entries for r in results)
+    return JobResult(new_job_id(), "succeeded", 1.0, rows, index_entries, sum(r.bytes for r in results))
