@@ -314,6 +314,57 @@ def test_regions_keep_their_backups_under_their_own_keys(tmp_path: Path, _keyrin
     assert store.home_region("orders") == "west"
 
 
+def test_after_a_move_to_another_cmek_older_managed_backups_restore_with_the_new_key_alone(
+    bank: Store, _keyring: Path
+) -> None:
+    create_key("cmek-key")
+    create_key("cmek-2")
+    bank.enable_cmek({"local": CMEK})
+    [old] = bank.managed_backup()
+    bank.rotate_cmek({"local": None})  # a new version of the same key: nothing to re-wrap
+    assert [r for r in bank.audit_records() if r.purpose == "re-wrap managed backup keys"] == []
+
+    bank.rotate_cmek({"local": "local:///cmek-2"})
+    infos = _infos(bank, old.full_subdir)
+    assert [name.rsplit("/", 1)[1] for name, _info in infos] == ["ENCRYPTION-INFO-2", "ENCRYPTION-INFO"]
+    assert list(infos[0][1].encrypted_data_keys) == [hashlib.sha256(b"cmek-2").digest()]  # type: ignore[attr-defined]
+    rewraps = [r for r in bank.audit_records() if r.purpose == "re-wrap managed backup keys"]
+    assert [(r.operation, r.key, r.result) for r in rewraps] == [
+        ("decrypt", CMEK, "ok"),
+        ("encrypt", "local:///cmek-2", "ok"),
+    ]
+
+    (_keyring / "cmek-key.key").unlink()  # the old key is retired
+    assert [b.restorable for b in bank.managed_backups()] == [True]
+    bank.drop_database("shop")
+    bank.restore_managed(subdir=old.full_subdir, databases=["shop"])
+    assert len(table_rows(bank, "shop", "accounts")) == 700
+
+
+def test_a_backup_the_old_cmek_cannot_open_any_more_is_reported_after_the_move(bank: Store, _keyring: Path) -> None:
+    create_key("cmek-key")
+    create_key("cmek-2")
+    bank.enable_cmek({"local": CMEK})
+    [old] = bank.managed_backup()
+    (_keyring / "cmek-key.key").unlink()
+    bank.rotate_cmek({"local": "local:///cmek-2"})  # the store key is in memory: the move itself works
+
+    [status] = bank.encryption_status()
+    assert (status.status, status.key_uri) == ("ENABLED", "local:///cmek-2")
+    assert status.user_message == (
+        f'region "local" now uses CMEK local:///cmek-2, but managed backup {old.full_subdir} could not be wrapped '
+        f"with it (keep {CMEK} to restore it): failed to decrypt data key with KMS '{CMEK}': local KMS key "
+        f'"cmek-key" not found in keyring {_keyring} (create it with: strongroom keys create cmek-key)'
+    )
+    [listed] = bank.managed_backups()
+    assert listed.reason == (
+        f'managed backup {old.full_subdir} of region "local" is not encrypted with the region\'s CMEK '
+        "local:///cmek-2: it cannot be restored"
+    )
+    [new] = bank.run_due_managed_backups()  # and the schedule starts a chain under the new key
+    assert new.backup_type == "full"
+
+
 # ------------------------------------------------------------------------------------------- ownership
 
 

@@ -192,7 +192,13 @@ def unwrap_data_key(
         raise KMSError("; ".join(failures))
 
 
-def add_kms(storage: ExternalStorage, full_dir: str, new_kms: tuple[str, ...], old_kms: tuple[str, ...]) -> str:
+def add_kms(
+    storage: ExternalStorage,
+    full_dir: str,
+    new_kms: tuple[str, ...],
+    old_kms: tuple[str, ...],
+    opener: KMSOpener | None = None,
+) -> str:
     """ALTER BACKUP ... ADD NEW_KMS: wrap the data key under new KMSes into ENCRYPTION-INFO-<n+1>."""
     if not new_kms or not old_kms:
         raise UsageError("ALTER BACKUP needs both NEW_KMS and OLD_KMS")
@@ -202,14 +208,14 @@ def add_kms(storage: ExternalStorage, full_dir: str, new_kms: tuple[str, ...], o
     data_key = None
     for uri in old_kms:
         try:
-            data_key = unwrap_data_key(infos, (uri,))
+            data_key = unwrap_data_key(infos, (uri,), opener)
             break
         except EncryptionError:
             continue
     if data_key is None:
         raise EncryptionError("no key in OLD_KMS matches a key that was previously used to encrypt the backup")
     wrapped: dict[bytes, bytes] = {}
-    with opened_kms(new_kms) as handles:
+    with opened_kms(new_kms, opener) as handles:
         for kms in handles:
             try:
                 wrapped[kms_identity(kms.master_key_id)] = kms.encrypt(data_key)

@@ -569,11 +569,14 @@ class Store:
                         self._region_dir(region), self.audit, purpose="re-enable CMEK", allow_revoked=True
                     )
                     self._keys[region] = keys
+                before = keys.spec
                 try:
                     keys.set_cmek(uri, auth_principal=auth_principal, enabling=enabling and not keys.spec.cmek)
                 except StrongroomError as exc:
                     keys.set_status("ENABLE_FAILED" if enabling or not keys.spec.cmek else "ROTATE_FAILED", str(exc))
                     raise
+                if before.cmek and before.key_uri != uri:  # moved to another CMEK: keep managed backups restorable
+                    self._rewrap_managed_backups(keys, before.key_uri)
 
     def revoke_cmek(self) -> None:
         """Revoke the store's use of its CMEK (CockroachDB Cloud's PATCH REVOKE): every region stops
@@ -656,6 +659,14 @@ class Store:
 
     def managed_backups(self) -> list[managed.ManagedBackup]:
         return managed.list_backups(self)
+
+    def _rewrap_managed_backups(self, keys: RegionKeys, old_uri: str) -> None:
+        """The CMEK change itself is done; a managed backup the old key alone can still open is
+        reported in the region's user message (and by managed_backups()) rather than undoing it."""
+        try:
+            managed.rewrap_for_new_cmek(self, keys.region, old_uri)
+        except StrongroomError as exc:
+            keys.set_status(keys.spec.status, str(exc))
 
     def restore_managed(
         self,

@@ -18,7 +18,9 @@ restored. Here:
   store's backups anyway: its key file is its own. Two stores sharing one CMEK are kept apart by
   this check.)
 - **CMEK**: a backup whose data key is not wrapped by the region's current key (one taken before
-  CMEK was enabled) is refused, and the next scheduled backup of the region is a full one.
+  CMEK was enabled) is refused, and the next scheduled backup of the region is a full one. When a
+  region moves to another CMEK, its managed backups' data keys are wrapped by the new key too
+  (ALTER BACKUP ... ADD NEW_KMS), so they stay restorable after the old key is retired.
 - **Schedule**: every ``interval`` (default 1 h) a backup is due per region, a full one when the
   last full is ``full_every`` old (default 24 h; CockroachDB Cloud's daily full plus hourly
   incrementals), an incremental otherwise. What is due is read from the collections themselves (the
@@ -43,7 +45,7 @@ from typing import TYPE_CHECKING
 from ..backup import engine, layout
 from ..backup.engine import DatabaseSource
 from ..backup.jobs import JobResult, new_job_id
-from ..backup.keys import Encryption, KMSOpener, read_encryption_infos
+from ..backup.keys import Encryption, KMSOpener, add_kms, read_encryption_infos
 from ..crypto import kms_identity
 from ..errors import EncryptionError, KMSError, NotFoundError, StrongroomError, UsageError
 from ..kms import KMS, open_kms
@@ -63,6 +65,7 @@ DEFAULT_FULL_EVERY = timedelta(days=1)
 FULL, INCREMENTAL = "full", "incremental"
 BACKUP_PURPOSE = "managed backup"
 RESTORE_PURPOSE = "restore managed backup"
+REWRAP_PURPOSE = "re-wrap managed backup keys"
 LIST_COLUMNS = ("region", "path", "backup_type", "end_time", "restorable", "reason")
 TAKEN_COLUMNS = ("region", "backup_type", "path", "end_time", "rows", "bytes")
 
@@ -490,3 +493,29 @@ def restore(
         raise
     rows, index_entries = sum(r.rows for r in results), sum(r.index_entries for r in results)
     return JobResult(new_job_id(), "succeeded", 1.0, rows, index_entries, sum(r.bytes for r in results))
+
+
+# ------------------------------------------------------------------------------------------ CMEK change
+
+
+def rewrap_for_new_cmek(store: Store, region: str, old_uri: str) -> list[str]:
+    """After region ``region`` moved from CMEK ``old_uri`` to another key: wrap the data key of each
+    managed full backup that ``old_uri`` wraps with the region's new key too (one decrypt and one
+    encrypt each, audited), as ALTER BACKUP ... ADD NEW_KMS does. Returns the full backups done."""
+    if not collection_dir(store, region).is_dir():
+        return []
+    new_uri = _region_spec(store, region).key_uri
+    done: list[str] = []
+    with _writer_lock(store, wait=True), _collection(store, region) as storage:
+        for full in layout.list_fulls(storage):
+            if _wrapped_by(storage, full, new_uri) or not _wrapped_by(storage, full, old_uri):
+                continue
+            try:
+                add_kms(storage, full, (new_uri,), (old_uri,), _opener(store, region, REWRAP_PURPOSE))
+            except StrongroomError as exc:
+                raise KMSError(
+                    f'region "{region}" now uses CMEK {redact(new_uri)}, but managed backup {full} could not be '
+                    f"wrapped with it (keep {redact(old_uri)} to restore it): {exc}"
+                ) from None
+            done.append(full)
+    return done
