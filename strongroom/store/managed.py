@@ -137,6 +137,11 @@ def set_schedule(store: Store, *, interval: timedelta | None = None, full_every:
 # ----------------------------------------------------------------------------------------- collections
 
 
+def _shown(end: datetime) -> str:
+    """An end time as listed: to the hundredth of a second, as precise as the backup's name."""
+    return end.strftime("%Y-%m-%d %H:%M:%S.%f")[:-4]
+
+
 @dataclass(frozen=True)
 class ManagedBackup:
     """One layer (a full backup or an incremental on it) of a region's managed backups."""
@@ -150,8 +155,7 @@ class ManagedBackup:
     reason: str | None  # why not, when not restorable
 
     def row(self) -> tuple[object, ...]:
-        end = self.end_time.strftime("%Y-%m-%d %H:%M:%S.%f")[:-4]
-        return (self.region, self.path, self.backup_type, end, self.restorable, self.reason)
+        return (self.region, self.path, self.backup_type, _shown(self.end_time), self.restorable, self.reason)
 
 
 @dataclass(frozen=True)
@@ -166,8 +170,7 @@ class TakenBackup:
     result: JobResult
 
     def row(self) -> tuple[object, ...]:
-        end = self.end_time.strftime("%Y-%m-%d %H:%M:%S.%f")[:-4]
-        return (self.region, self.backup_type, self.path, end, self.result.rows, self.result.bytes)
+        return (self.region, self.backup_type, self.path, _shown(self.end_time), self.result.rows, self.result.bytes)
 
 
 def collection_dir(store: Store, region: str) -> Path:
