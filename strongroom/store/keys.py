@@ -195,6 +195,10 @@ class RegionSpec:
     user_message: str = ""
     updated_at: str = ""
 
+    def __repr__(self) -> str:  # the key URI may carry KMS credentials: shown redacted
+        shown = {**asdict(self), "key_uri": redact(self.key_uri)}
+        return "RegionSpec(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
+
     @property
     def key_type(self) -> str:
         return key_type(self.key_uri)
