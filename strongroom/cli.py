@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import re
+import secrets
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -20,7 +22,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from . import __version__
 from .backup import Encryption, JobResult
 from .backup import engine as backup_engine
-from .errors import StrongroomError, UsageError
+from .errors import EncryptionError, KMSError, StrongroomError, UsageError
 from .files import backup_file, restore_file
 from .kms import create_key, default_keyring
 from .output import render
@@ -395,6 +397,192 @@ def alter_backup(
         collection, subdir=subdir, new_kms=new_kms, old_kms=old_kms, context=context
     )
     click.echo(f"wrote {name}")
+
+
+# -- CMEK, key rotation and the API server ----------------------------------------------------------------
+def _open_for_cmek(store: str | None) -> tuple[Store, str | None]:
+    """The store with its keys if they open, else (revoked, KMS unreachable) without them, and why:
+    CMEK can be reported on, enabled and rotated on a store that cannot start."""
+    path = _store_path(store)
+    try:
+        return open_store(path), None
+    except (KMSError, EncryptionError) as exc:
+        return open_store(path, unlock=False), str(exc)
+
+
+def _echo_regions(s: Store, regions: Sequence[str] | None = None) -> None:
+    for st in s.encryption_status():
+        if regions is None or st.region in regions:
+            click.echo(f"region {st.region}: {st.status}, store key {st.store_key_id[:16]} wrapped by {st.key_uri}")
+
+
+@main.group()
+def cmek() -> None:
+    """Customer-managed encryption keys: enable, rotate, revoke, status, audit (CockroachDB Cloud's CMEK)."""
+
+
+@cmek.command("enable")
+@click.option("--cmek", "uris", multiple=True, required=True, metavar="[REGION=]URI", help="One for every region.")
+@click.option("--auth-principal", metavar="P", help="Who the store acts as at the KMS (an IAM role, an account).")
+@STORE
+def cmek_enable(uris: tuple[str, ...], auth_principal: str | None, store: str | None) -> None:
+    """Enable CMEK: each region gets a new store key wrapped by its CMEK (also re-enables a revoked store)."""
+    s, _locked = _open_for_cmek(store)
+    s.enable_cmek(parse_region_uris(uris, s.regions), auth_principal=auth_principal)
+    _echo_regions(s)
+
+
+@cmek.command("rotate")
+@click.option("--region", "regions", multiple=True, metavar="NAME", help="Default: every region with CMEK.")
+@click.option("--cmek", "uris", multiple=True, metavar="[REGION=]URI", help="A new key (default: its new version).")
+@click.option("--auth-principal", metavar="P", help="Who the store acts as at the KMS.")
+@STORE
+def cmek_rotate(regions: tuple[str, ...], uris: tuple[str, ...], auth_principal: str | None, store: str | None) -> None:
+    """Re-wrap store keys with a new version of their CMEK (rotated in the KMS), or with a new key."""
+    s, _locked = _open_for_cmek(store)
+    targets = list(regions) or [st.region for st in s.encryption_status() if st.cmek]
+    specs: dict[str, str | None] = dict.fromkeys(targets)
+    specs.update(parse_region_uris(uris, targets or s.regions))
+    if not specs:
+        raise UsageError("CMEK is not enabled on this store: there is nothing to rotate (strongroom cmek enable)")
+    s.rotate_cmek(specs, auth_principal=auth_principal)
+    _echo_regions(s, list(specs))
+
+
+@cmek.command("revoke")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@STORE
+def cmek_revoke(yes: bool, store: str | None) -> None:
+    """Stop using the CMEK: the store closes and will not open until CMEK is enabled again.
+
+    Revoke the store's access to the key in the KMS too; without the key, the data cannot be read.
+    """
+    s = open_store(_store_path(store), unlock=False)  # no KMS call: revoking must work when the KMS does not
+    if not yes:
+        click.confirm(f"Revoke CMEK on store {s.path}? It will not open until CMEK is enabled again", abort=True)
+    s.revoke_cmek()
+    click.echo("revoked CMEK: the store will not open until CMEK is enabled again (strongroom cmek enable)")
+
+
+@cmek.command("status")
+@STORE
+@FORMAT
+def cmek_status(store: str | None, fmt: str) -> None:
+    """Per region: status, key, store key, and per data key the databases and bytes it protects."""
+    s, locked = _open_for_cmek(store)
+    if locked:
+        click.echo(f"NOTE: the store's keys are locked, data keys are not shown: {locked}", err=True)
+
+    def key_id(value: str | None) -> str | None:  # a table shows a key id's first 16 hex digits
+        return value[:16] if value and fmt == "table" else value
+
+    rows = []
+    for st in s.encryption_status():
+        region = (st.region, st.status, st.key_type, st.key_uri, key_id(st.store_key_id))
+        for dk in st.data_keys or [None]:
+            usage = (key_id(dk.key_id), dk.active, dk.files, dk.bytes) if dk else (None, None, None, None)
+            rows.append((*region, *usage, st.next_rotation, st.user_message or None))
+    columns = ("region", "status", "key_type", "key_uri", "store_key_id", "data_key_id", "active", "files", "bytes")
+    click.echo(render((*columns, "next_rotation", "user_message"), rows, fmt))
+
+
+@cmek.command("audit")
+@STORE
+@click.option("--last", type=click.IntRange(min=1), help="Only the last N records.")
+@FORMAT
+def cmek_audit(store: str | None, last: int | None, fmt: str) -> None:
+    """Every use of the store's keys: when, who, which region and key, what for, and the result."""
+    records = open_store(_store_path(store), unlock=False).audit_records()
+    columns = ("time", "actor", "region", "operation", "purpose", "key", "result")
+    rows = [tuple(getattr(r, c) for c in columns) for r in (records[-last:] if last else records)]
+    click.echo(render(columns, rows, fmt))
+
+
+@main.group()
+def rotate() -> None:
+    """Rotate a store's data keys (re-keys databases online) or store keys (re-wraps data keys)."""
+
+
+@rotate.command("data-keys")
+@click.option("--region", metavar="NAME", help="Default: every region.")
+@click.option("--if-due", is_flag=True, help="Only regions whose data key is older than the rotation period.")
+@STORE
+def rotate_data_keys(region: str | None, if_due: bool, store: str | None) -> None:
+    """Make a new data key per region and re-key every database of the region onto it."""
+    s = open_store(_store_path(store))
+    done = s.rotate_data_keys(region, if_due=if_due)
+    if not done:
+        click.echo("no data key rotation is due")
+    for st in s.encryption_status():
+        if st.region in done:
+            names = done[st.region]
+            rekeyed = f"re-keyed {len(names)} database(s)" + (f": {', '.join(names)}" if names else "")
+            click.echo(f"region {st.region}: new data key {(st.active_data_key_id or '')[:16]}; {rekeyed}")
+
+
+@rotate.command("store-key")
+@click.option("--region", metavar="NAME", help="Default: every region.")
+@STORE
+def rotate_store_key(region: str | None, store: str | None) -> None:
+    """Make a new store key per region, wrapped by the same CMEK or key file (and a new data key under it)."""
+    s = open_store(_store_path(store))
+    s.rotate_store_key(region)
+    _echo_regions(s, [region] if region else None)
+
+
+def _api_token(store: Path, token_file: str | None) -> str:
+    """Never from the command line (ps, shell history): a file, $STRONGROOM_API_TOKEN, or the store's own."""
+    if token_file:
+        token = Path(token_file).read_text().strip()
+        if not token:
+            raise UsageError(f"the token file {token_file} is empty")
+        return token
+    if token := os.environ.get("STRONGROOM_API_TOKEN", "").strip():
+        return token
+    path = store / "api-token"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        token = path.read_text().strip()
+        if not token:
+            raise UsageError(f"the token file {path} is empty: delete it to have a new token made") from None
+        click.echo(f"API token: {path}", err=True)
+        return token
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    click.echo(f"made an API token in {path} (mode 0600); send it as Authorization: Bearer <token>", err=True)
+    return token
+
+
+@main.command()
+@STORE
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8787, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The API token (default $STRONGROOM_API_TOKEN, else <store>/api-token, made on first use).",
+)
+@click.option(
+    "--schedule-interval",
+    default=60,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Seconds between scheduler runs (due data key rotations, managed backups).",
+)
+def serve(store: str | None, host: str, port: int, token_file: str | None, schedule_interval: int) -> None:
+    """Serve CockroachDB Cloud's CMEK API for the store (/api/v1/clusters/<store id>/cmek) and run its schedule."""
+    import uvicorn
+
+    from .server import create_app
+
+    s = open_store(_store_path(store), unlock=False)  # not a store: say so before anything else
+    token = _api_token(s.path, token_file)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(s.path, token, schedule_interval=schedule_interval)
+    click.echo(f"serving http://{host}:{port}/api/v1/clusters/{s.id}/cmek (OpenAPI: /openapi.json)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 # -- managed backups -----------------------------------------------------------------------------------

@@ -544,6 +544,8 @@ class Store:
 
     def check_cmek_specs(self, specs: Mapping[str, str], *, every_region: bool = False) -> None:
         """Refuse a CMEK change before anything is touched (the HTTP API answers 400 with these)."""
+        for region in specs:
+            self._check_region(region)
         if every_region:
             missing = [r for r in self.regions if r not in specs]
             if missing:
@@ -551,7 +553,6 @@ class Store:
                     f"enabling CMEK needs a key for every region of the store; missing: {', '.join(missing)}"
                 )
         for region, uri in specs.items():
-            self._check_region(region)
             if not uri:
                 raise UsageError(
                     f'region "{region}": encryption was used on this store before; CMEK cannot be dropped '

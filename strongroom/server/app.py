@@ -1,0 +1,301 @@
+"""``strongroom serve``: CockroachDB Cloud's CMEK API over one store.
+
+``/api/v1/clusters/{cluster_id}/cmek`` with the store id as cluster id: POST enables CMEK (every
+region), PUT rotates (or enables) the regions it names, GET reports, PATCH ``{"action": "REVOKE"}``
+revokes. Requests are checked at once (a bad one gets 400 and changes nothing); the change itself
+runs in a background thread, so the answer carries the transient status (ENABLING, ROTATING,
+REVOKING) that GET keeps showing until it finishes: ENABLED, or a failure status with the reason.
+
+Every request needs ``Authorization: Bearer <token>``; KMS calls made for a request are audited as
+``api:<first 12 hex of sha256(token)>``, which names the token without revealing it.
+"""
+
+import hashlib
+import hmac
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import AlreadyExistsError, EncryptionError, KMSError, NotFoundError, StrongroomError, UsageError
+from ..store import RegionStatus, Store
+from ..store.audit import AuditRecord, acting_as
+from ..store.keys import ENABLE_FAILED, REVOKE_FAILED, REVOKED, ROTATE_FAILED
+from .models import (
+    CMEKClusterInfo,
+    CMEKClusterSpecification,
+    CMEKCustomerAction,
+    CMEKKeyInfo,
+    CMEKKeySpecification,
+    CMEKRegionInfo,
+    CMEKStatus,
+    ErrorBody,
+    UpdateCMEKStatusRequest,
+    kms_uri,
+)
+from .scheduler import Scheduler, safe_message
+
+log = logging.getLogger("strongroom.server")
+
+TRANSIENT = {"enable": "ENABLING", "rotate": "ROTATING", "revoke": "REVOKING"}
+FAILED = {"enable": ENABLE_FAILED, "rotate": ROTATE_FAILED, "revoke": REVOKE_FAILED}
+# The cluster's status is its regions' most pressing one.
+_CLUSTER_STATUS_ORDER = [*TRANSIENT.values(), *FAILED.values(), REVOKED, "ENABLED", "DISABLED"]
+_HTTP_STATUS = {UsageError: 400, EncryptionError: 400, NotFoundError: 404, AlreadyExistsError: 409, KMSError: 503}
+
+
+def actor_of(token: str) -> str:
+    return "api:" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Operation:
+    """A CMEK change running in the background, or the last one."""
+
+    kind: str  # enable | rotate | revoke
+    regions: dict[str, str]  # region -> its key spec's updated_at when the operation began
+    done: bool = False
+    error: str | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    def status_of(self, st: RegionStatus) -> tuple[str, str]:
+        """The region's status and message as the API shows them while and after this operation ran.
+
+        A failure the store did not persist (such as a KMS refusing to unwrap a revoked region's
+        store key) is shown until the region's keys change again.
+        """
+        if st.region not in self.regions:
+            return st.status, st.user_message
+        if not self.done:
+            return TRANSIENT[self.kind], ""
+        if self.error and not st.status.endswith("_FAILED") and st.updated_at == self.regions[st.region]:
+            return FAILED[self.kind], self.error
+        return st.status, st.user_message
+
+
+class StoreService:
+    """The store behind the API: one CMEK operation at a time, run in a background thread.
+
+    The open store is shared with the scheduler, so every use of it holds ``lock``. Reads that need
+    no key (GET, request checks) use a fresh read-only view instead, so they answer during a change.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).absolute()
+        self.lock = threading.Lock()
+        self.store = _open(self.path)
+        self.operation: Operation | None = None
+        self._starting = threading.Lock()
+
+    @property
+    def cluster_id(self) -> str:
+        return self.store.id
+
+    def view(self) -> Store:
+        return Store.open(self.path, unlock=False)
+
+    def info(self) -> CMEKClusterInfo:
+        return cluster_info(self.view().encryption_status(), self.operation)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the running operation, if any, to finish; False on timeout."""
+        op = self.operation
+        return op is None or op.finished.wait(timeout)
+
+    def start(self, kind: str, regions: list[str], work: Callable[[Store], None], actor: str) -> CMEKClusterInfo:
+        """Run ``work`` in the background; returns the cluster info showing it in progress."""
+        statuses = self.view().encryption_status()
+        since = {st.region: st.updated_at for st in statuses if st.region in regions}
+        with self._starting:
+            if self.operation is not None and not self.operation.done:
+                raise AlreadyExistsError(
+                    f"a CMEK {self.operation.kind} is in progress on this cluster; try again when it has finished"
+                )
+            op = self.operation = Operation(kind, since)
+        info = cluster_info(statuses, op)  # before the thread starts: it may finish at once
+        threading.Thread(target=self._run, args=(op, work, actor), name=f"cmek-{kind}", daemon=True).start()
+        return info
+
+    def _run(self, op: Operation, work: Callable[[Store], None], actor: str) -> None:
+        try:
+            with self.lock, acting_as(actor):
+                work(self.store)
+        except Exception as exc:  # reported through GET; a thread has no one else to tell
+            op.error = safe_message(exc)
+            log.warning("CMEK %s failed: %s", op.kind, op.error)
+        else:
+            log.info("CMEK %s done: %s", op.kind, ", ".join(op.regions))
+        finally:
+            op.done = True
+            op.finished.set()
+
+    # -- the three changes -------------------------------------------------------------------------
+    def enable(self, body: CMEKClusterSpecification, actor: str) -> CMEKClusterInfo:
+        specs, principal = _specs(body)
+        self.view().check_cmek_specs(specs, every_region=True)
+        return self.start("enable", list(specs), lambda s: s.enable_cmek(specs, auth_principal=principal), actor)
+
+    def rotate(self, body: CMEKClusterSpecification, actor: str) -> CMEKClusterInfo:
+        specs, principal = _specs(body)
+        if not specs:
+            raise UsageError("region_specs is empty: name each region to rotate")
+        view = self.view()
+        view.check_cmek_specs(specs)
+        # The URI GET shows (redacted) names the current key too: a new version of the same key.
+        current = {st.region: st for st in view.encryption_status()}
+        resolved: dict[str, str | None] = {
+            r: None if current[r].cmek and uri == current[r].key_uri else uri for r, uri in specs.items()
+        }
+        return self.start("rotate", list(specs), lambda s: s.rotate_cmek(resolved, auth_principal=principal), actor)
+
+    def revoke(self, body: UpdateCMEKStatusRequest, actor: str) -> CMEKClusterInfo:
+        if body.action != CMEKCustomerAction.REVOKE:
+            raise UsageError(f"unknown action {body.action!r}: the only action is REVOKE")
+        statuses = self.view().encryption_status()
+        if not any(st.cmek for st in statuses):
+            raise UsageError("CMEK is not enabled on this cluster: there is nothing to revoke")
+        return self.start("revoke", [st.region for st in statuses], Store.revoke_cmek, actor)
+
+
+def _open(path: Path) -> Store:
+    """The store with its keys if they open; else (revoked, KMS down) its status only, so the API
+    can still report and re-enable it."""
+    try:
+        return Store.open(path)
+    except (KMSError, EncryptionError) as exc:
+        log.warning("the store's keys are locked (%s); serving status and CMEK enable/rotate only", exc)
+        return Store.open(path, unlock=False)
+
+
+def _specs(body: CMEKClusterSpecification) -> tuple[dict[str, str], str | None]:
+    specs: dict[str, str] = {}
+    principals = set()
+    for rs in body.region_specs:
+        if rs.region in specs:
+            raise UsageError(f'region "{rs.region}" appears more than once in region_specs')
+        specs[rs.region] = kms_uri(rs.key_spec)
+        principals.add(rs.key_spec.auth_principal)
+    if len(principals) > 1:
+        raise UsageError("give every region of one request the same auth_principal")
+    return specs, (principals.pop() or None) if principals else None
+
+
+def cluster_info(statuses: list[RegionStatus], operation: Operation | None) -> CMEKClusterInfo:
+    regions = []
+    for st in statuses:
+        status, message = operation.status_of(st) if operation else (st.status, st.user_message)
+        spec = CMEKKeySpecification(type=st.key_type, uri=st.key_uri, auth_principal=st.auth_principal or "")
+        created = st.cmek_enabled_at if st.cmek else st.store_key_created
+        key = CMEKKeyInfo(spec=spec, status=status, created_at=created, updated_at=st.updated_at, user_message=message)
+        regions.append(CMEKRegionInfo(region=st.region, status=status, key_infos=[key]))
+    present = {r.status for r in regions}
+    status = next((s for s in _CLUSTER_STATUS_ORDER if s in present), "DISABLED")
+    return CMEKClusterInfo(status=CMEKStatus(status), region_infos=regions)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(ErrorBody(code=status, message=message).model_dump(), status_code=status, headers=headers)
+
+
+def create_app(store_path: str | Path, token: str, *, schedule_interval: float | None = None) -> FastAPI:
+    """The API over the store at ``store_path``, for bearers of ``token``; with ``schedule_interval``
+    (seconds) the scheduler runs while the app does."""
+    if not token:
+        raise UsageError("the API token is empty")
+    service = StoreService(store_path)
+    expected, actor = token.encode(), actor_of(token)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler = Scheduler(service, schedule_interval) if schedule_interval else None
+        if scheduler is not None:
+            scheduler.start()
+        try:
+            yield
+        finally:
+            if scheduler is not None:
+                scheduler.stop()
+            service.wait()  # a CMEK change in progress finishes before the process exits
+
+    app = FastAPI(
+        title="Strongroom CMEK API",
+        version="1",
+        description=__doc__,
+        lifespan=lifespan,
+        responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+    )
+    app.state.service = service
+    bearer = HTTPBearer(auto_error=False, description="The API token (see strongroom serve --help)")
+
+    def authenticate(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+        if credentials is None:
+            raise HTTPException(401, "missing API token: send Authorization: Bearer <token>")
+        if not hmac.compare_digest(credentials.credentials.encode(), expected):
+            raise HTTPException(401, "invalid API token")
+        return actor
+
+    def cluster(cluster_id: str, who: Annotated[str, Depends(authenticate)]) -> str:
+        if cluster_id != service.cluster_id:
+            raise NotFoundError(f'cluster "{cluster_id}" not found')
+        return who
+
+    Actor = Annotated[str, Depends(cluster)]
+    cmek = "/api/v1/clusters/{cluster_id}/cmek"
+    busy = {409: {"model": ErrorBody}, 400: {"model": ErrorBody}}
+
+    @app.exception_handler(StrongroomError)
+    async def strongroom_error(request: Request, exc: StrongroomError) -> JSONResponse:
+        status = next((code for cls, code in _HTTP_STATUS.items() if isinstance(exc, cls)), 500)
+        return _error(status, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else exc.headers
+        return _error(exc.status_code, str(exc.detail), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # loc and msg only: pydantic's "input" would echo the request, credentials and all.
+        problems = [".".join(str(p) for p in e["loc"] if p != "body") + f": {e['msg']}" for e in exc.errors()]
+        return _error(400, "invalid request: " + "; ".join(problems))
+
+    @app.post(cmek, response_model=CMEKClusterInfo, responses=busy, summary="Enable CMEK (every region)")
+    def enable_cmek(body: CMEKClusterSpecification, who: Actor) -> CMEKClusterInfo:
+        return service.enable(body, who)
+
+    @app.put(cmek, response_model=CMEKClusterInfo, responses=busy, summary="Rotate (or enable) CMEK of regions")
+    def rotate_cmek(body: CMEKClusterSpecification, who: Actor) -> CMEKClusterInfo:
+        return service.rotate(body, who)
+
+    @app.get(cmek, response_model=CMEKClusterInfo, summary="CMEK status")
+    def get_cmek(who: Actor) -> CMEKClusterInfo:
+        return service.info()
+
+    @app.patch(cmek, response_model=CMEKClusterInfo, responses=busy, summary="Revoke CMEK")
+    def revoke_cmek(body: UpdateCMEKStatusRequest, who: Actor) -> CMEKClusterInfo:
+        return service.revoke(body, who)
+
+    @app.get(cmek + "/audit", response_model=list[AuditRecord], summary="Every use of the store's keys")
+    def audit(who: Actor, limit: Annotated[int | None, Query(ge=1)] = None) -> list[AuditRecord]:
+        records = service.view().audit_records()
+        return records[-limit:] if limit else records
+
+    @app.get(
+        "/api/v1/clusters/{cluster_id}/encryption-status",
+        response_model=list[RegionStatus],
+        summary="Which keys protect what, per region",
+    )
+    def encryption_status(who: Actor) -> list[RegionStatus]:
+        with service.lock, acting_as(who):
+            return service.store.encryption_status()
+
+    return app

@@ -1,0 +1,614 @@
+"""The HTTP CMEK API (``strongroom serve``): a real uvicorn server on a free port, spoken to over HTTP.
+
+Operations are observed mid-flight by holding the store's rotation lock, as a concurrent rotation in
+another process does; no part of Strongroom is replaced.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+import uvicorn
+from conftest import MARKER, fill_bank, table_rows
+
+from strongroom import Store, init_store, open_store
+from strongroom.errors import KMSError
+from strongroom.server import Scheduler, StoreService, create_app
+from strongroom.server.models import CMEKKeySpecification, CMEKKeyType, kms_uri
+from strongroom.store.keys import KEY_TYPES
+
+if TYPE_CHECKING:
+    from kms_servers import AwsKmsServer
+
+pytest_plugins = ("kms_servers",)  # the AWS KMS protocol server fixture
+
+TOKEN = "test-token-5b1e9c"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ACTOR = "api:" + hashlib.sha256(TOKEN.encode()).hexdigest()[:12]
+
+
+def free_port() -> int:
+    from kms_servers import free_port  # once pytest has loaded the plugin (so its asserts are rewritten)
+
+    return free_port()
+
+
+def wait_until(pred: Callable[[], bool], timeout: float) -> bool:
+    from kms_servers import wait_until
+
+    return wait_until(pred, timeout)
+
+
+@dataclass
+class Api:
+    client: httpx.Client
+    service: StoreService
+    store: Path
+    cluster_id: str
+
+    @property
+    def cmek(self) -> str:
+        return f"/api/v1/clusters/{self.cluster_id}/cmek"
+
+    def call(self, method: str, path: str | None = None, body: object = None) -> httpx.Response:
+        return self.client.request(method, path or self.cmek, json=body, headers=AUTH)
+
+    def get(self) -> dict[str, Any]:
+        response = self.call("GET")
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    def settle(self) -> dict[str, Any]:
+        """Wait for the running operation, then GET."""
+        assert self.service.wait(30)
+        return self.get()
+
+
+def region_specs(specs: dict[str, str], key_type: str = "LOCAL_KEY_FILE", principal: str = "") -> dict[str, Any]:
+    return {
+        "region_specs": [
+            {"region": r, "key_spec": {"type": key_type, "uri": uri, "auth_principal": principal}}
+            for r, uri in specs.items()
+        ]
+    }
+
+
+def statuses(info: dict[str, Any]) -> dict[str, str]:
+    return {r["region"]: r["status"] for r in info["region_infos"]}
+
+
+@contextmanager
+def serving(store: Path, schedule_interval: float | None = None) -> Iterator[Api]:
+    """create_app under uvicorn in a thread (loggers propagate, so caplog sees access logs too)."""
+    app = create_app(store, TOKEN, schedule_interval=schedule_interval)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="info"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started, 10)
+    service = app.state.service
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        try:
+            yield Api(client, service, store, service.cluster_id)
+        finally:
+            server.should_exit = True
+            thread.join(30)
+
+
+@contextmanager
+def rotation_held(store: Path) -> Iterator[None]:
+    """Hold the store's rotation lock, as another process's rotation does."""
+    fd = os.open(store / "keys" / ".rotate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def cmek_store(tmp_path: Path, keys: tuple[str, str, str]) -> Path:
+    east, west, _ = keys
+    store = init_store(tmp_path / "store", regions=("us", "eu"), cmek={"us": east, "eu": west})
+    fill_bank(store, accounts=200)
+    return store.path
+
+
+@pytest.fixture
+def api(cmek_store: Path) -> Iterator[Api]:
+    with serving(cmek_store) as running:
+        yield running
+
+
+@pytest.fixture
+def plain_api(tmp_path: Path, keys: tuple[str, str, str]) -> Iterator[Api]:
+    """A two-region store without CMEK."""
+    with serving(init_store(tmp_path / "plain", regions=("us", "eu")).path) as running:
+        yield running
+
+
+# -- auth and routing -----------------------------------------------------------------------------------
+
+
+def test_bearer_token_is_required_and_compared(api: Api) -> None:
+    for headers, message in [
+        ({}, "missing API token: send Authorization: Bearer <token>"),
+        ({"Authorization": f"Basic {TOKEN}"}, "missing API token: send Authorization: Bearer <token>"),
+        ({"Authorization": "Bearer wrong-token"}, "invalid API token"),
+        ({"Authorization": f"Bearer {TOKEN}x"}, "invalid API token"),
+    ]:
+        for method, path in [("GET", api.cmek), ("POST", api.cmek), ("PATCH", api.cmek), ("GET", api.cmek + "/audit")]:
+            r = api.client.request(method, path, headers=headers, json={"action": "REVOKE"})
+            assert r.status_code == 401, (method, path, headers)
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert r.json() == {"code": 401, "message": message}
+    assert statuses(api.get()) == {"us": "ENABLED", "eu": "ENABLED"}  # the unauthenticated PATCH did nothing
+
+
+def test_a_cluster_id_other_than_the_store_id_is_404(api: Api) -> None:
+    for method, path in [
+        ("GET", "/api/v1/clusters/other/cmek"),
+        ("POST", "/api/v1/clusters/other/cmek"),
+        ("PUT", "/api/v1/clusters/other/cmek"),
+        ("PATCH", "/api/v1/clusters/other/cmek"),
+        ("GET", "/api/v1/clusters/other/cmek/audit"),
+        ("GET", "/api/v1/clusters/other/encryption-status"),
+    ]:
+        r = api.call(method, path, {"action": "REVOKE"})
+        assert (r.status_code, r.json()) == (404, {"code": 404, "message": 'cluster "other" not found'}), method
+    assert api.call("GET", "/api/v1/nothing").status_code == 404
+
+
+def test_get_cmek_reports_every_region_in_cockroach_clouds_shape(api: Api) -> None:
+    info = api.get()
+    assert info["status"] == "ENABLED"
+    assert [r["region"] for r in info["region_infos"]] == ["us", "eu"]
+    [key] = info["region_infos"][0]["key_infos"]
+    assert key["spec"] == {"type": "LOCAL_KEY_FILE", "uri": "local:///east", "auth_principal": ""}
+    assert key["status"] == "ENABLED" and key["user_message"] == ""
+    assert key["created_at"] and key["updated_at"] >= key["created_at"]
+
+
+def test_openapi_document_describes_the_cmek_models(api: Api) -> None:
+    doc = api.client.get("/openapi.json").json()
+    assert set(doc["paths"]) == {
+        "/api/v1/clusters/{cluster_id}/cmek",
+        "/api/v1/clusters/{cluster_id}/cmek/audit",
+        "/api/v1/clusters/{cluster_id}/encryption-status",
+    }
+    assert set(doc["paths"]["/api/v1/clusters/{cluster_id}/cmek"]) == {"get", "post", "put", "patch"}
+    schemas = doc["components"]["schemas"]
+    for name in ("CMEKClusterSpecification", "CMEKClusterInfo", "CMEKKeyInfo", "CMEKStatus", "RegionStatus"):
+        assert name in schemas
+    assert set(schemas["CMEKKeyType"]["enum"]) == {*KEY_TYPES.values(), "NULL_KMS"}
+    assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+# -- bad requests change nothing ---------------------------------------------------------------------------
+
+
+def test_enable_needs_every_region(plain_api: Api) -> None:
+    r = plain_api.call("POST", body=region_specs({"us": "local:///east"}))
+    assert r.status_code == 400
+    assert r.json()["message"] == "enabling CMEK needs a key for every region of the store; missing: eu"
+    assert statuses(plain_api.get()) == {"us": "DISABLED", "eu": "DISABLED"}
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "message"),
+    [
+        (
+            "PUT",
+            region_specs({"us": "local:///west"}, key_type="AWS_KMS"),
+            "key_spec.type is AWS_KMS but 'local:///west' is a LOCAL_KEY_FILE key",
+        ),
+        (
+            "PUT",
+            region_specs({"us": "gs:///projects/p/locations/l/keyRings/r/cryptoKeys/k"}, key_type="AZURE_KEY_VAULT"),
+            "key_spec.type is AZURE_KEY_VAULT but 'gs:///projects/p/locations/l/keyRings/r/cryptoKeys/k' is a "
+            "GCP_CLOUD_KMS key",
+        ),
+        ("PUT", region_specs({"us": ""}), "key_spec.uri is empty: a LOCAL_KEY_FILE key needs one"),
+        ("PUT", region_specs({"us": "vault:///k"}), "no KMS found for scheme \"vault\" in 'vault:///k'"),
+        (
+            "PUT",
+            region_specs({"us": ""}, key_type="NULL_KMS"),
+            'region "us": encryption was used on this store before; CMEK cannot be dropped '
+            "(revoke it instead: strongroom cmek revoke)",
+        ),
+        ("PUT", region_specs({"mars": "local:///west"}), 'region "mars" does not exist\nHINT: valid regions: us, eu'),
+        ("PUT", {"region_specs": []}, "region_specs is empty: name each region to rotate"),
+        (
+            "PUT",
+            {"region_specs": [region_specs({"us": "local:///west"})["region_specs"][0]] * 2},
+            'region "us" appears more than once in region_specs',
+        ),
+        (
+            "POST",
+            {
+                "region_specs": [
+                    *region_specs({"us": "local:///west"}, principal="a")["region_specs"],
+                    *region_specs({"eu": "local:///west"}, principal="b")["region_specs"],
+                ]
+            },
+            "give every region of one request the same auth_principal",
+        ),
+        ("PUT", {"region_specs": [{"region": "us", "key_spec": {"uri": "local:///west"}}]}, None),
+        ("PUT", region_specs({"us": "local:///west"}, key_type="HASHICORP_VAULT"), None),
+        ("PATCH", {"action": "DISABLE"}, "unknown action 'DISABLE': the only action is REVOKE"),
+        ("PATCH", {}, "invalid request: action: Field required"),
+    ],
+)
+def test_bad_requests_are_400_and_change_nothing(api: Api, method: str, body: object, message: str | None) -> None:
+    before = api.get()
+    r = api.call(method, body=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == 400
+    if message is not None:
+        assert r.json()["message"] == message
+    else:  # pydantic's wording, without echoing the request
+        assert r.json()["message"].startswith("invalid request: region_specs.0.key_spec.type: ")
+    assert api.service.operation is None and api.get() == before
+
+
+def test_a_body_that_is_not_json_is_400(api: Api) -> None:
+    r = api.client.put(api.cmek, content=b"{not json", headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["message"].startswith("invalid request: ")
+
+
+def test_revoking_a_store_without_cmek_is_400(plain_api: Api) -> None:
+    r = plain_api.call("PATCH", body={"action": "REVOKE"})
+    assert (r.status_code, r.json()["message"]) == (
+        400,
+        "CMEK is not enabled on this cluster: there is nothing to revoke",
+    )
+
+
+# -- operations ----------------------------------------------------------------------------------------------
+
+
+def test_enable_runs_in_the_background_enabling_then_enabled(plain_api: Api) -> None:
+    with rotation_held(plain_api.store):
+        r = plain_api.call("POST", body=region_specs({"us": "local:///east", "eu": "local:///west"}, principal="ops"))
+        assert r.status_code == 200
+        assert r.json()["status"] == "ENABLING" and statuses(r.json()) == {"us": "ENABLING", "eu": "ENABLING"}
+        time.sleep(0.2)
+        assert statuses(plain_api.get()) == {"us": "ENABLING", "eu": "ENABLING"}
+    info = plain_api.settle()
+    assert info["status"] == "ENABLED" and statuses(info) == {"us": "ENABLED", "eu": "ENABLED"}
+    assert info["region_infos"][1]["key_infos"][0]["spec"] == {
+        "type": "LOCAL_KEY_FILE",
+        "uri": "local:///west",
+        "auth_principal": "ops",
+    }
+    store = open_store(plain_api.store)
+    assert [st.cmek for st in store.encryption_status()] == [True, True]
+
+
+def test_one_operation_at_a_time(api: Api) -> None:
+    busy = "a CMEK rotate is in progress on this cluster; try again when it has finished"
+    with rotation_held(api.store):
+        r = api.call("PUT", body=region_specs({"eu": "local:///east"}))
+        assert (r.status_code, r.json()["status"]) == (200, "ROTATING")
+        assert statuses(r.json()) == {"us": "ENABLED", "eu": "ROTATING"}
+        info = api.get()
+        assert info["status"] == "ROTATING" and statuses(info) == {"us": "ENABLED", "eu": "ROTATING"}
+        for method, body in [
+            ("PUT", region_specs({"us": "local:///west"})),
+            ("POST", region_specs({"us": "local:///east", "eu": "local:///west"})),
+            ("PATCH", {"action": "REVOKE"}),
+        ]:
+            r = api.call(method, body=body)
+            assert (r.status_code, r.json()) == (409, {"code": 409, "message": busy}), method
+    info = api.settle()
+    assert statuses(info) == {"us": "ENABLED", "eu": "ENABLED"}
+    assert info["region_infos"][1]["key_infos"][0]["spec"]["uri"] == "local:///east"
+    rotated = [a for a in open_store(api.store).audit_records() if a.purpose == "rotate CMEK"]
+    assert {(a.actor, a.region, a.key) for a in rotated} == {(ACTOR, "eu", "local:///east")}
+
+
+def test_rotating_to_a_key_that_does_not_exist_fails_with_a_message(api: Api, _keyring: Path) -> None:
+    r = api.call("PUT", body=region_specs({"us": "local:///missing"}))
+    assert r.status_code == 200 and r.json()["status"] == "ROTATING"
+    info = api.settle()
+    us, eu = info["region_infos"]
+    assert info["status"] == "ROTATE_FAILED" and (us["status"], eu["status"]) == ("ROTATE_FAILED", "ENABLED")
+    assert us["key_infos"][0]["user_message"] == (
+        f'local KMS key "missing" not found in keyring {_keyring} (create it with: strongroom keys create missing)'
+    )
+    assert us["key_infos"][0]["spec"]["uri"] == "local:///east"  # still wrapped by the old key
+    store = open_store(api.store)
+    assert len(table_rows(store, "bank", "accounts")) == 200
+    # a later rotation that works clears the failure
+    api.call("PUT", body=region_specs({"us": "local:///west"}))
+    assert statuses(api.settle()) == {"us": "ENABLED", "eu": "ENABLED"}
+
+
+def test_the_current_uri_means_a_new_version_of_the_same_key(api: Api) -> None:
+    before = {st.region: st.store_key_id for st in open_store(api.store).encryption_status()}
+    api.call("PUT", body=region_specs({"us": "local:///east", "eu": "local:///west"}))
+    assert statuses(api.settle()) == {"us": "ENABLED", "eu": "ENABLED"}
+    store = open_store(api.store)
+    assert {st.region: st.store_key_id for st in store.encryption_status()} == before  # re-wrapped, not replaced
+    rewraps = [(a.region, a.operation, a.key) for a in store.audit_records() if a.purpose == "rotate CMEK"]
+    assert ("us", "encrypt", "local:///east") in rewraps and ("eu", "encrypt", "local:///west") in rewraps
+
+
+def test_revoke_then_re_enable(api: Api) -> None:
+    r = api.call("PATCH", body={"action": "REVOKE"})
+    assert (r.status_code, r.json()["status"]) == (200, "REVOKING")
+    info = api.settle()
+    assert info["status"] == "REVOKED" and statuses(info) == {"us": "REVOKED", "eu": "REVOKED"}
+    with pytest.raises(KMSError, match=r'^region "us" cannot start: its CMEK local:///east was revoked \('):
+        Store.open(api.store)
+    # the server keeps answering: status, and the encryption status without data keys
+    r = api.call("GET", f"/api/v1/clusters/{api.cluster_id}/encryption-status")
+    assert r.status_code == 200
+    assert [(s["status"], s["active_data_key_id"], s["data_keys"]) for s in r.json()] == [("REVOKED", None, [])] * 2
+    # re-enabling with keys the store can use opens it again, data intact
+    r = api.call("POST", body=region_specs({"us": "local:///stranger", "eu": "local:///west"}))
+    assert (r.status_code, r.json()["status"]) == (200, "ENABLING")
+    assert statuses(api.settle()) == {"us": "ENABLED", "eu": "ENABLED"}
+    store = open_store(api.store)
+    assert len(table_rows(store, "bank", "accounts")) == 200
+    r = api.call("GET", f"/api/v1/clusters/{api.cluster_id}/encryption-status")
+    assert [s["status"] for s in r.json()] == ["ENABLED", "ENABLED"] and r.json()[0]["data_keys"]
+
+
+def test_a_server_started_on_a_revoked_store_reports_and_re_enables_it(cmek_store: Path) -> None:
+    open_store(cmek_store).revoke_cmek()
+    with serving(cmek_store) as api:
+        assert api.get()["status"] == "REVOKED"
+        api.call("PUT", body=region_specs({"us": "local:///east"}))
+        assert statuses(api.settle()) == {"us": "ENABLED", "eu": "REVOKED"}
+        api.call("PUT", body=region_specs({"eu": "local:///west"}))
+        assert statuses(api.settle()) == {"us": "ENABLED", "eu": "ENABLED"}
+    assert len(table_rows(open_store(cmek_store), "bank", "accounts")) == 200
+
+
+def test_a_failure_the_store_cannot_record_is_shown_until_the_keys_change(cmek_store: Path, _keyring: Path) -> None:
+    """Re-enabling a revoked region needs its old key to unwrap the store key; without it, ENABLE_FAILED."""
+    open_store(cmek_store).revoke_cmek()
+    (_keyring / "west.key").rename(_keyring / "west.key.away")
+    with serving(cmek_store) as api:
+        api.call("POST", body=region_specs({"us": "local:///east", "eu": "local:///stranger"}))
+        info = api.settle()
+        eu = info["region_infos"][1]
+        assert info["status"] == "ENABLE_FAILED" and eu["status"] == "ENABLE_FAILED"
+        assert eu["key_infos"][0]["user_message"].startswith(
+            'cannot open region "eu": its CMEK local:///west cannot decrypt the store key: local KMS key "west" '
+            "not found in keyring"
+        )
+        (_keyring / "west.key.away").rename(_keyring / "west.key")
+        api.call("PUT", body=region_specs({"eu": "local:///stranger"}))
+        assert statuses(api.settle()) == {"us": "ENABLED", "eu": "ENABLED"}
+
+
+# -- the other endpoints -----------------------------------------------------------------------------------
+
+
+def test_encryption_status_and_audit(api: Api) -> None:
+    r = api.call("GET", f"/api/v1/clusters/{api.cluster_id}/encryption-status")
+    us, eu = r.json()
+    assert (us["region"], us["status"], us["key_type"], us["key_uri"]) == (
+        "us",
+        "ENABLED",
+        "LOCAL_KEY_FILE",
+        "local:///east",
+    )
+    [dk] = us["data_keys"]
+    assert dk["active"] and dk["files"] == 1 and dk["bytes"] > 0 and dk["key_id"] == us["active_data_key_id"]
+    assert "key" not in dk and eu["data_keys"][0]["files"] == 0
+    records = api.call("GET", api.cmek + "/audit").json()
+    assert {(a["region"], a["purpose"]) for a in records} >= {("us", "create store key"), ("eu", "open store")}
+    last = api.call("GET", api.cmek + "/audit?limit=1").json()
+    assert last == records[-1:]
+    assert api.call("GET", api.cmek + "/audit?limit=0").status_code == 400
+
+
+def test_no_secret_in_responses_logs_or_audit(
+    tmp_path: Path, aws_kms: AwsKmsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    key, other = aws_kms.create_key(), aws_kms.create_key()
+    secret = aws_kms.secret
+    store = init_store(tmp_path / "aws", regions=("us-east-1",), cmek=aws_kms.uri(key.key_id))
+    caplog.set_level(logging.INFO)
+    bodies = []
+    with serving(store.path) as api:
+        info = api.get()
+        shown = info["region_infos"][0]["key_infos"][0]["spec"]["uri"]
+        assert "AWS_SECRET_ACCESS_KEY=redacted" in shown
+        # the redacted URI GET shows names the same key: a new version of it
+        bodies.append(api.call("PUT", body=region_specs({"us-east-1": shown}, key_type="AWS_KMS")).text)
+        assert statuses(api.settle()) == {"us-east-1": "ENABLED"}
+        assert aws_kms.calls["Encrypt"] == 2  # created, then re-wrapped with the same key
+        aws_kms.deny = True  # a rotation to another key that the KMS refuses
+        bodies.append(api.call("PUT", body=region_specs({"us-east-1": aws_kms.uri(other.key_id)}, "AWS_KMS")).text)
+        failed = api.settle()
+        bodies.append(repr(failed))
+        assert failed["status"] == "ROTATE_FAILED"
+        assert "is not authorized to perform: kms:Encrypt" in failed["region_infos"][0]["key_infos"][0]["user_message"]
+        aws_kms.deny = False
+        bad = aws_kms.uri(other.key_id).replace("aws:", "gs:")
+        bodies.append(api.call("PUT", body=region_specs({"us-east-1": bad}, "AWS_KMS")).text)
+        for path in ("/audit", ""):
+            bodies.append(api.call("GET", api.cmek + path).text)
+        bodies.append(api.call("GET", f"/api/v1/clusters/{api.cluster_id}/encryption-status").text)
+    audit = (store.path / "audit.log").read_text()
+    assert "rotate CMEK" in audit and ACTOR in audit
+    for text in [*bodies, caplog.text, audit]:
+        assert secret not in text and secret.replace("+", "%2B") not in text and TOKEN not in text
+    assert "CMEK rotate failed" in caplog.text and "PUT /api/v1/clusters/" in caplog.text
+
+
+# -- key specs as Cloud writes them ----------------------------------------------------------------------------
+
+
+def test_an_aws_key_arn_uses_the_servers_credentials(
+    plain_api: Api, aws_kms: AwsKmsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", aws_kms.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", aws_kms.secret)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", aws_kms.url)  # boto3's own per-service endpoint setting
+    us, eu = aws_kms.create_key("us-east-1"), aws_kms.create_key("eu-west-1")
+    r = plain_api.call("POST", body={"region_specs": [
+        {"region": "us", "key_spec": {"type": "AWS_KMS", "uri": us.arn, "auth_principal": "arn:aws:iam::1:role/r"}},
+        {"region": "eu", "key_spec": {"type": "AWS_KMS", "uri": eu.arn, "auth_principal": "arn:aws:iam::1:role/r"}},
+    ]})  # fmt: skip
+    assert r.status_code == 200, r.text
+    info = plain_api.settle()
+    assert statuses(info) == {"us": "ENABLED", "eu": "ENABLED"}
+    assert info["region_infos"][1]["key_infos"][0]["spec"] == {
+        "type": "AWS_KMS",
+        "uri": f"aws:///{eu.arn}?AUTH=implicit&REGION=eu-west-1",
+        "auth_principal": "arn:aws:iam::1:role/r",
+    }
+    assert aws_kms.calls["Encrypt"] == 2
+    assert [st.key_type for st in open_store(plain_api.store).encryption_status()] == ["AWS_KMS", "AWS_KMS"]
+
+
+def test_cloud_key_ids_become_kms_uris() -> None:
+    def uri(key_type: str, value: str) -> str:
+        return kms_uri(CMEKKeySpecification(type=CMEKKeyType(key_type), uri=value))
+
+    arn = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    assert uri("AWS_KMS", arn) == f"aws:///{arn}?AUTH=implicit&REGION=us-east-1"
+    gcp = "projects/p/locations/us-east1/keyRings/r/cryptoKeys/k"
+    assert uri("GCP_CLOUD_KMS", gcp) == f"gs:///{gcp}?AUTH=implicit"
+    ours = "azure-kms:///k/1?AZURE_VAULT_NAME=v&AUTH=implicit"
+    assert uri("AZURE_KEY_VAULT", ours) == ours
+    assert uri("NULL_KMS", "") == ""
+    with pytest.raises(Exception, match=r"^key_spec.type is GCP_CLOUD_KMS but 'arn:aws:kms:us-east-1:"):
+        uri("GCP_CLOUD_KMS", arn)
+
+
+# -- the scheduler -------------------------------------------------------------------------------------------------
+
+
+def test_scheduler_rotates_due_data_keys_and_survives_failures(
+    tmp_path: Path, keys: tuple[str, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from datetime import timedelta
+
+    store = init_store(tmp_path / "due", cmek=keys[0], rotation_period=timedelta(seconds=1))
+    fill_bank(store, accounts=50)
+    service = StoreService(store.path)
+    scheduler = Scheduler(service, 3600)
+    first = store.encryption_status()[0].active_data_key_id
+    time.sleep(1.1)
+    scheduler.run_once()
+    now = open_store(store.path).encryption_status()[0]
+    assert now.active_data_key_id != first and [dk.files for dk in now.data_keys if dk.active] == [1]
+    [backup] = open_store(store.path).managed_backups()  # the first tick also takes the first managed backup
+    assert backup.backup_type == "full"
+    scheduler.run_once()  # not due again: nothing happens
+    assert open_store(store.path).encryption_status()[0].active_data_key_id == now.active_data_key_id
+    # a revoked store: the tick logs and returns, the loop goes on
+    open_store(store.path).revoke_cmek()
+    caplog.set_level(logging.WARNING, "strongroom.server")
+    time.sleep(1.1)
+    scheduler.run_once()
+    assert 'scheduled data key rotation failed: region "local": its CMEK local:///east was revoked' in caplog.text
+    assert "scheduled managed backups failed: " in caplog.text
+
+
+# -- strongroom serve, end to end ------------------------------------------------------------------------------------
+
+
+def _serve(store: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "strongroom.cli", "serve", "--store", str(store), "--port", str(port), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    return out
+
+
+def _up(base: str) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            return httpx.get(base + "/openapi.json", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    return ready
+
+
+def test_strongroom_serve_makes_a_token_rotates_on_schedule_and_serves_cmek(
+    tmp_path: Path, keys: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    monkeypatch.delenv("STRONGROOM_API_TOKEN", raising=False)
+    store = init_store(tmp_path / "served", regions=("us", "eu"), rotation_period=timedelta(seconds=2))
+    fill_bank(store, accounts=100)
+    first = store.encryption_status()[0].active_data_key_id
+    proc, base = _serve(store.path, "--schedule-interval", "1")
+    try:
+        assert wait_until(_up(base), 20), proc.poll()
+        token_file = store.path / "api-token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text().strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        cmek = f"{base}/api/v1/clusters/{store.id}/cmek"
+        assert httpx.get(cmek).status_code == 401
+        r = httpx.post(cmek, headers=headers, json=region_specs({"us": "local:///east", "eu": "local:///west"}))
+        assert (r.status_code, r.json()["status"]) == (200, "ENABLING")
+        assert wait_until(lambda: httpx.get(cmek, headers=headers).json()["status"] == "ENABLED", 10)
+
+        def rotated() -> bool:
+            status = httpx.get(f"{base}/api/v1/clusters/{store.id}/encryption-status", headers=headers).json()
+            return status[0]["active_data_key_id"] != first and status[0]["data_keys"][-1]["files"] == 1
+
+        assert wait_until(rotated, 20)  # the scheduler's doing: the period is 2 s, the tick 1 s
+    finally:
+        out = _stop(proc)
+    assert f"made an API token in {token_file} (mode 0600)" in out
+    assert token not in out and "rotated the data key of region us" in out
+    assert "took a full managed backup of region us" in out
+    assert MARKER not in out
+    assert len(table_rows(open_store(store.path), "bank", "accounts")) == 100
+
+
+def test_strongroom_serve_takes_its_token_from_the_environment_or_a_file(cmek_store: Path, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-a-file\n")
+    for args, env, token in [
+        ((), {"STRONGROOM_API_TOKEN": "from-the-env"}, "from-the-env"),
+        (("--token-file", str(token_file)), {"STRONGROOM_API_TOKEN": "not-this"}, "from-a-file"),
+    ]:
+        proc, base = _serve(cmek_store, *args, env=env)
+        try:
+            assert wait_until(_up(base), 20)
+            cmek = f"{base}/api/v1/clusters/{open_store(cmek_store, unlock=False).id}/cmek"
+            assert httpx.get(cmek, headers={"Authorization": f"Bearer {token}"}).json()["status"] == "ENABLED"
+        finally:
+            out = _stop(proc)
+        assert token not in out
+    assert not (cmek_store / "api-token").exists()
