@@ -34,7 +34,7 @@ from ..backup import engine
 from ..backup.engine import DatabaseSource, ShowBackupResult
 from ..backup.jobs import JobResult, Progress
 from ..backup.keys import Encryption
-from ..errors import AlreadyExistsError, EncryptionError, NotFoundError, StrongroomError, UsageError
+from ..errors import AlreadyExistsError, EncryptionError, KMSError, NotFoundError, StrongroomError, UsageError
 from ..kms import create_key, local_kms_uri
 from ..sqlite.connect import connect, key_literal
 from ..storage import StorageContext
@@ -599,10 +599,11 @@ class Store:
         for region in self.regions:
             keys = self._keys.get(region)
             if keys is not None:
-                keys.refresh()
-                spec = keys.spec
-            else:
-                spec = self._spec(region)
+                try:
+                    keys.refresh()
+                except KMSError:  # revoked (or re-wrapped out of reach) by another process: report the files
+                    keys = None
+            spec = keys.spec if keys is not None else self._spec(region)
             usages: list[KeyUsage] = []
             active = period = next_rotation = None
             if keys is not None:
