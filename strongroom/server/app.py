@@ -6,7 +6,7 @@ revokes. Requests are checked at once (a bad one gets 400 and changes nothing); 
 runs in a background thread, so the answer carries the transient status (ENABLING, ROTATING,
 REVOKING) that GET keeps showing until it finishes: ENABLED, or a failure status with the reason.
 
-Every request needs ``Authorization: Bearer <token>``; KMS calls made for a request are audited as
+Every API request needs ``Authorization: Bearer <token>``; KMS calls made for a request are audited as
 ``api:<first 12 hex of sha256(token)>``, which names the token without revealing it.
 """
 
@@ -231,7 +231,8 @@ def create_app(store_path: str | Path, token: str, *, schedule_interval: float |
         version="1",
         description=__doc__,
         lifespan=lifespan,
-        responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+        # Cloud's error body for every client error (a bad body is 400, never FastAPI's 422)
+        responses={"4XX": {"model": ErrorBody, "description": "A client error"}},
     )
     app.state.service = service
     bearer = HTTPBearer(auto_error=False, description="The API token (see strongroom serve --help)")
@@ -250,7 +251,6 @@ def create_app(store_path: str | Path, token: str, *, schedule_interval: float |
 
     Actor = Annotated[str, Depends(cluster)]
     cmek = "/api/v1/clusters/{cluster_id}/cmek"
-    busy = {409: {"model": ErrorBody}, 400: {"model": ErrorBody}}
 
     @app.exception_handler(StrongroomError)
     async def strongroom_error(request: Request, exc: StrongroomError) -> JSONResponse:
@@ -268,11 +268,11 @@ def create_app(store_path: str | Path, token: str, *, schedule_interval: float |
         problems = [".".join(str(p) for p in e["loc"] if p != "body") + f": {e['msg']}" for e in exc.errors()]
         return _error(400, "invalid request: " + "; ".join(problems))
 
-    @app.post(cmek, response_model=CMEKClusterInfo, responses=busy, summary="Enable CMEK (every region)")
+    @app.post(cmek, response_model=CMEKClusterInfo, summary="Enable CMEK (every region)")
     def enable_cmek(body: CMEKClusterSpecification, who: Actor) -> CMEKClusterInfo:
         return service.enable(body, who)
 
-    @app.put(cmek, response_model=CMEKClusterInfo, responses=busy, summary="Rotate (or enable) CMEK of regions")
+    @app.put(cmek, response_model=CMEKClusterInfo, summary="Rotate (or enable) CMEK of regions")
     def rotate_cmek(body: CMEKClusterSpecification, who: Actor) -> CMEKClusterInfo:
         return service.rotate(body, who)
 
@@ -280,7 +280,7 @@ def create_app(store_path: str | Path, token: str, *, schedule_interval: float |
     def get_cmek(who: Actor) -> CMEKClusterInfo:
         return service.info()
 
-    @app.patch(cmek, response_model=CMEKClusterInfo, responses=busy, summary="Revoke CMEK")
+    @app.patch(cmek, response_model=CMEKClusterInfo, summary="Revoke CMEK")
     def revoke_cmek(body: UpdateCMEKStatusRequest, who: Actor) -> CMEKClusterInfo:
         return service.revoke(body, who)
 

@@ -50,7 +50,12 @@ class CMEKCustomerAction(StrEnum):
 
 class CMEKKeySpecification(BaseModel):
     type: CMEKKeyType
-    uri: str = Field("", description="The key's KMS URI (redacted in responses); a bare ARN or GCP key id is taken")
+    uri: str = Field(
+        "",
+        description="The key's KMS URI, redacted in responses. AWS_KMS also takes a key ARN, used as "
+        "aws:///<arn>?AUTH=implicit&REGION=<its region>; GCP_CLOUD_KMS a key id projects/.../cryptoKeys/<key>, "
+        "used as gs:///<id>?AUTH=implicit (credentials from the server's environment).",
+    )
     auth_principal: str = Field("", description="Who the store acts as at the KMS (an IAM role, a service account)")
 
 
