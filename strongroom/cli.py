@@ -28,7 +28,7 @@ from .kms import create_key, default_keyring
 from .output import render
 from .sql import Use, parse
 from .sql.executor import Session
-from .store import DEFAULT_REGION, Store, init_store, managed, open_store
+from .store import DEFAULT_REGION, Store, encryption_status_table, init_store, managed, open_store
 from .uri import redact
 
 DEFAULT_STORE = "./strongroom-data"
@@ -473,17 +473,8 @@ def cmek_status(store: str | None, fmt: str) -> None:
     if locked:
         click.echo(f"NOTE: the store's keys are locked, data keys are not shown: {locked}", err=True)
 
-    def key_id(value: str | None) -> str | None:  # a table shows a key id's first 16 hex digits
-        return value[:16] if value and fmt == "table" else value
-
-    rows = []
-    for st in s.encryption_status():
-        region = (st.region, st.status, st.key_type, st.key_uri, key_id(st.store_key_id))
-        for dk in st.data_keys or [None]:
-            usage = (key_id(dk.key_id), dk.active, dk.files, dk.bytes) if dk else (None, None, None, None)
-            rows.append((*region, *usage, st.next_rotation, st.user_message or None))
-    columns = ("region", "status", "key_type", "key_uri", "store_key_id", "data_key_id", "active", "files", "bytes")
-    click.echo(render((*columns, "next_rotation", "user_message"), rows, fmt))
+    columns, rows = encryption_status_table(s.encryption_status(), short_ids=fmt == "table")
+    click.echo(render(columns, rows, fmt))
 
 
 @cmek.command("audit")

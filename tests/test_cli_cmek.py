@@ -127,7 +127,7 @@ def test_status_per_region_and_data_key(two_regions: Path) -> None:
     table = ok("cmek", "status")
     header = table.splitlines()[0].split("|")
     assert [h.strip() for h in header] == [
-        "region", "status", "key_type", "key_uri", "store_key_id", "data_key_id", "active",
+        "region", "status", "key_type", "key_uri", "store_key_id", "data_key_id", "active", "under_cmek",
         "files", "bytes", "next_rotation", "user_message",
     ]  # fmt: skip
     assert table.rstrip().endswith("(2 rows)") and rows[0]["data_key_id"][:16] in table  # type: ignore[index]

@@ -1,5 +1,26 @@
-"""The Strongroom store: named SQLite databases in regions, encrypted at rest under a key hierarchy."""
+"""The Strongroom store: named SQLite databases in regions, encrypted at rest under a key hierarchy.
 
-from .core import DEFAULT_REGION, RegionStatus, Store, check_database_name, init_store, open_store
+- ``core``: the Store (databases, regions, rotation, CMEK, status); ``keys``: a region's key files;
+- ``connection``: guarded store connections that follow online re-keys;
+- ``managed``: managed backups; ``audit``: the CMEK audit log; ``jobs``: SHOW JOBS.
+"""
 
-__all__ = ["DEFAULT_REGION", "RegionStatus", "Store", "check_database_name", "init_store", "open_store"]
+from .core import (
+    DEFAULT_REGION,
+    RegionStatus,
+    Store,
+    check_database_name,
+    encryption_status_table,
+    init_store,
+    open_store,
+)
+
+__all__ = [
+    "DEFAULT_REGION",
+    "RegionStatus",
+    "Store",
+    "check_database_name",
+    "encryption_status_table",
+    "init_store",
+    "open_store",
+]

@@ -111,6 +111,27 @@ class RegionStatus:
     user_message: str
 
 
+def encryption_status_table(
+    statuses: Sequence[RegionStatus], *, short_ids: bool = False
+) -> tuple[tuple[str, ...], list[tuple[object, ...]]]:
+    """The status report as one row per (region, data key); ``short_ids`` keeps 16 hex digits of ids."""
+
+    def key_id(value: str | None) -> str | None:
+        return value[:16] if value and short_ids else value
+
+    rows: list[tuple[object, ...]] = []
+    for st in statuses:
+        region = (st.region, st.status, st.key_type, st.key_uri, key_id(st.store_key_id))
+        for dk in st.data_keys or [None]:
+            usage = (key_id(dk.key_id), dk.active, dk.under_cmek, dk.files, dk.bytes) if dk else (None,) * 5
+            rows.append((*region, *usage, st.next_rotation, st.user_message or None))
+    columns = (
+        *("region", "status", "key_type", "key_uri", "store_key_id"),
+        *("data_key_id", "active", "under_cmek", "files", "bytes", "next_rotation", "user_message"),
+    )
+    return columns, rows
+
+
 class Store:
     """Open with :func:`open_store`; create with :func:`init_store`."""
 
