@@ -146,14 +146,27 @@ def _json(status: int, obj: object, content_type: str = "application/json") -> R
 
 @dataclass
 class AwsKey:
+    """A key with its backing key material: rotation adds material (Encrypt uses the newest), and,
+    as in AWS, older material is kept so every ciphertext made under it still decrypts."""
+
     key_id: str
     region: str
     state: str = "Enabled"  # Enabled | Disabled | PendingDeletion
-    material: bytes = field(default_factory=lambda: os.urandom(32))
+    materials: list[bytes] = field(default_factory=lambda: [os.urandom(32)])
 
     @property
     def arn(self) -> str:
         return f"arn:aws:kms:{self.region}:{ACCOUNT}:key/{self.key_id}"
+
+    @property
+    def material_version(self) -> int:
+        """The material Encrypt uses now (1 until the first rotation)."""
+        return len(self.materials)
+
+    def rotate(self) -> int:
+        """Rotate the key material (RotateKeyOnDemand); returns the new material version."""
+        self.materials.append(os.urandom(32))
+        return self.material_version
 
 
 class AwsKmsServer(_HTTPServer):
@@ -169,6 +182,8 @@ class AwsKmsServer(_HTTPServer):
         self.keys: dict[str, AwsKey] = {}
         self.aliases: dict[tuple[str, str], str] = {}
         self.deny = False
+        #: Successful Decrypts per (key id, material version): which material a ciphertext was under.
+        self.decrypted_by: Counter[tuple[str, int]] = Counter()
 
     def create_key(self, region: str = "us-east-1", alias: str | None = None) -> AwsKey:
         key = AwsKey(str(uuid.uuid4()), region)
@@ -230,19 +245,24 @@ class AwsKmsServer(_HTTPServer):
         if key.state == "PendingDeletion":
             return err("KMSInvalidStateException", f"{key.arn} is pending deletion.")
         if op == "Encrypt":
-            nonce = os.urandom(12)
-            blob = (
-                key.key_id.encode() + b"|" + nonce + AESGCM(key.material).encrypt(nonce, unb64(req["Plaintext"]), None)
-            )
+            # The blob names its key and material version, as real AWS ciphertexts do.
+            nonce, version = os.urandom(12), key.material_version
+            sealed = AESGCM(key.materials[version - 1]).encrypt(nonce, unb64(req["Plaintext"]), None)
+            blob = key.key_id.encode() + b"|" + bytes([version]) + nonce + sealed
             return _json(200, {"CiphertextBlob": b64(blob), "KeyId": key.arn}, ctype)
         blob = unb64(req["CiphertextBlob"])
         owner, _, rest = blob.partition(b"|")
         if owner.decode(errors="replace") != key.key_id:
             return err("IncorrectKeyException", "The key ID in the request does not identify a CMK that can decrypt")
+        version, rest = rest[0] if rest else 0, rest[1:]
+        if not 1 <= version <= key.material_version:
+            return err("InvalidCiphertextException", "")
         try:
-            plain = AESGCM(key.material).decrypt(rest[:12], rest[12:], None)
+            plain = AESGCM(key.materials[version - 1]).decrypt(rest[:12], rest[12:], None)
         except InvalidTag:
             return err("InvalidCiphertextException", "")
+        with self._lock:
+            self.decrypted_by[(key.key_id, version)] += 1
         return _json(200, {"Plaintext": b64(plain), "KeyId": key.arn}, ctype)
 
 
@@ -256,11 +276,41 @@ def _crc(data: bytes) -> int:
 
 
 @dataclass
+class GcpKeyVersion:
+    state: str = "ENABLED"  # ENABLED | DISABLED | DESTROYED (destroying drops the material)
+    material: bytes | None = field(default_factory=lambda: os.urandom(32))
+
+
+@dataclass
 class GcpKey:
+    """A CryptoKey with numbered versions: Encrypt uses the primary, Decrypt the version named in the
+    ciphertext (as Cloud KMS does), so old ciphertexts open until their version is disabled or destroyed."""
+
     name: str
-    version: int = 1
-    state: str = "ENABLED"  # ENABLED | DISABLED (the primary version)
-    material: bytes = field(default_factory=lambda: os.urandom(32))
+    versions: dict[int, GcpKeyVersion] = field(default_factory=lambda: {1: GcpKeyVersion()})
+    primary: int = 1
+
+    @property
+    def version(self) -> int:
+        return self.primary
+
+    @property
+    def state(self) -> str:
+        """The primary version's state."""
+        return self.versions[self.primary].state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self.versions[self.primary].state = value
+
+    def rotate(self) -> int:
+        """A new version that becomes the primary (a manual or scheduled rotation); returns its number."""
+        self.primary = max(self.versions) + 1
+        self.versions[self.primary] = GcpKeyVersion()
+        return self.primary
+
+    def destroy(self, version: int) -> None:
+        self.versions[version] = GcpKeyVersion("DESTROYED", None)
 
 
 class GcpKmsServer(_HTTPServer):
@@ -346,16 +396,32 @@ class GcpKmsServer(_HTTPServer):
             return err(404, "NOT_FOUND", f"{name} not found.")
         if self.deny:
             return err(403, "PERMISSION_DENIED", f"Permission 'cloudkms.cryptoKeyVersions.use{verb.title()}' denied")
-        if key.state != "ENABLED":
-            return err(400, "FAILED_PRECONDITION", f"{name}/cryptoKeyVersions/{key.version} is not enabled.")
         req = json.loads(body or b"{}")
         aad = name.encode()
+
+        def material(number: int) -> bytes | Reply:
+            """The key material of version ``number``, or the error Cloud KMS gives for it."""
+            version = key.versions.get(number)
+            if version is None:
+                return err(400, "INVALID_ARGUMENT", "Decryption failed: the ciphertext is invalid.")
+            if version.state != "ENABLED" or version.material is None:
+                return err(
+                    400,
+                    "FAILED_PRECONDITION",
+                    f"{name}/cryptoKeyVersions/{number} is not enabled, current state is: {version.state}.",
+                )
+            return version.material
+
         if verb == "encrypt":
+            primary = material(key.primary)
+            if not isinstance(primary, bytes):
+                return primary
             plain = unb64(req.get("plaintext", ""))
             if "plaintextCrc32c" in req and int(req["plaintextCrc32c"]) != _crc(plain):
                 return err(400, "INVALID_ARGUMENT", "The checksum in field plaintext_crc32c did not match.")
             nonce = os.urandom(12)
-            ct = nonce + AESGCM(key.material).encrypt(nonce, plain, aad)
+            # The ciphertext names its version (4 bytes), so Decrypt needs only the CryptoKey.
+            ct = key.primary.to_bytes(4, "big") + nonce + AESGCM(primary).encrypt(nonce, plain, aad)
             crc = _crc(ct)
             if self.corrupt == "ciphertext":
                 ct = bytes([ct[0] ^ 1]) + ct[1:]
@@ -372,14 +438,20 @@ class GcpKmsServer(_HTTPServer):
             ct = unb64(req.get("ciphertext", ""))
             if "ciphertextCrc32c" in req and int(req["ciphertextCrc32c"]) != _crc(ct):
                 return err(400, "INVALID_ARGUMENT", "The checksum in field ciphertext_crc32c did not match.")
+            number = int.from_bytes(ct[:4], "big")
+            found = material(number)
+            if not isinstance(found, bytes):
+                return found
             try:
-                plain = AESGCM(key.material).decrypt(ct[:12], ct[12:], aad)
+                plain = AESGCM(found).decrypt(ct[4:16], ct[16:], aad)
             except (InvalidTag, ValueError):
                 return err(400, "INVALID_ARGUMENT", "Decryption failed: the ciphertext is invalid.")
             crc = _crc(plain)
             if self.corrupt == "plaintext":
                 plain = bytes([plain[0] ^ 1]) + plain[1:]
-            return _json(200, {"plaintext": b64(plain), "plaintextCrc32c": str(crc), "usedPrimary": True})
+            return _json(
+                200, {"plaintext": b64(plain), "plaintextCrc32c": str(crc), "usedPrimary": number == key.primary}
+            )
         return err(404, "NOT_FOUND", f"unknown method {verb}")
 
 
