@@ -2,7 +2,9 @@
 
 A store with a small bank, a passphrase-encrypted backup, a backup wrapped by two KMS keys (one per
 "region"), an incremental taken with just one of them, a restore with the other, and a check that
-every row came back. Each step prints the SQL statement it stands for and the result table.
+every row came back. Then the store's own encryption at rest: CMEK enabled, data keys rotated
+online, the CMEK revoked (the store refuses to start) and enabled again. Each step prints the SQL
+statement it stands for and the result table.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import click
 from .errors import StrongroomError
 from .kms import create_key
 from .output import format_table
-from .store import Store, init_store
+from .store import Store, encryption_status_table, init_store, open_store
 
 
 def _say(text: str) -> None:
@@ -79,6 +81,59 @@ def _fingerprint(store: Store, db: str) -> str:
         return h.hexdigest()[:16]
     finally:
         conn.close()
+
+
+def _status(store: Store) -> None:
+    columns, rows = encryption_status_table(store.encryption_status(), short_ids=True)
+    keep = ("region", "status", "key_type", "store_key_id", "data_key_id", "active", "under_cmek", "files", "bytes")
+    idx = [columns.index(c) for c in keep]
+    click.echo(format_table(keep, [tuple(r[i] for i in idx) for r in rows]) + "\n")
+
+
+def _cmek_story(root: Path, store: Store, keyring: Path, expected: str) -> None:
+    """Encryption at rest: the store's own files, CMEK, online data key rotation, revocation."""
+    _say("10. The store itself is encrypted at rest: data keys encrypt the databases, a store key the data keys")
+    leaked = [
+        p
+        for p in (root / "store").rglob("*")
+        if p.is_file() and "extern" not in p.parts and b"owner-00001" in p.read_bytes()
+    ]
+    click.echo(f"   store files containing plaintext rows: {len(leaked)}")
+    _status(store)
+
+    _say("11. Enable CMEK: a new store key wrapped by the customer's key, a new data key for new data")
+    create_key("customer-cmek", keyring)
+    cmek = f"local:///customer-cmek?KEYRING={keyring}"
+    store.enable_cmek({store.primary_region: cmek})
+    _run(store, "CREATE DATABASE ledger;")
+    click.echo("   bank keeps its data key (enabling CMEK has no impact on existing data); ledger uses the new one:")
+    _status(store)
+
+    _say("12. Rotate the data keys: every database is re-keyed online, an open connection keeps working")
+    conn = store.connect("bank")
+    conn.execute("SELECT count(*) FROM accounts").fetchall()
+    store.rotate_data_keys()
+    rows = conn.execute("SELECT count(*) FROM accounts").fetchall()[0][0]
+    conn.close()
+    click.echo(f"   the connection opened before the rotation still reads {rows} accounts")
+    _status(store)
+
+    _say("13. Revoke the CMEK: the store refuses to start")
+    store.revoke_cmek()
+    try:
+        open_store(root / "store")
+    except StrongroomError as exc:
+        click.secho(f"ERROR: {exc}\n", fg="red")
+    else:
+        raise click.ClickException("demo verification FAILED: a revoked store opened")
+
+    _say("14. Access restored: enable the CMEK again, the store opens with every row")
+    open_store(root / "store", unlock=False).enable_cmek({store.primary_region: cmek})
+    reopened = open_store(root / "store")
+    restored = _fingerprint(reopened, "bank")
+    click.echo(f"   fingerprint: {restored}")
+    if restored != expected or leaked:
+        raise click.ClickException("demo verification FAILED")
 
 
 def run_demo(directory: str | None) -> None:
@@ -152,6 +207,7 @@ def run_demo(directory: str | None) -> None:
     click.echo(f"   backup files containing plaintext rows: {len(leaked)}")
     if not ok or check != "ok" or leaked:
         raise click.ClickException("demo verification FAILED")
+    _cmek_story(root, store, keyring, after)
     click.secho("\nEverything came back, byte for byte. The demo lives in " + str(root), fg="green", bold=True)
     if os.environ.get("STRONGROOM_DEMO_KEEP") is None and directory is None:
         click.echo("(a temp dir; delete it when done)")
