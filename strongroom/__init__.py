@@ -8,8 +8,10 @@ The map (dependencies point down the list):
     sqlite/   consistent page snapshots of live databases, restore, backup images as databases
     backup/   collections and their layout, locality-aware destinations, manifests, packs and chunk
               indexes, keys; BACKUP / RESTORE / SHOW / ALTER BACKUP (engine.py)
-    store/    the store: named SQLite databases with home regions, and its job registry
+    store/    the store: named SQLite databases in regions, encrypted at rest (data keys → store key →
+              CMEK, keys.py), rotation, revocation, status, managed backups, audit log, job registry
     sql/      the statement grammar and the executor behind ``strongroom sql`` and ``Store.execute``
+    server/   ``strongroom serve``: CockroachDB Cloud's CMEK API (FastAPI) and the schedule
     files.py  back up / restore a plain SQLite file
     output.py result tables as CockroachDB prints them, CSV, JSON
     cli.py    the ``strongroom`` command; demo.py is ``strongroom demo``
