@@ -104,7 +104,7 @@ def test_rotate_to_a_missing_key_fails_and_status_says_why(two_regions: Path, _k
     missing = (
         f'local KMS key "missing" not found in keyring {_keyring} (create it with: strongroom keys create missing)'
     )
-    assert fails("cmek", "rotate", "--cmek", "us=local:///missing") == f"ERROR: {missing}\n"
+    assert fails("cmek", "rotate", "--cmek", "us=local:///missing") == f'ERROR: region "us": {missing}\n'
     rows = status_rows()
     assert {(r["region"], r["status"], r["user_message"]) for r in rows} == {
         ("us", "ROTATE_FAILED", missing),

@@ -270,7 +270,10 @@ def local_key_file_deleted(request: pytest.FixtureRequest, tmp_path: Path) -> Br
 
     def detail(store: Store) -> str:
         name = f"strongroom-store-{store.id}"
-        return f'local KMS key "{name}" not found in keyring {ring} (create it with: strongroom keys create {name})'
+        return (
+            f'local KMS key "{name}" not found in keyring {ring} '
+            "(restore the key file from a copy (a new key cannot decrypt what it encrypted))"
+        )
 
     return BrokenKey(None, (), break_key, restore, detail)
 
@@ -805,7 +808,7 @@ def test_no_cmek_secret_in_status_audit_errors_or_reprs(tmp_path: Path, aws_kms:
     west.state = "Enabled"
     statuses = store.encryption_status()
     assert [st.status for st in statuses] == ["ENABLED", "ROTATE_FAILED"]
-    assert statuses[1].user_message == str(failed_rotation.value)
+    assert f'region "west": {statuses[1].user_message}' == str(failed_rotation.value)
     shown += [repr(statuses), str(statuses), repr(store), str(store)]
     for region in REGIONS:
         keys = store.region_keys(region)
@@ -857,7 +860,7 @@ def test_a_failed_enable_leaves_the_failing_region_as_it_was(tmp_path: Path, aws
     with pytest.raises(KMSError) as exc:
         store.enable_cmek(cmek)
     refusal = f'AWS KMS key "{west.key_id}" (us-west-1): Encrypt: DisabledException: {west.arn} is disabled.'
-    assert str(exc.value) == refusal
+    assert str(exc.value) == f'region "west": {refusal}'
     statuses = store.encryption_status()
     assert [(st.region, st.status, st.cmek, st.key_type, st.user_message) for st in statuses] == [
         ("east", "ENABLED", True, "AWS_KMS", ""),

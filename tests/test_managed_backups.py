@@ -224,7 +224,7 @@ def test_after_the_cmek_key_file_is_destroyed_no_managed_backup_restores(bank: S
     assert str(exc.value) == (
         f'cannot restore managed backup {full.full_subdir} of region "local": its CMEK {CMEK} is not available: '
         f"failed to decrypt data key with KMS '{CMEK}': local KMS key \"cmek-key\" not found in keyring "
-        f"{_keyring} (create it with: strongroom keys create cmek-key)"
+        f"{_keyring} (restore the key file from a copy (a new key cannot decrypt what it encrypted))"
     )
     assert "bank" not in bank.databases()
     with pytest.raises(KMSError):
@@ -297,7 +297,7 @@ def test_regions_keep_their_backups_under_their_own_keys(tmp_path: Path, _keyrin
     assert str(partial.value) == (
         'managed backup of region "east" failed: its CMEK local:///east-key is not available: '
         "failed to decrypt data key with KMS 'local:///east-key': local KMS key \"east-key\" not found in keyring "
-        f"{_keyring} (create it with: strongroom keys create east-key)"
+        f"{_keyring} (restore the key file from a copy (a new key cannot decrypt what it encrypted))"
     )
     assert [(t.region, t.backup_type) for t in partial.value.taken] == [("west", "incremental")]
     store.drop_database("orders")
@@ -354,7 +354,8 @@ def test_a_backup_the_old_cmek_cannot_open_any_more_is_reported_after_the_move(b
     assert status.user_message == (
         f'region "local" now uses CMEK local:///cmek-2, but managed backup {old.full_subdir} could not be wrapped '
         f"with it (keep {CMEK} to restore it): failed to decrypt data key with KMS '{CMEK}': local KMS key "
-        f'"cmek-key" not found in keyring {_keyring} (create it with: strongroom keys create cmek-key)'
+        f'"cmek-key" not found in keyring {_keyring} '
+        "(restore the key file from a copy (a new key cannot decrypt what it encrypted))"
     )
     [listed] = bank.managed_backups()
     assert listed.reason == (

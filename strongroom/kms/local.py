@@ -84,16 +84,20 @@ class LocalKMS:
     def master_key_id(self) -> str:
         return self._name
 
-    def _load(self) -> AESGCM:
+    def _load(self, *, to_decrypt: bool = False) -> AESGCM:
         if self._key is None:
             path = self._folder / f"{self._name}.key"
             try:
                 key = path.read_bytes()
             except FileNotFoundError:
-                raise NotFoundError(
-                    f'local KMS key "{self._name}" not found in keyring {self._folder} '
-                    f"(create it with: strongroom keys create {self._name})"
-                ) from None
+                # A new key of the same name cannot decrypt what the old one encrypted.
+                hint = (
+                    "restore the key file from a copy (a new key cannot decrypt what it encrypted)"
+                    if to_decrypt
+                    else f"create it with: strongroom keys create {self._name}"
+                )
+                message = f'local KMS key "{self._name}" not found in keyring {self._folder} ({hint})'
+                raise NotFoundError(message) from None
             except OSError as exc:
                 raise KMSError(f'cannot read local KMS key "{self._name}": {exc.strerror}') from None
             if len(key) != KEY_SIZE:
@@ -106,7 +110,7 @@ class LocalKMS:
         return _FORMAT + nonce + self._load().encrypt(nonce, plaintext, self._name.encode())
 
     def decrypt(self, ciphertext: bytes) -> bytes:
-        aead = self._load()
+        aead = self._load(to_decrypt=True)
         if len(ciphertext) < 1 + 12 + 16 or ciphertext[:1] != _FORMAT:
             raise KMSError(f'local KMS "{self._name}": ciphertext is not one of ours')
         try:

@@ -596,7 +596,8 @@ class Store:
                     keys.set_cmek(uri, auth_principal=auth_principal, enabling=enabling and not keys.spec.cmek)
                 except StrongroomError as exc:
                     keys.set_status("ENABLE_FAILED" if enabling or not keys.spec.cmek else "ROTATE_FAILED", str(exc))
-                    raise
+                    # The status keeps the KMS's own words; the caller also needs to know which region.
+                    raise type(exc)(f'region "{region}": {exc}') from None
                 if before.cmek and before.key_uri != uri:  # moved to another CMEK: keep managed backups restorable
                     self._rewrap_managed_backups(keys, before.key_uri)
 
