@@ -65,7 +65,9 @@ def follow_rekeys(conn: apsw.Connection, keys: KeySource) -> apsw.Connection:
             for key in keys():
                 apply_key(connection, key)
                 try:
-                    connection.execute("SELECT count(*) FROM main.sqlite_schema").fetchall()
+                    # A plain cursor: this connection's own cursor would catch a wrong key's
+                    # NotADBError and call back in here with the same key, forever.
+                    apsw.Cursor(connection).execute("SELECT count(*) FROM main.sqlite_schema").fetchall()
                 except apsw.NotADBError:
                     continue
                 return True
