@@ -173,6 +173,49 @@ def test_rekey_under_load_from_threads_and_another_process(store: Store, tmp_pat
         conn.close()
 
 
+def test_a_long_read_keeps_its_snapshot_and_holds_up_no_writer(tmp_path: Path) -> None:
+    store = build_store(tmp_path / "store", big_mb=8)
+    reader = store.connect("big")
+    reader.execute("BEGIN")
+    (before,) = reader.execute("SELECT count(*) FROM committed").fetchall()[0]
+    digest = reader.execute("SELECT sum(length(b)), max(id) FROM blobs").fetchall()
+
+    stalls: list[float] = []
+    stop = threading.Event()
+    log = RowLog(tmp_path / "rows.log")
+
+    def write() -> None:
+        conn = store.connect("big")
+        while not stop.is_set():
+            began = time.monotonic()
+            commit_row(conn, log, "big")
+            stalls.append(time.monotonic() - began)
+            time.sleep(0.005)
+        conn.close()
+
+    rotation: dict[str, object] = {}
+    writer = threading.Thread(target=write)
+    rotator = threading.Thread(target=lambda: rotation.update(store.rotate_data_keys()))
+    writer.start()
+    rotator.start()
+    held = time.monotonic()
+    while time.monotonic() - held < 2.5:  # the reader's snapshot stays readable, and unchanged
+        assert reader.execute("SELECT count(*) FROM committed").fetchall()[0][0] == before
+        assert reader.execute("SELECT sum(length(b)), max(id) FROM blobs").fetchall() == digest
+        time.sleep(0.05)
+    reader.execute("COMMIT")
+    after = reader.execute("SELECT count(*) FROM committed").fetchall()[0][0]  # follows the new key
+    rotator.join()
+    stop.set()
+    writer.join()
+    log.close()
+
+    assert rotation == {"east": ["big", "ledger"], "west": ["accounts"]}
+    assert after > before
+    assert max(stalls) < 1.5, f"a writer waited {max(stalls):.2f} s for the long reader"
+    reader.close()
+
+
 def test_two_rotations_in_a_row(store: Store, tmp_path: Path) -> None:
     conn = store.connect("ledger")  # opened before both rotations
     log = RowLog(tmp_path / "rows.log")

@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from ..backup.jobs import JobResult, Progress
 from ..backup.keys import Encryption
 from ..errors import AlreadyExistsError, EncryptionError, KMSError, NotFoundError, StrongroomError, UsageError
 from ..kms import create_key, local_kms_uri
-from ..sqlite.connect import connect, key_literal
+from ..sqlite.connect import BUSY_TIMEOUT_MS, connect, key_literal
 from ..storage import StorageContext
 from ..uri import redact
 from . import managed
@@ -63,6 +64,8 @@ FORMAT = 2
 DEFAULT_REGION = "local"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+#: How long one try of _truncate_wal may hold up writers, waiting for readers to move on.
+_TRUNCATE_WAIT_MS = 50
 
 
 def check_database_name(name: str) -> str:
@@ -498,8 +501,8 @@ class Store:
 
         Crash-safe in three steps: record ``rekey_to`` (either key opens the file from then on),
         ``PRAGMA rekey`` (one SQLite transaction: the file is under the old key or the new), then
-        record the new key. The WAL is checkpointed and truncated around the rekey, so no page under
-        the retired key is left behind in it.
+        record the new key. Afterwards the WAL is checkpointed and truncated (see _truncate_wal), so
+        no page under the retired key is left behind in it.
         """
         current = self.database_key(name)
         target_id = keys.registry.active_data_key_id
@@ -516,9 +519,8 @@ class Store:
         if current != keys.registry.data_keys[target_id].key:
             conn = connect(self.database_path(name), key=current)
             try:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 conn.execute(f'PRAGMA rekey="{key_literal(keys.registry.data_keys[target_id].key)}"').fetchall()
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                _truncate_wal(conn)
             finally:
                 conn.close()
 
@@ -840,6 +842,24 @@ def _cmek_specs(cmek: str | Mapping[str, str] | None, regions: Sequence[str]) ->
     if unknown:
         raise UsageError(f'region "{unknown[0]}" does not exist\nHINT: valid regions: {", ".join(regions)}')
     return dict(cmek)
+
+
+def _truncate_wal(conn: apsw.Connection, timeout_s: float = BUSY_TIMEOUT_MS / 1000) -> bool:
+    """Checkpoint and truncate ``conn``'s WAL, holding up writers for moments only; False if
+    readers kept older snapshots (frames in the WAL) for all of ``timeout_s``.
+
+    A TRUNCATE checkpoint waits for the readers of older snapshots while it holds the write lock,
+    so with the usual busy timeout one long read transaction would stall every writer. Each try
+    here waits a few tens of milliseconds (enough for short read transactions to end, and no new
+    frame can be added meanwhile), then lets writers through before the next one.
+    """
+    conn.set_busy_timeout(_TRUNCATE_WAIT_MS)
+    deadline = time.monotonic() + timeout_s
+    while conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(_TRUNCATE_WAIT_MS / 1000)
+    return True
 
 
 def _db_bytes(path: Path) -> int:
