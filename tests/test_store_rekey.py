@@ -10,6 +10,7 @@ long as a file uses them, and a backup taken in the middle of a re-key.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import threading
 import time
@@ -291,6 +292,57 @@ def test_an_interrupted_rekey_keeps_both_keys_until_a_rotation_completes(store: 
     reg = registry(store, "east")
     assert set(reg.data_keys) == {reg.active_data_key_id}
     assert first not in reg.data_keys and second not in reg.data_keys
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.3, 0.6])
+def test_a_backup_taken_during_a_rekey_restores(store: Store, offset: float) -> None:
+    def digest(name: str) -> str:
+        conn = store.connect(name)
+        h = hashlib.sha256()
+        for row in conn.execute("SELECT id, b FROM blobs ORDER BY id"):
+            h.update(str(row[0]).encode() + row[1])
+        conn.close()
+        return h.hexdigest()
+
+    expected = digest("big")
+    started = time.monotonic()
+    store.rotate_data_keys(region="east")
+    rekey_seconds = time.monotonic() - started
+
+    rotator = threading.Thread(target=store.rotate_data_keys, kwargs={"region": "east"})
+    rotator.start()
+    time.sleep(offset * rekey_seconds)
+    store.backup(COLL, encryption=PASS, databases=["big"])
+    rotator.join()
+    store.restore(COLL, encryption=PASS, databases=["big"], new_db_name="restored")
+    assert digest("restored") == expected
+
+
+def test_a_rotation_waits_for_a_restore_writing_a_database_of_its_region(store: Store) -> None:
+    """A rotation forgets the keys of files that do not exist: not of one a restore is still writing."""
+    store.backup(COLL, encryption=PASS, databases=["big"])
+    east = store.keys_dir / "east"
+    before = generations(east)[0]
+    failed: list[BaseException] = []
+
+    def restore() -> None:
+        try:
+            store.restore(COLL, encryption=PASS, databases=["big"], new_db_name="copy")
+        except BaseException as exc:
+            failed.append(exc)
+
+    restorer = threading.Thread(target=restore)
+    restorer.start()
+    while generations(east)[0] == before and restorer.is_alive():
+        time.sleep(0.001)  # the restore recorded the new database's key: it is writing the file now
+    assert store.rotate_data_keys(region="east") == {"east": ["big", "copy", "ledger"]}
+    restorer.join()
+    assert failed == []
+    assert store.database_key("copy") == store.database_key("big")
+    conn = store.connect("copy")
+    assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert conn.execute("SELECT count(*) FROM blobs").fetchall() == [(BIG_MB * (1 << 20) // 4000,)]
+    conn.close()
 
 
 def test_a_connection_follows_a_rekey_whose_end_was_never_recorded(store: Store, tmp_path: Path) -> None:

@@ -338,11 +338,17 @@ class Store:
         return candidates[0]
 
     @contextmanager
-    def _rotation_lock(self) -> Iterator[None]:
-        """One re-key or rotation at a time per store, across processes."""
+    def _rotation_lock(self, *, shared: bool = False) -> Iterator[None]:
+        """One re-key or rotation at a time per store, across processes.
+
+        Creating, dropping, backing up and restoring databases hold it shared, so that a rotation
+        never forgets the key of a file still being written (it drops the keys of missing files),
+        re-keys a file being dropped, or re-keys a database between the moment a backup picks its
+        key and the moment the backup's snapshot is pinned.
+        """
         fd = os.open(self.keys_dir / ".rotate.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)
@@ -398,12 +404,13 @@ class Store:
             raise AlreadyExistsError(f'database "{name}" already exists')
         if region is not None:
             self._check_region(region)
-        key = self.prepare_database(name, region)
-        conn = connect(path, key=key, create=True)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL").fetchall()
-        finally:
-            conn.close()
+        with self._rotation_lock(shared=True):
+            key = self.prepare_database(name, region)
+            conn = connect(path, key=key, create=True)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            finally:
+                conn.close()
 
     def prepare_database(self, name: str, region: str | None) -> bytes:
         """Record a new database's home region and data key before its file is written (restore
@@ -437,7 +444,8 @@ class Store:
             if if_exists:
                 return
             raise NotFoundError(f'database "{name}" does not exist')
-        self.discard_database(name)
+        with self._rotation_lock(shared=True):
+            self.discard_database(name)
 
     def connect(self, name: str) -> apsw.Connection:
         """An ordinary apsw connection to a database of the store (WAL mode, 30 s busy timeout).
@@ -719,16 +727,17 @@ class Store:
         job_id: int | None = None,
     ) -> JobResult:
         """BACKUP [DATABASE ... | TABLE ...] INTO ... (full), or INTO LATEST / '<subdir>' IN ... (incremental)."""
-        return engine.backup(
-            into,
-            _sources(self, databases, tables),
-            encryption=encryption,
-            incremental=incremental,
-            is_full_cluster=not databases and not tables,
-            context=self.storage_context,
-            progress=progress,
-            job_id=job_id,
-        )
+        with self._rotation_lock(shared=True):
+            return engine.backup(
+                into,
+                _sources(self, databases, tables),
+                encryption=encryption,
+                incremental=incremental,
+                is_full_cluster=not databases and not tables,
+                context=self.storage_context,
+                progress=progress,
+                job_id=job_id,
+            )
 
     def restore(
         self,
@@ -746,20 +755,21 @@ class Store:
     ) -> JobResult:
         if new_db_name is not None:
             check_database_name(new_db_name)
-        return engine.restore(
-            from_,
-            self,
-            subdir=subdir,
-            encryption=encryption,
-            databases=databases,
-            tables=tables,
-            new_db_name=new_db_name,
-            into_db=into_db,
-            as_of=as_of,
-            context=self.storage_context,
-            progress=progress,
-            job_id=job_id,
-        )
+        with self._rotation_lock(shared=True):
+            return engine.restore(
+                from_,
+                self,
+                subdir=subdir,
+                encryption=encryption,
+                databases=databases,
+                tables=tables,
+                new_db_name=new_db_name,
+                into_db=into_db,
+                as_of=as_of,
+                context=self.storage_context,
+                progress=progress,
+                job_id=job_id,
+            )
 
     def show_backups(self, in_: str | Sequence[str]) -> list[str]:
         return engine.show_backups(in_, context=self.storage_context)
