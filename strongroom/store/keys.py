@@ -283,6 +283,11 @@ def commit_generation(folder: Path, spec: RegionSpec, sealed_registry: bytes) ->
     _fsync_dir(folder)
     for old in gens:
         (folder / f"KEYS-{old:06d}").unlink(missing_ok=True)
+    # A writer killed between its link and its unlink left its temp file: a second name of an old
+    # generation, whose wrapped store key and data keys must go with it (after a store key or CMEK
+    # change, they are what the change was meant to retire).
+    for stale in folder.glob(".KEYS-*.tmp"):
+        stale.unlink(missing_ok=True)
     return generation
 
 
