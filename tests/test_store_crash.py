@@ -219,3 +219,28 @@ def test_a_complete_newer_generation_wins_over_an_older_one_left_behind(tmp_path
     reopened.rotate_data_keys(region="west")
     assert generations(west) == [gen + 5]  # new data key, re-key begin and end, forget: and only it
     all_rows(Store.open(store.path), "accounts")
+
+
+def test_a_drop_killed_after_its_first_unlink_brings_no_row_back(tmp_path: Path) -> None:
+    """The killed drop leaves the database's -wal; a database made later under the name must not replay it."""
+    store = build_store(tmp_path / "store", big_mb=1)
+    store.backup(COLL, encryption=PASS, databases=["big"])
+
+    def leave_wal_of_dropped_big() -> None:
+        child = Child()  # writes rows into "big" until killed: its last frames stay in the -wal
+        child.start(store.path, "read_write", tmp_path / "rows.log")
+        while len(RowLog.read(tmp_path / "rows.log")[0].get("big", ())) < 200:
+            time.sleep(0.01)
+        child.kill()
+        assert Path(f"{store.database_path('big')}-wal").stat().st_size > 0
+        store.database_path("big").unlink()  # the drop's first step, then the kill
+
+    leave_wal_of_dropped_big()
+    store.restore(COLL, encryption=PASS, databases=["big"])
+    assert all_rows(store, "big") == set()
+
+    leave_wal_of_dropped_big()
+    store.create_database("big")
+    conn = store.connect("big")
+    assert conn.execute("SELECT name FROM sqlite_schema").fetchall() == []
+    conn.close()

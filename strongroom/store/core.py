@@ -423,6 +423,10 @@ class Store:
             )
         if self.has_database(name):
             raise AlreadyExistsError(f'database "{name}" already exists')
+        # A drop killed between its unlinks leaves the dropped database's -wal behind, and SQLite
+        # would replay its frames into the new file (a restored one is not empty): old rows back.
+        for suffix in ("-wal", "-shm", "-journal"):
+            Path(f"{self.database_path(name)}{suffix}").unlink(missing_ok=True)
         self._set_region(name, region)
         keys = self.region_keys(self.home_region(name))
         for other in self.regions:  # a name reused in another region must not keep its old entry
