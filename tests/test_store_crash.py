@@ -244,3 +244,22 @@ def test_a_drop_killed_after_its_first_unlink_brings_no_row_back(tmp_path: Path)
     conn = store.connect("big")
     assert conn.execute("SELECT name FROM sqlite_schema").fetchall() == []
     conn.close()
+
+
+def test_a_create_killed_when_its_file_appears_leaves_a_wal_database(template_plain: Path, tmp_path: Path) -> None:
+    """Every database is in WAL mode (re-keys stay online only then), even one whose create was killed."""
+    runs = Runs(template_plain, tmp_path)
+    try:
+        for _ in range(6):
+            path, log, child = next(runs)
+            scratch = path / "databases" / f"{SCRATCH}.db"
+            child.start(path, "create_drop", log)
+            while not scratch.exists() and child.proc.poll() is None:
+                pass
+            child.kill()
+            store = Store.open(path)
+            check_rows(store, log)  # the journal mode of each database, scratch included
+            store.drop_database(SCRATCH, if_exists=True)
+            store.create_database(SCRATCH)
+    finally:
+        runs.close()

@@ -406,11 +406,21 @@ class Store:
             self._check_region(region)
         with self._rotation_lock(shared=True):
             key = self.prepare_database(name, region)
-            conn = connect(path, key=key, create=True)
+            # Made under a temporary name and linked into place once in WAL mode: a create killed
+            # half way must not leave an empty database in rollback-journal mode under the name.
+            tmp = path.with_name(f".{path.name}.new")
+            tmp.unlink(missing_ok=True)
+            conn = connect(tmp, key=key, create=True)
             try:
                 conn.execute("PRAGMA journal_mode=WAL").fetchall()
             finally:
                 conn.close()
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise AlreadyExistsError(f'database "{name}" already exists') from None
+            finally:
+                tmp.unlink()
 
     def prepare_database(self, name: str, region: str | None) -> bytes:
         """Record a new database's home region and data key before its file is written (restore
