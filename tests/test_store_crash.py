@@ -174,6 +174,51 @@ class Runs:
 OPS = ("rotate_data_keys", "rotate_store_key", "enable_cmek", "rotate_cmek_uri", "rotate_cmek_version", "revoke_cmek")
 
 
+@pytest.mark.parametrize("op", [*OPS, "create_drop"])
+def test_killed_key_operation_loses_no_committed_row(template: Path, tmp_path: Path, op: str) -> None:
+    runs = Runs(template, tmp_path)
+    try:
+        # Measure: the operation runs to completion with the writer going, no error anywhere.
+        path, log, child = next(runs)
+        before = commits(path)
+        child.start(path, op, log)
+        duration = child.finish()
+        commit_points = commits(path) - before
+        assert commit_points >= len(REGIONS)
+        store = reopen(path, op)
+        check_rows(store, log)
+
+        # (commits to wait for, then seconds to wait): fractions of the duration; each commit point;
+        # and halfway to the next commit after the first ones (fast operations have short gaps).
+        gap = duration / commit_points
+        kills = [(0, f * duration) for f in FRACTIONS] + [(n, 0.0) for n in range(1, commit_points + 1)]
+        kills += [(n, gap / 2) for n in range(1, min(commit_points, 3))]
+        interrupted = half_done = mid_rekey = 0
+        for nth, delay in kills:
+            path, log, child = next(runs)
+            before = commits(path)
+            child.start(path, op, log)
+            interrupted += kill_after(child, path, before, nth, delay)
+            half_done += 0 < commits(path) - before < commit_points
+            store = reopen(path, op)
+            if op == "rotate_data_keys":
+                mid_rekey += any(f.rekey_to for r in REGIONS for f in store.region_keys(r).registry.files.values())
+            check_rows(store, log)
+            rows = RowLog(log)
+            try:
+                complete(store, op, rows)
+            finally:
+                rows.close()
+            check_rows(Store.open(path), log)
+            assert not list(path.glob("keys/*/.KEYS-*.tmp"))  # no second name of a retired generation
+        # The kills did land inside the operation, between its commits, and inside a re-key.
+        assert interrupted >= 4, f"only {interrupted} of {len(kills)} kills interrupted {op}"
+        assert half_done >= 2, f"only {half_done} kills left {op} between its first and last commit"
+        assert mid_rekey >= 2 or op != "rotate_data_keys", f"only {mid_rekey} kills landed inside a re-key"
+    finally:
+        runs.close()
+
+
 def key_files(store: Store, region: str) -> list[str]:
     return sorted(os.listdir(store.keys_dir / region))
 
