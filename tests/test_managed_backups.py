@@ -11,7 +11,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -547,3 +549,27 @@ def test_cli_run_once_list_set_and_restore(bank: Store) -> None:
     out = runner.invoke(main, ["backup-schedule", "set", *store_opt, "--interval", "soon"])
     assert out.exit_code == 1
     assert out.output == "ERROR: invalid duration 'soon': use a positive number with s, m, h or d, e.g. 30d\n"
+
+
+def test_managed_backup_and_restore_wait_for_a_key_rotation_in_flight(bank: Store) -> None:
+    """A rotation in another process holds the store's rotation lock exclusively: a managed backup
+    (which picks each database's key, then pins its snapshot) and a managed restore (whose new
+    databases' keys a rotation would drop) wait for it instead of racing it."""
+
+    bank.managed_backup(full=True)
+
+    def held_while(action: Callable[[], object]) -> tuple[bool, bool]:
+        fd = os.open(bank.keys_dir / ".rotate.lock", os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        worker = threading.Thread(target=action)
+        worker.start()
+        worker.join(0.5)
+        waited = worker.is_alive()
+        os.close(fd)  # the rotation ends
+        worker.join(30)
+        return waited, worker.is_alive()
+
+    assert held_while(lambda: bank.managed_backup(full=False)) == (True, False)
+    bank.drop_database("bank")
+    assert held_while(lambda: bank.restore_managed(databases=["bank"])) == (True, False)
+    assert len(table_rows(bank, "bank", "accounts")) > 0

@@ -388,7 +388,10 @@ def _run(store: Store, now: datetime | None, full: bool | None, *, wait: bool) -
                     _claim(store, region, storage)
                     kind = _due(store, region, storage, sched, now, full)
                     if kind is not None:
-                        taken.append(_take(store, region, storage, kind, names))
+                        # Shared with creates, drops and other backups; a key rotation waits (and
+                        # is waited for), so no database is re-keyed between key pick and snapshot.
+                        with store._rotation_lock(shared=True):
+                            taken.append(_take(store, region, storage, kind, names))
             except StrongroomError as exc:
                 errors.append(exc)  # regions are independent: one region's failure stops no other
     if len(errors) == 1 and not taken:
@@ -465,6 +468,17 @@ def restore(
                 raise KMSError(reason) if spec.status == REVOKED else EncryptionError(reason)
         wanted = [d for d in databases if region or store.home_region(d) == r] if databases else None
         plan.append((r, full, wanted, spec))
+    # A rotation running meanwhile would drop the keys of the databases being restored.
+    with store._rotation_lock(shared=True):
+        return _restore_plan(store, plan, new_db_name, as_of)
+
+
+def _restore_plan(
+    store: Store,
+    plan: list[tuple[str, str, list[str] | None, RegionSpec]],
+    new_db_name: str | None,
+    as_of: datetime | None,
+) -> JobResult:
     restored: set[str] = set()
     results: list[JobResult] = []
     try:
