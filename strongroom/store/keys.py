@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -303,6 +304,9 @@ class RegionKeys:
         self._store_key = store_key
         self.registry = registry
         self._audit = audit
+        # Threads of one process (serve's requests and scheduler) share this object: a refresh
+        # must not interleave with a commit and leave an older generation in memory.
+        self._mutex = threading.RLock()
 
     @property
     def region(self) -> str:
@@ -413,18 +417,21 @@ class RegionKeys:
 
     def refresh(self) -> bool:
         """Catch up with a newer generation written by another process; True if anything changed."""
-        found = read_spec(self.folder)
-        if found is None or found[0] == self.generation:
-            return False
-        generation, spec, sealed = found
-        if spec.status == REVOKED:
-            raise KMSError(f'region "{spec.region}": its CMEK {redact(spec.key_uri)} was revoked ({spec.updated_at})')
-        store_key = self._store_key
-        if spec.store_key_id != self.spec.store_key_id:
-            store_key = self._unwrap(spec, self._audit, "reload rotated store key")
-        self.registry = self._unseal(spec, store_key, sealed)
-        self.generation, self.spec, self._store_key = generation, spec, store_key
-        return True
+        with self._mutex:
+            found = read_spec(self.folder)
+            if found is None or found[0] == self.generation:
+                return False
+            generation, spec, sealed = found
+            if spec.status == REVOKED:
+                raise KMSError(
+                    f'region "{spec.region}": its CMEK {redact(spec.key_uri)} was revoked ({spec.updated_at})'
+                )
+            store_key = self._store_key
+            if spec.store_key_id != self.spec.store_key_id:
+                store_key = self._unwrap(spec, self._audit, "reload rotated store key")
+            self.registry = self._unseal(spec, store_key, sealed)
+            self.generation, self.spec, self._store_key = generation, spec, store_key
+            return True
 
     # -- committing a new generation ----------------------------------------------------------------
     def _locked(self) -> AbstractContextManager[None]:
@@ -447,7 +454,7 @@ class RegionKeys:
         ``change`` may return a new store key (then the registry is sealed with it; the caller must
         have set ``spec.wrapped_store_key`` and ``spec.store_key_id`` to match).
         """
-        with self._locked():
+        with self._mutex, self._locked():
             if not allow_revoked or read_spec(self.folder)[1].status != REVOKED:  # type: ignore[index]
                 self.refresh()
             spec, registry = replace(self.spec), self.registry.copy()
