@@ -808,19 +808,9 @@ class Store:
         )
 
 
-def init_store(
-    path: str | os.PathLike[str],
-    *,
-    regions: Sequence[str] = (DEFAULT_REGION,),
-    cmek: str | Mapping[str, str] | None = None,
-    rotation_period: timedelta = DEFAULT_ROTATION_PERIOD,
-    keyring: str | os.PathLike[str] | None = None,
-) -> Store:
-    return Store.init(path, regions=regions, cmek=cmek, rotation_period=rotation_period, keyring=keyring)
-
-
-def open_store(path: str | os.PathLike[str], *, unlock: bool = True) -> Store:
-    return Store.open(path, unlock=unlock)
+#: The module-level names of :meth:`Store.init` and :meth:`Store.open`.
+init_store = Store.init
+open_store = Store.open
 
 
 def _sources(store: Store, databases: list[str] | None, tables: list[str] | None) -> list[DatabaseSource]:
