@@ -321,7 +321,8 @@ class Store:
         return keys.file_keys(name)
 
     def database_key(self, name: str) -> bytes:
-        """The data key database ``name`` opens with now (None of the keys ever leaves the store)."""
+        """The data key database ``name`` opens with now: for the backup engine and restore, which
+        run inside the store; apps get connections (:meth:`connect`), never keys."""
         path = self.database_path(name)
         candidates = self._candidate_keys(name)
         if not path.exists():
@@ -530,12 +531,10 @@ class Store:
         target_id = keys.registry.active_data_key_id
 
         def begin(spec: RegionSpec, registry: Registry) -> None:
-            entry = registry.files.get(name)
             old_id = next((k for k, v in registry.data_keys.items() if v.key == current), None)
             if old_id is None:
                 raise EncryptionError(f'database "{name}": its key is not in the registry of region "{keys.region}"')
             registry.files[name] = FileKey(old_id, target_id if old_id != target_id else None)
-            del entry
 
         keys.update(begin)
         if current != keys.registry.data_keys[target_id].key:
