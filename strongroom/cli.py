@@ -199,6 +199,25 @@ STORE = click.option("--store", metavar="DIR", help=f"Store directory (default $
 
 
 @main.group()
+def region() -> None:
+    """Regions of a store: each has its own store key and data keys."""
+
+
+@region.command("add")
+@click.argument("name")
+@STORE
+def region_add(name: str, store: str | None) -> None:
+    """Add region NAME. Like CockroachDB Cloud, a new region is not protected by the other regions'
+    CMEK: give it one with `strongroom cmek rotate --cmek NAME=URI`."""
+    opened = open_store(_store_path(store))
+    opened.add_region(name)
+    [st] = [st for st in opened.encryption_status() if st.region == name]
+    click.echo(f"added region {name}: store key wrapped by local key file {st.key_uri}")
+    if any(other.cmek for other in opened.encryption_status()):
+        click.echo(f"NOTE: region {name} is not protected by CMEK yet: strongroom cmek rotate --cmek {name}=<URI>")
+
+
+@main.group()
 def db() -> None:
     """Databases of a store."""
 

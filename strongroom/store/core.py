@@ -23,7 +23,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +39,7 @@ from ..errors import AlreadyExistsError, EncryptionError, KMSError, NotFoundErro
 from ..kms import create_key, local_kms_uri
 from ..sqlite.connect import BUSY_TIMEOUT_MS, connect, key_literal
 from ..storage import StorageContext
-from ..uri import redact
+from ..uri import parse_uri, redact
 from . import managed
 from .audit import AuditLog, AuditRecord
 from .connection import follow_rekeys, guard
@@ -187,23 +187,45 @@ class Store:
             "regions": regions,
             "encrypted": True,
         }
-        store = cls(root, meta)
-        local_key = None
-        for region in regions:
-            uri = specs.get(region)
-            if uri is None and local_key is None:
-                local_key = f"strongroom-store-{store_id}"
-                create_key(local_key, keyring)
-            store._keys[region] = RegionKeys.create(
-                store._region_dir(region),
-                region,
-                uri or local_kms_uri(local_key, Path(keyring).absolute() if keyring else None),  # type: ignore[arg-type]
-                cmek=uri is not None,
-                audit=store.audit,
-                rotation_period=rotation_period,
+        if len(specs) < len(regions):
+            meta["key_file"] = local_kms_uri(
+                f"strongroom-store-{store_id}", Path(keyring).absolute() if keyring else None
             )
+        store = cls(root, meta)
+        for region in regions:
+            store._create_region(region, specs.get(region), rotation_period)
         store.update_meta(lambda m: None)
         return store
+
+    def _create_region(self, region: str, cmek: str | None, rotation_period: timedelta) -> None:
+        """A region's first key generation: its store key wrapped by ``cmek``, else by the store's key file."""
+        uri = cmek
+        if uri is None:
+            uri = str(self.meta["key_file"])
+            parsed = parse_uri(uri)
+            with suppress(AlreadyExistsError):  # made by the first region that needs it
+                create_key(parsed.path.lstrip("/"), parsed.params.get("KEYRING"))
+        self._keys[region] = RegionKeys.create(
+            self._region_dir(region),
+            region,
+            uri,
+            cmek=cmek is not None,
+            audit=self.audit,
+            rotation_period=rotation_period,
+        )
+
+    def add_region(self, region: str, *, rotation_period: timedelta = DEFAULT_ROTATION_PERIOD) -> None:
+        """Add a region to the store. As in CockroachDB Cloud, a new region is not protected by the
+        CMEK of the others: its store key is wrapped by the store's key file until CMEK is enabled
+        for it (``rotate_cmek({region: uri})``, the API's PUT)."""
+        check_region_name(region)
+        if region in self.regions:
+            raise AlreadyExistsError(f'region "{region}" already exists')
+        if "key_file" not in self.meta:
+            self.update_meta(lambda m: m.setdefault("key_file", local_kms_uri(f"strongroom-store-{self.id}")))
+        with self._rotation_lock():
+            self._create_region(region, None, rotation_period)
+            self.update_meta(lambda m: m.__setitem__("regions", [*m["regions"], region]))  # type: ignore[misc]
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, unlock: bool = True) -> Store:
