@@ -60,3 +60,15 @@ def test_cli_region_add(tmp_path: Path, _keyring: Path) -> None:
         f"added region eu-west1: store key wrapped by local key file local:///strongroom-store-{store_id}\n"
         "NOTE: region eu-west1 is not protected by CMEK yet: strongroom cmek rotate --cmek eu-west1=<URI>\n"
     )
+
+
+def test_a_database_created_by_another_process_is_found_in_its_home_region(tmp_path: Path) -> None:
+    """Store metadata (the databases' home regions) is re-read when another process changed it."""
+    first = init_store(tmp_path / "s", regions=["us-east1", "eu-west1"])
+    second = Store.open(tmp_path / "s")  # e.g. `strongroom serve`, opened before the database existed
+    first.execute('CREATE DATABASE eu PRIMARY REGION "eu-west1"')
+    first.execute(f"USE eu; CREATE TABLE t(v TEXT); INSERT INTO t VALUES ('{MARKER}')")
+    assert second.home_region("eu") == "eu-west1"
+    assert table_rows(second, "eu", "t") == [(MARKER,)]
+    second.drop_database("eu")
+    assert first.database_region("eu") is None and first.databases() == []
