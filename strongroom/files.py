@@ -12,6 +12,7 @@ from .backup import engine
 from .backup.jobs import JobResult, Progress
 from .backup.keys import Encryption
 from .errors import UsageError
+from .sqlite import remove_database_files
 
 
 def _name_for(path: Path) -> str:
@@ -60,8 +61,7 @@ class _FileTarget:
         return self.key
 
     def discard_database(self, name: str) -> None:
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(self.dest) + suffix).unlink(missing_ok=True)
+        remove_database_files(self.dest)
 
 
 def restore_file(

@@ -1,6 +1,6 @@
 """SQLite data path: consistent page snapshots of live databases, and restoring page images."""
 
-from .connect import DEFAULT_CIPHER, apply_key, connect
+from .connect import DEFAULT_CIPHER, apply_key, connect, remove_database_files
 from .image import BytesImage, ImageSource, ImageVFS, copy_table, integrity_check, open_image, write_database
 from .snapshot import DatabaseStats, ObjectStats, SchemaEntry, Snapshot
 
@@ -18,5 +18,6 @@ __all__ = [
     "copy_table",
     "integrity_check",
     "open_image",
+    "remove_database_files",
     "write_database",
 ]

@@ -6,6 +6,7 @@ aegis, ascon128, sqlcipher) that skips the KDF, so opening costs about a millise
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -46,6 +47,14 @@ def apply_key(conn: apsw.Connection, key: bytes, cipher: str = DEFAULT_CIPHER) -
     check_cipher(cipher)
     conn.execute(f"PRAGMA cipher='{cipher}'").fetchall()
     conn.execute(f'PRAGMA key="{key_literal(key)}"').fetchall()
+
+
+def remove_database_files(path: str | os.PathLike[str]) -> None:
+    """Delete a database file and its -wal, -shm and -journal, the main file first: a crash part way
+    leaves no database rather than a database without its WAL (committed frames lost)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{os.fspath(path)}{suffix}")
 
 
 def connect(

@@ -8,7 +8,6 @@ database file, keyed or not, without plaintext touching disk when a key is given
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import urllib.parse
@@ -21,7 +20,7 @@ from typing import Protocol
 import apsw
 
 from ..errors import AlreadyExistsError, IntegrityError, NotFoundError, StrongroomError, UsageError
-from .connect import CIPHER_VFS, DEFAULT_CIPHER, check_cipher, connect, key_literal
+from .connect import CIPHER_VFS, DEFAULT_CIPHER, check_cipher, connect, key_literal, remove_database_files
 from .snapshot import fold_name
 
 _CACHE_BLOCK = 64 * 1024  # a multiple of every page size up to 64 KiB
@@ -251,12 +250,6 @@ def _fsync_path(path: str | os.PathLike[str], directory: bool = False) -> None:
         os.close(fd)
 
 
-def _remove_db_files(path: Path) -> None:
-    for suffix in ("", "-journal", "-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{path}{suffix}")
-
-
 def _schema_rows(conn: apsw.Connection) -> list[tuple[object, ...]]:
     return sorted(conn.execute("SELECT type, name, tbl_name, sql FROM main.sqlite_schema").fetchall(), key=repr)
 
@@ -345,7 +338,7 @@ def write_database(
         os.unlink(temp)
         _fsync_path(dest.parent, directory=True)
     finally:
-        _remove_db_files(temp)
+        remove_database_files(temp)
 
 
 # -- table-level restore ---------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from ..backup.jobs import JobResult, Progress
 from ..backup.keys import Encryption
 from ..errors import AlreadyExistsError, EncryptionError, KMSError, NotFoundError, StrongroomError, UsageError
 from ..kms import create_key, local_kms_uri
-from ..sqlite.connect import BUSY_TIMEOUT_MS, connect, key_literal
+from ..sqlite.connect import BUSY_TIMEOUT_MS, connect, key_literal, remove_database_files
 from ..storage import StorageContext
 from ..uri import parse_uri, redact
 from . import managed
@@ -458,8 +458,7 @@ class Store:
             raise AlreadyExistsError(f'database "{name}" already exists')
         # A drop killed between its unlinks leaves the dropped database's -wal behind, and SQLite
         # would replay its frames into the new file (a restored one is not empty): old rows back.
-        for suffix in ("-wal", "-shm", "-journal"):
-            Path(f"{self.database_path(name)}{suffix}").unlink(missing_ok=True)
+        remove_database_files(self.database_path(name))
         self._set_region(name, region)
         keys = self.region_keys(self.home_region(name))
         for other in self.regions:  # a name reused in another region must not keep its old entry
@@ -468,9 +467,7 @@ class Store:
         return keys.assign(name)
 
     def discard_database(self, name: str) -> None:
-        path = self.database_path(name)
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
+        remove_database_files(self.database_path(name))
         region = self.home_region(name)
         self._set_region(name, None)
         if region in self._keys:
