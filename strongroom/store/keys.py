@@ -415,14 +415,14 @@ class RegionKeys:
             raise EncryptionError(f'region "{spec.region}": store key ID {spec.store_key_id} was not found')
         return registry
 
-    def refresh(self) -> bool:
+    def refresh(self, *, allow_revoked: bool = False) -> bool:
         """Catch up with a newer generation written by another process; True if anything changed."""
         with self._mutex:
             found = read_spec(self.folder)
             if found is None or found[0] == self.generation:
                 return False
             generation, spec, sealed = found
-            if spec.status == REVOKED:
+            if spec.status == REVOKED and not allow_revoked:
                 raise KMSError(
                     f'region "{spec.region}": its CMEK {redact(spec.key_uri)} was revoked ({spec.updated_at})'
                 )
@@ -455,8 +455,7 @@ class RegionKeys:
         have set ``spec.wrapped_store_key`` and ``spec.store_key_id`` to match).
         """
         with self._mutex, self._locked():
-            if not allow_revoked or read_spec(self.folder)[1].status != REVOKED:  # type: ignore[index]
-                self.refresh()
+            self.refresh(allow_revoked=allow_revoked)
             spec, registry = replace(self.spec), self.registry.copy()
             new_store_key = change(spec, registry)
             self._write(spec, registry, new_store_key or self._store_key)
