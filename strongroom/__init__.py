@@ -1,35 +1,72 @@
 """Strongroom: CockroachDB-grade encrypted BACKUP/RESTORE and customer-managed keys for SQLite.
 
-The map (dependencies point down the list):
-    crypto/   sealed-file format (CockroachDB's chunked AES-256-GCM), PBKDF2, ENCRYPTION-INFO, chunk hashes
+The map (dependencies point down the list; ``lint-imports`` checks it, see pyproject.toml):
+    cli/      the ``strongroom`` command, one module per command group; demo.py is ``strongroom demo``
+    server/   ``strongroom serve``: CockroachDB Cloud's CMEK API (FastAPI), its token, the schedule
+    sql/      the statement grammar and the executor behind ``strongroom sql`` and ``Store.execute``
+    store/    the store: named SQLite databases in regions, encrypted at rest (data keys → store key →
+              CMEK); a facade (core.py) over one part per concern: meta, cmek, databases, rotation,
+              status, backups (BACKUP/RESTORE/SHOW/ALTER as jobs), managed backups, jobs, audit
+    files.py  back up / restore a plain SQLite file, no store
+    backup/   the engine: collections and their layout, locality-aware destinations, manifests, packs
+              and chunk indexes, keys; the request objects every surface builds (requests.py)
+    sqlite/   consistent page snapshots of live databases, restore, backup images as databases
     kms/      key management services by URI scheme: local:// (the embedded default), aws, gs/gcp-kms,
               azure-kms, pkcs11
     storage/  where backups go, by URI scheme: nodelocal:// and paths, s3://, gs://, azure://
-    sqlite/   consistent page snapshots of live databases, restore, backup images as databases
-    backup/   collections and their layout, locality-aware destinations, manifests, packs and chunk
-              indexes, keys; BACKUP / RESTORE / SHOW / ALTER BACKUP (engine.py)
-    store/    the store: named SQLite databases in regions, encrypted at rest (data keys → store key →
-              CMEK, keys.py), rotation, revocation, status, managed backups, audit log, job registry
-    sql/      the statement grammar and the executor behind ``strongroom sql`` and ``Store.execute``
-    server/   ``strongroom serve``: CockroachDB Cloud's CMEK API (FastAPI) and the schedule
-    files.py  back up / restore a plain SQLite file
-    output.py result tables as CockroachDB prints them, CSV, JSON
-    cli.py    the ``strongroom`` command; demo.py is ``strongroom demo``
+    cloud/    credentials per cloud (AWS, GCP, Azure) and the one secret scrubber, for kms/ and storage/
+    crypto/   sealed-file format (CockroachDB's chunked AES-256-GCM), PBKDF2, ENCRYPTION-INFO, chunk hashes
+    output.py result tables as CockroachDB prints them, CSV, JSON; uri.py, errors.py: shared by all
+
+One route: every surface (CLI, Python, SQL, HTTP, schedules) builds the same request object
+(``BackupRequest``, ``RestoreRequest``, ...) and calls the same operation of the store, which runs
+it as a job (``SHOW JOBS``).
 """
 
-from .backup import Encryption, JobResult
-from .errors import StrongroomError
+from . import sql as _sql  # registers the SQL executor with the store (Store.execute)
+from .backup import (
+    AlterBackupRequest,
+    BackupRequest,
+    Encryption,
+    JobResult,
+    RestoreRequest,
+    ShowBackupRequest,
+)
+from .errors import (
+    AlreadyExistsError,
+    EncryptionError,
+    IntegrityError,
+    KMSError,
+    NotFoundError,
+    StorageError,
+    StrongroomError,
+    UsageError,
+)
 from .files import backup_file, restore_file
+from .kms import create_key
 from .store import Store, init_store, open_store
 
+del _sql
 __version__ = "0.1.0"
 __all__ = [
+    "AlreadyExistsError",
+    "AlterBackupRequest",
+    "BackupRequest",
     "Encryption",
+    "EncryptionError",
+    "IntegrityError",
     "JobResult",
+    "KMSError",
+    "NotFoundError",
+    "RestoreRequest",
+    "ShowBackupRequest",
+    "StorageError",
     "Store",
     "StrongroomError",
+    "UsageError",
     "__version__",
     "backup_file",
+    "create_key",
     "init_store",
     "open_store",
     "restore_file",

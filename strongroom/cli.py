@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from . import __version__
-from .backup import Encryption, JobResult
+from .backup import AlterBackupRequest, Encryption, JobResult, ShowBackupRequest
 from .backup import engine as backup_engine
 from .errors import EncryptionError, KMSError, StrongroomError, UsageError
 from .files import backup_file, restore_file
@@ -393,10 +393,8 @@ def show_backup(
     """Describe a backup chain (SHOW BACKUP ... IN)."""
     enc = _encryption(kms, passphrase, passphrase_file)
     s = _maybe_store(store)
-    context = s.storage_context if s else None
-    result = backup_engine.show_backup(
-        collection, subdir=subdir, encryption=enc, check_files=check_files, context=context
-    )
+    request = ShowBackupRequest(in_=(collection,), subdir=subdir, encryption=enc, check_files=check_files)
+    result = s.backups.show_backup(request) if s else backup_engine.show_backup(request)
     click.echo(render(result.columns, result.rows, fmt))
 
 
@@ -411,10 +409,8 @@ def alter_backup(
 ) -> None:
     """ALTER BACKUP ... ADD NEW_KMS = ... WITH OLD_KMS = ...: let new keys open an existing chain."""
     s = _maybe_store(store)
-    context = s.storage_context if s else None
-    name = backup_engine.alter_backup_add_kms(
-        collection, subdir=subdir, new_kms=new_kms, old_kms=old_kms, context=context
-    )
+    request = AlterBackupRequest(in_=(collection,), subdir=subdir, new_kms=new_kms, old_kms=old_kms)
+    name = s.backups.alter_backup(request) if s else backup_engine.alter_backup(request)
     click.echo(f"wrote {name}")
 
 

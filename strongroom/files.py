@@ -11,6 +11,7 @@ import apsw
 from .backup import engine
 from .backup.jobs import JobResult, Progress
 from .backup.keys import Encryption
+from .backup.requests import BackupRequest, RestoreRequest, ShowBackupRequest
 from .errors import UsageError
 from .sqlite import remove_database_files
 
@@ -37,7 +38,8 @@ def backup_file(
     """
     p = Path(path).absolute()
     source = engine.DatabaseSource(name or _name_for(p), p, key)
-    return engine.backup(into, [source], encryption=encryption, incremental=incremental, progress=progress)
+    request = BackupRequest(into=(into,), encryption=encryption or Encryption(), incremental=incremental)
+    return engine.backup(request, [source], progress=progress)
 
 
 class _FileTarget:
@@ -79,12 +81,12 @@ def restore_file(
     A backup of several databases needs ``database`` to say which one.
     """
     d = Path(dest).absolute()
+    enc = encryption or Encryption()
     if database is None:
-        listing = engine.show_backup(from_, subdir=subdir, encryption=encryption)
+        listing = engine.show_backup(ShowBackupRequest(in_=(from_,), subdir=subdir, encryption=enc))
         names = [m.name for m in listing.manifests[-1].databases]
         if len(names) != 1:
             raise UsageError(f"the backup holds {len(names)} databases ({', '.join(names)}): say which to restore")
         database = names[0]
-    return engine.restore(
-        from_, _FileTarget(d, key), subdir=subdir, encryption=encryption, databases=[database], progress=progress
-    )
+    request = RestoreRequest(from_=(from_,), subdir=subdir, databases=(database,), encryption=enc)
+    return engine.restore(request, _FileTarget(d, key), progress=progress)

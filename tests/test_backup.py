@@ -10,7 +10,7 @@ import pytest
 from conftest import MARKER, fill_bank, table_rows
 
 from strongroom import Encryption, Store, StrongroomError, backup_file, restore_file
-from strongroom.backup import engine, layout
+from strongroom.backup import BackupRequest, engine, layout
 from strongroom.errors import (
     AlreadyExistsError,
     EncryptionError,
@@ -212,19 +212,11 @@ def test_restore_over_existing_database_is_refused(store: Store) -> None:
 def test_full_backup_into_existing_subdir_is_refused(store: Store) -> None:
     fill_bank(store, accounts=10)
     t = datetime(2026, 11, 23, 12, 0, 0, 120000, tzinfo=UTC)
-    engine.backup(
-        COLL,
-        [engine.DatabaseSource("bank", store.database_path("bank"), store.database_key("bank"))],
-        context=store.storage_context,
-        clock=lambda: t,
-    )
+    request = BackupRequest(into=(COLL,), encryption=Encryption())
+    sources = [engine.DatabaseSource("bank", store.database_path("bank"), store.database_key("bank"))]
+    engine.backup(request, sources, context=store.storage_context, clock=lambda: t)
     with pytest.raises(AlreadyExistsError) as exc:
-        engine.backup(
-            COLL,
-            [engine.DatabaseSource("bank", store.database_path("bank"), store.database_key("bank"))],
-            context=store.storage_context,
-            clock=lambda: t,
-        )
+        engine.backup(request, sources, context=store.storage_context, clock=lambda: t)
     assert str(exc.value).startswith("A full backup already exists in /2026/11/23-120000.12.")
 
 

@@ -93,7 +93,7 @@ def reopen(path: Path, op: str) -> Store:
     locked = Store.open(path, unlock=False)
     locked.revoke_cmek()  # completes it: every region revoked
     for region in REGIONS:
-        assert locked._spec(region).status == REVOKED
+        assert locked.keys.spec_on_disk(region).status == REVOKED
     with pytest.raises(KMSError) as refused:
         Store.open(path)
     assert REVOKED_ERROR.fullmatch(str(refused.value)), str(refused.value)

@@ -5,7 +5,7 @@ from .engine import (
     DatabaseSource,
     RestoreTarget,
     ShowBackupResult,
-    alter_backup_add_kms,
+    alter_backup,
     backup,
     restore,
     show_backup,
@@ -13,16 +13,22 @@ from .engine import (
 )
 from .jobs import JobResult, Progress, new_job_id
 from .keys import Encryption
+from .requests import LATEST, AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 
 __all__ = [
+    "LATEST",
     "SHOW_BACKUP_COLUMNS",
+    "AlterBackupRequest",
+    "BackupRequest",
     "DatabaseSource",
     "Encryption",
     "JobResult",
     "Progress",
+    "RestoreRequest",
     "RestoreTarget",
+    "ShowBackupRequest",
     "ShowBackupResult",
-    "alter_backup_add_kms",
+    "alter_backup",
     "backup",
     "new_job_id",
     "restore",

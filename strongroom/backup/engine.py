@@ -42,8 +42,9 @@ from .data import (
 )
 from .destinations import Destinations, open_destinations
 from .jobs import JobResult, Progress, new_job_id
-from .keys import BackupKeys, Encryption, add_kms, existing_backup_keys, new_backup_keys
+from .keys import BackupKeys, add_kms, existing_backup_keys, new_backup_keys
 from .manifest import DatabaseEntry, FileRef, Manifest, ObjectInfo, read_manifest, write_manifest
+from .requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 
 Clock = Callable[[], datetime]
 Collection = str | Sequence[str]  # one location, or a locality-aware set (COCKROACH_LOCALITY)
@@ -156,7 +157,7 @@ def _hash_and_compress(
         cctx = _tls.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
     out: list[ChunkResult] = []
     for block, prev in zip(blocks, prev_digests, strict=True):
-        digest = hasher(block)
+        digest = hasher(block)  # type: ignore[arg-type]  # blake3 hashes any buffer
         if digest == prev:
             out.append((digest, None, CODEC_RAW))
             continue
@@ -263,27 +264,27 @@ def _backup_database(
 
 
 def backup(
-    collection: Collection,
+    request: BackupRequest,
     sources: list[DatabaseSource],
     *,
-    encryption: Encryption | None = None,
-    incremental: str | None = None,
-    is_full_cluster: bool = False,
     context: StorageContext | None = None,
     progress: Progress | None = None,
     clock: Clock = utcnow,
     scratch_dir: Path | None = None,
     job_id: int | None = None,
 ) -> JobResult:
-    """Take a full backup into a new subdir, or (``incremental`` = "LATEST" or a subdir) an incremental one."""
-    enc = encryption or Encryption()
+    """Take a full backup into a new subdir, or (``request.incremental`` = "LATEST" or a subdir) an
+    incremental one, of ``sources`` (the databases the caller resolved ``request``'s targets to)."""
+    enc = request.encryption
+    incremental = request.incremental
+    is_full_cluster = request.is_full_cluster
     if not sources:
         raise UsageError("nothing to back up: no databases")
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise UsageError("a database is named twice in the backup targets")
     job_id = job_id or new_job_id()
-    with _destinations(collection, context) as dests:
+    with _destinations(request.collection, context) as dests:
         storage = dests.default
         start_time: str | None = None
         prev_manifest: Manifest | None = None
@@ -491,12 +492,12 @@ def _table_scratch(src: DatabaseSource, scratch_dir: Path | None) -> Iterator[tu
                 if t not in tables:
                     raise NotFoundError(f'relation "{t}" does not exist in database "{src.name}"')
             for t in src.tables:
-                sql = next(s for typ, name, _t, s in schema if typ == "table" and name == t)
-                conn.execute(sql)
+                create = str(next(s for typ, name, _t, s in schema if typ == "table" and name == t))
+                conn.execute(create)
                 conn.execute(f'INSERT INTO main."{_ident(t)}" SELECT * FROM src."{_ident(t)}"')
             for typ, _name, tbl, sql in schema:
                 if typ in ("index", "trigger") and tbl in src.tables:
-                    conn.execute(sql)
+                    conn.execute(str(sql))
             conn.execute("COMMIT")
             conn.execute("DETACH src")
         finally:
@@ -527,32 +528,22 @@ def _restore_layer(storage: ExternalStorage, full: str, keys: BackupKeys, as_of:
 
 
 def restore(
-    collection: Collection,
+    request: RestoreRequest,
     target: RestoreTarget,
     *,
-    subdir: str = "LATEST",
-    encryption: Encryption | None = None,
-    databases: list[str] | None = None,
-    tables: list[str] | None = None,
-    new_db_name: str | None = None,
-    into_db: str | None = None,
-    as_of: datetime | None = None,
     context: StorageContext | None = None,
     progress: Progress | None = None,
     job_id: int | None = None,
 ) -> JobResult:
-    """Restore every database of a backup, some databases, or some tables (``db.table``)."""
-    enc = encryption or Encryption()
-    if databases and tables:
-        raise UsageError("restore either databases or tables, not both")
-    if new_db_name is not None and (tables or not databases or len(databases) != 1):
-        raise UsageError("new_db_name can only be used for RESTORE DATABASE with a single target database")
-    if into_db is not None and not tables:
-        raise UsageError("into_db can only be used for RESTORE TABLE")
+    """Restore every database of a backup, some databases, or some tables (``db.table``), into ``target``."""
+    enc = request.encryption
+    databases = list(request.databases) if request.databases else None
+    tables = list(request.tables) if request.tables else None
+    new_db_name, into_db, as_of = request.new_db_name, request.into_db, request.as_of
     job_id = job_id or new_job_id()
-    with _destinations(collection, context) as dests:
+    with _destinations(request.collection, context) as dests:
         storage = dests.default
-        full = _resolve_full(storage, subdir)
+        full = _resolve_full(storage, request.subdir)
         keys = existing_backup_keys(storage, full, enc)
         manifest = _restore_layer(storage, full, keys, as_of)
         if tables:
@@ -702,20 +693,13 @@ class ShowBackupResult:
     manifests: list[Manifest]
 
 
-def show_backup(
-    collection: Collection,
-    *,
-    subdir: str = "LATEST",
-    encryption: Encryption | None = None,
-    check_files: bool = False,
-    context: StorageContext | None = None,
-) -> ShowBackupResult:
+def show_backup(request: ShowBackupRequest, *, context: StorageContext | None = None) -> ShowBackupResult:
     """Describe every layer of a chain: one row per database, schema and table, like CockroachDB."""
-    enc = encryption or Encryption()
-    with _destinations(collection, context) as dests:
+    check_files = request.check_files
+    with _destinations(request.collection, context) as dests:
         storage = dests.default
-        full = _resolve_full(storage, subdir)
-        keys = existing_backup_keys(storage, full, enc)
+        full = _resolve_full(storage, request.subdir)
+        keys = existing_backup_keys(storage, full, request.encryption)
         manifests = [read_manifest(storage, d, keys) for d in _chain(storage, full)]
         if check_files:
             verify_files(dests, manifests, keys)
@@ -786,18 +770,11 @@ def verify_files(dests: Destinations, manifests: list[Manifest], keys: BackupKey
 # ----------------------------------------------------------------------------------------------- ALTER
 
 
-def alter_backup_add_kms(
-    collection: Collection,
-    *,
-    subdir: str = "LATEST",
-    new_kms: tuple[str, ...],
-    old_kms: tuple[str, ...],
-    context: StorageContext | None = None,
-) -> str:
+def alter_backup(request: AlterBackupRequest, *, context: StorageContext | None = None) -> str:
     """ALTER BACKUP ... ADD NEW_KMS = ... WITH OLD_KMS = ...; returns the ENCRYPTION-INFO file written."""
-    with _destinations(collection, context) as dests:
-        full = _resolve_full(dests.default, subdir)
-        return add_kms(dests.default, full, tuple(new_kms), tuple(old_kms))
+    with _destinations(request.collection, context) as dests:
+        full = _resolve_full(dests.default, request.subdir)
+        return add_kms(dests.default, full, request.new_kms, request.old_kms)
 
 
 __all__ = [
@@ -805,7 +782,7 @@ __all__ = [
     "DatabaseSource",
     "RestoreTarget",
     "ShowBackupResult",
-    "alter_backup_add_kms",
+    "alter_backup",
     "backup",
     "restore",
     "show_backup",

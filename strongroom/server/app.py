@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ from .models import (
     CMEKCustomerAction,
     CMEKKeyInfo,
     CMEKKeySpecification,
+    CMEKKeyType,
     CMEKRegionInfo,
     CMEKStatus,
     ErrorBody,
@@ -193,16 +194,20 @@ def cluster_info(statuses: list[RegionStatus], operation: Operation | None) -> C
     regions = []
     for st in statuses:
         status, message = operation.status_of(st) if operation else (st.status, st.user_message)
-        spec = CMEKKeySpecification(type=st.key_type, uri=st.key_uri, auth_principal=st.auth_principal or "")
+        spec = CMEKKeySpecification(
+            type=CMEKKeyType(st.key_type), uri=st.key_uri, auth_principal=st.auth_principal or ""
+        )
         created = st.cmek_enabled_at if st.cmek else st.store_key_created
-        key = CMEKKeyInfo(spec=spec, status=status, created_at=created, updated_at=st.updated_at, user_message=message)
-        regions.append(CMEKRegionInfo(region=st.region, status=status, key_infos=[key]))
+        key = CMEKKeyInfo(
+            spec=spec, status=CMEKStatus(status), created_at=created, updated_at=st.updated_at, user_message=message
+        )
+        regions.append(CMEKRegionInfo(region=st.region, status=CMEKStatus(status), key_infos=[key]))
     present = {r.status for r in regions}
     status = next((s for s in _CLUSTER_STATUS_ORDER if s in present), "DISABLED")
     return CMEKClusterInfo(status=CMEKStatus(status), region_infos=regions)
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(ErrorBody(code=status, message=message).model_dump(), status_code=status, headers=headers)
 
 

@@ -1,5 +1,10 @@
-"""Strongroom's SQL: the statement parser and its AST."""
+"""Strongroom's SQL: the statement parser, its AST, and the executor behind ``Store.execute``.
 
+The store sits below this layer and cannot import it, so importing this package registers the
+executor's ``Session`` as the way a store makes SQL sessions (``strongroom`` itself imports it).
+"""
+
+from ..store import register_sql_sessions
 from .ast import (
     LATEST,
     AlterBackup,
@@ -18,7 +23,10 @@ from .ast import (
     Targets,
     Use,
 )
+from .executor import Result, Session
 from .parser import SQLSyntaxError, parse
+
+register_sql_sessions(Session)
 
 __all__ = [
     "LATEST",
@@ -29,7 +37,9 @@ __all__ = [
     "Options",
     "Passthrough",
     "Restore",
+    "Result",
     "SQLSyntaxError",
+    "Session",
     "ShowBackup",
     "ShowBackups",
     "ShowDatabases",

@@ -1,30 +1,26 @@
 """Runs parsed statements against a store: the one engine behind ``strongroom sql`` and ``Store.execute``.
 
-BACKUP / RESTORE / SHOW BACKUP(S) / ALTER BACKUP are thin calls into the backup engine; database
+BACKUP / RESTORE / SHOW BACKUP(S) / ALTER BACKUP build the same request objects the CLI and the
+Python API build and hand them to the store's backups part (which runs them as jobs); database
 statements manage the store; anything else goes to SQLite in the session's current database.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Sequence
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import apsw
 
-from ..backup import Encryption, JobResult, new_job_id
-from ..backup.destinations import open_destinations
-from ..errors import NotFoundError, StrongroomError, UsageError
-from ..kms import open_kms
+from ..backup import AlterBackupRequest, BackupRequest, Encryption, JobResult, RestoreRequest, ShowBackupRequest
+from ..errors import NotFoundError, UsageError
 from ..output import render
 from ..store.jobs import JOB_COLUMNS
 from ..uri import redact
 from .ast import (
-    LATEST,
     AlterBackup,
     Backup,
     CreateDatabase,
@@ -62,45 +58,14 @@ def _encryption(options: Options) -> Encryption:
     return Encryption(passphrase=options.encryption_passphrase, kms=options.kms)
 
 
-def _collection(destinations: tuple[str, ...]) -> str | tuple[str, ...]:
-    """One location, or a locality-aware set of them (the engine checks COCKROACH_LOCALITY)."""
-    return destinations[0] if len(destinations) == 1 else destinations
-
-
-def _location(destinations: tuple[str, ...], subdir: str | None, what: str) -> tuple[str | tuple[str, ...], str]:
+def _location(destinations: tuple[str, ...], subdir: str | None, what: str) -> tuple[tuple[str, ...], str]:
     """(collection, subdir) of ``... LATEST | '<subdir>' IN <collection>``, or of ``... '<uri of one backup>'``."""
     if subdir is not None:
-        return _collection(destinations), subdir
+        return destinations, subdir
     if len(destinations) != 1:
         raise UsageError(f"{what} FROM several locations needs LATEST IN (...) or '<subdir>' IN (...)")
-    return _split_backup_uri(destinations[0])
-
-
-def _describe(stmt: Statement) -> str:
-    """A job description in CockroachDB's spirit, with every secret redacted."""
-    if isinstance(stmt, Backup | Restore):
-        verb = "BACKUP" if isinstance(stmt, Backup) else "RESTORE"
-        targets = f" {stmt.targets.kind.upper()} {', '.join(stmt.targets.names)}" if stmt.targets else ""
-        dests = ", ".join(f"'{redact(d)}'" for d in stmt.destinations)
-        dest = dests if len(stmt.destinations) == 1 else f"({dests})"
-        prep = "INTO" if isinstance(stmt, Backup) else "FROM"
-        where = f"{prep} {dest}"
-        if stmt.subdir is not None:
-            sub = "LATEST" if stmt.subdir == LATEST else f"'{stmt.subdir}'"
-            where = f"{prep} {sub} IN {dest}"
-        opts = []
-        if stmt.options.encryption_passphrase is not None:
-            opts.append("encryption_passphrase = '*****'")
-        if stmt.options.kms:
-            opts.append("kms = (" + ", ".join(f"'{redact(k)}'" for k in stmt.options.kms) + ")")
-        for name in ("new_db_name", "into_db"):
-            value = getattr(stmt.options, name)
-            if value:
-                opts.append(f"{name} = '{value}'")
-        if stmt.options.detached:
-            opts.append("detached")
-        return f"{verb}{targets} {where}" + (f" WITH OPTIONS ({', '.join(opts)})" if opts else "")
-    return type(stmt).__name__
+    collection, sub = _split_backup_uri(destinations[0])
+    return (collection,), sub
 
 
 def _as_of(text: str | None) -> datetime | None:
@@ -135,10 +100,8 @@ class Session:
         self.store = store
         self.database = database
         self._connections: dict[str, apsw.Connection] = {}
-        self._threads: list[threading.Thread] = []
 
     def close(self) -> None:
-        self.wait_for_jobs()
         for conn in self._connections.values():
             conn.close()
         self._connections.clear()
@@ -150,10 +113,8 @@ class Session:
         self.close()
 
     def wait_for_jobs(self) -> None:
-        """Wait for detached jobs this session started."""
-        for t in self._threads:
-            t.join()
-        self._threads.clear()
+        """Wait for the store's detached jobs."""
+        self.store.jobs.wait()
 
     def execute(self, sql: str, params: Sequence[object] | None = None) -> list[Result]:
         """Run every statement of ``sql``; stops at the first error (statements before it took effect)."""
@@ -195,7 +156,7 @@ class Session:
     def _run_ShowTables(self, stmt: ShowTables, params: object) -> Result:
         db = stmt.database or self._current()
         conn = self._conn(db)
-        rows = []
+        rows: list[tuple[object, ...]] = []
         for typ, name in conn.execute(
             "SELECT type, name FROM sqlite_schema WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' "
             "ORDER BY name"
@@ -243,42 +204,12 @@ class Session:
         return Result(status=f"{verb} {conn.changes()}" if verb in ("INSERT", "UPDATE", "DELETE") else verb)
 
     # -- jobs -------------------------------------------------------------------------------------
-    def _check_uris(self, stmt: Backup | Restore) -> None:
-        """Planning errors (bad URI, unknown scheme or parameter) surface now, even for detached jobs."""
-        open_destinations(stmt.destinations, self.store.storage_context).close()
-        for uri in stmt.options.kms:
-            open_kms(uri).close()
-
-    def _job(self, stmt: Backup | Restore, job_type: str, work: object) -> Result:
-        self._check_uris(stmt)
-        job_id = new_job_id()
-        jobs = self.store.jobs
-        jobs.start(job_id, job_type, _describe(stmt))
-        progress = jobs.progress_callback(job_id)
-
-        def run() -> JobResult:
-            try:
-                result: JobResult = work(job_id, progress)  # type: ignore[operator]
-            except StrongroomError as exc:
-                jobs.finish(job_id, str(exc))
-                raise
-            except BaseException as exc:
-                jobs.finish(job_id, f"internal error: {type(exc).__name__}")
-                raise
-            jobs.finish(job_id)
-            return result
-
-        if stmt.options.detached:
-
-            def background() -> None:
-                with suppress(BaseException):  # the outcome is recorded in the job registry
-                    run()
-
-            thread = threading.Thread(target=background, name=f"job-{job_id}", daemon=False)
-            thread.start()
-            self._threads.append(thread)
-            return Result(("job_id",), [(job_id,)])
-        result = run()
+    def _job(self, request: BackupRequest | RestoreRequest) -> Result:
+        backups = self.store.backups
+        if request.detached:
+            return Result(("job_id",), [(backups.detach(request),)])
+        backups.check_uris(request)  # planning errors first, as CockroachDB reports them
+        result = backups.backup(request) if isinstance(request, BackupRequest) else backups.restore(request)
         return Result(JobResult.COLUMNS, [result.row()])
 
     def _run_ShowJobs(self, stmt: ShowJobs, params: object) -> Result:
@@ -288,72 +219,61 @@ class Session:
         return Result(JOB_COLUMNS, rows)
 
     # -- backup statements ------------------------------------------------------------------------
-    def _targets(self, stmt: Backup | Restore) -> tuple[list[str] | None, list[str] | None]:
+    def _targets(self, stmt: Backup | Restore) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
         """(databases, tables) named by ``DATABASE ...`` / ``TABLE ...``; unqualified tables are in the current db."""
         if stmt.targets is None:
             return None, None
         if stmt.targets.kind == "database":
-            return list(stmt.targets.names), None
-        return None, [n if "." in n else f"{self._current()}.{n}" for n in stmt.targets.names]
+            return tuple(stmt.targets.names), None
+        return None, tuple(n if "." in n else f"{self._current()}.{n}" for n in stmt.targets.names)
 
     def _run_Backup(self, stmt: Backup, params: object) -> Result:
         if stmt.as_of is not None:
             raise UsageError("BACKUP ... AS OF SYSTEM TIME is not supported: a backup is a snapshot taken now")
-        dest = _collection(stmt.destinations)
         databases, tables = self._targets(stmt)
-        enc = _encryption(stmt.options)
-        incremental = stmt.subdir
-
-        def work(job_id: int, progress: object) -> JobResult:
-            return self.store.backup(
-                dest,
-                databases=databases,
-                tables=tables,
-                encryption=enc,
-                incremental=incremental,
-                progress=progress,  # type: ignore[arg-type]
-                job_id=job_id,
-            )
-
-        return self._job(stmt, "BACKUP", work)
+        request = BackupRequest(
+            into=stmt.destinations,
+            databases=databases,
+            tables=tables,
+            encryption=_encryption(stmt.options),
+            incremental=stmt.subdir,
+            detached=stmt.options.detached,
+        )
+        return self._job(request)
 
     def _run_Restore(self, stmt: Restore, params: object) -> Result:
         dest, subdir = _location(stmt.destinations, stmt.subdir, "RESTORE")
         databases, tables = self._targets(stmt)
-        as_of = _as_of(stmt.as_of)
-        enc = _encryption(stmt.options)
-        for name in (stmt.options.new_db_name, stmt.options.into_db):
+        request = RestoreRequest(
+            from_=dest,
+            subdir=subdir,
+            databases=databases,
+            tables=tables,
+            new_db_name=stmt.options.new_db_name,
+            into_db=stmt.options.into_db,
+            encryption=_encryption(stmt.options),
+            as_of=_as_of(stmt.as_of),
+            detached=stmt.options.detached,
+        )
+        for name in (request.new_db_name, request.into_db):
             if name is not None:
                 self._forget(name)
-
-        def work(job_id: int, progress: object) -> JobResult:
-            return self.store.restore(
-                dest,
-                subdir=subdir,
-                databases=databases,
-                tables=tables,
-                new_db_name=stmt.options.new_db_name,
-                into_db=stmt.options.into_db,
-                encryption=enc,
-                as_of=as_of,
-                progress=progress,  # type: ignore[arg-type]
-                job_id=job_id,
-            )
-
-        return self._job(stmt, "RESTORE", work)
+        return self._job(request)
 
     def _run_ShowBackups(self, stmt: ShowBackups, params: object) -> Result:
-        dest = _collection(stmt.destinations)
-        return Result(("path",), [(p,) for p in self.store.show_backups(dest)])
+        dest = stmt.destinations[0] if len(stmt.destinations) == 1 else stmt.destinations
+        return Result(("path",), [(p,) for p in self.store.backups.show_backups(dest)])
 
     def _run_ShowBackup(self, stmt: ShowBackup, params: object) -> Result:
         dest, subdir = _location(stmt.destinations, stmt.subdir, "SHOW BACKUP")
-        shown = self.store.show_backup(
-            dest, subdir=subdir, encryption=_encryption(stmt.options), check_files=stmt.options.check_files
+        request = ShowBackupRequest(
+            in_=dest, subdir=subdir, encryption=_encryption(stmt.options), check_files=stmt.options.check_files
         )
+        shown = self.store.backups.show_backup(request)
         return Result(shown.columns, shown.rows)
 
     def _run_AlterBackup(self, stmt: AlterBackup, params: object) -> Result:
         dest, subdir = _location(stmt.destinations, stmt.subdir, "ALTER BACKUP")
-        self.store.alter_backup(dest, subdir=subdir, new_kms=stmt.new_kms, old_kms=stmt.old_kms)
+        request = AlterBackupRequest(in_=dest, subdir=subdir, new_kms=stmt.new_kms, old_kms=stmt.old_kms)
+        self.store.backups.alter_backup(request)
         return Result(status="ALTER BACKUP")

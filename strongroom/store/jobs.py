@@ -1,19 +1,28 @@
-"""The store's job registry (``SHOW JOBS``): every BACKUP and RESTORE with its status and error.
+"""The store's jobs (``SHOW JOBS``): every BACKUP, RESTORE, ALTER BACKUP and managed backup, whoever
+started it (CLI, Python, SQL, HTTP, a schedule), with its status, progress and error.
 
-Kept in ``<store>/system.db``. Descriptions are built from the parsed statement with every secret
-redacted, so nothing here ever holds a passphrase or a credential.
+Kept in ``<store>/system.db``. Descriptions are the request's own ``describe()``, with every secret
+redacted, so nothing here ever holds a passphrase or a credential. ``JobRunner`` is the one place a
+job is started, run (in the caller's thread, or detached in the background) and finished.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import apsw
 
+from ..backup.jobs import Progress, new_job_id
+from ..errors import StrongroomError
+
+T = TypeVar("T")
 JOB_COLUMNS = ("job_id", "job_type", "description", "status", "created", "finished", "fraction_completed", "error")
 _PROGRESS_EVERY_S = 1.0
 
@@ -104,7 +113,7 @@ class JobRegistry:
                 rows = conn.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE job_id = ?", (job_id,)).fetchall()
         finally:
             conn.close()
-        return [JobRow(*r) for r in rows]
+        return [JobRow(*r) for r in rows]  # type: ignore[arg-type]  # the table's columns, in JOB_COLUMNS order
 
 
 class ProgressWriter:
@@ -120,3 +129,67 @@ class ProgressWriter:
         if total and now - self._last >= _PROGRESS_EVERY_S:
             self._last = now
             self._registry.set_fraction(self._job_id, min(done / total, 0.99))
+
+
+class JobRunner:
+    """Runs every job of a store: records it, reports its progress, records how it ended."""
+
+    def __init__(self, registry: Callable[[], JobRegistry]) -> None:
+        self._registry = registry  # opened on first use: a store that runs no job makes no system.db
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def registry(self) -> JobRegistry:
+        return self._registry()
+
+    def run(
+        self, job_type: str, description: str, work: Callable[[int, Progress], T], progress: Progress | None = None
+    ) -> T:
+        """Run ``work`` now, as job ``job_type``; its errors are recorded, then raised."""
+        job_id = new_job_id()
+        self.registry.start(job_id, job_type, description)
+        return self._finish(job_id, work, progress)
+
+    def detach(self, job_type: str, description: str, work: Callable[[int, Progress], object]) -> int:
+        """Start ``work`` in the background and return its job id at once (``WITH detached``)."""
+        job_id = new_job_id()
+        self.registry.start(job_id, job_type, description)
+
+        def background() -> None:
+            with suppress(BaseException):  # the outcome is recorded in the job registry
+                self._finish(job_id, work, None)
+
+        thread = threading.Thread(target=background, name=f"job-{job_id}", daemon=False)
+        thread.start()
+        self._threads.append(thread)
+        return job_id
+
+    def list(self, job_id: int | None = None) -> list[JobRow]:
+        """``SHOW JOBS`` (``SHOW JOB <id>``)."""
+        return self.registry.list(job_id)
+
+    def wait(self) -> None:
+        """Wait for the detached jobs started here."""
+        for t in self._threads:
+            t.join()
+        self._threads.clear()
+
+    def _finish(self, job_id: int, work: Callable[[int, Progress], T], progress: Progress | None) -> T:
+        registry = self.registry
+        recorder = registry.progress_callback(job_id)
+
+        def report(done: int, total: int, what: str) -> None:
+            recorder(done, total, what)
+            if progress is not None:
+                progress(done, total, what)
+
+        try:
+            result = work(job_id, report)
+        except StrongroomError as exc:
+            registry.finish(job_id, str(exc))
+            raise
+        except BaseException as exc:
+            registry.finish(job_id, f"internal error: {type(exc).__name__}")
+            raise
+        registry.finish(job_id)
+        return result

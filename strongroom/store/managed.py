@@ -40,22 +40,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..backup import engine, layout
-from ..backup.engine import DatabaseSource
-from ..backup.jobs import JobResult, new_job_id
+from ..backup.jobs import JobResult
 from ..backup.keys import Encryption, KMSOpener, add_kms, read_encryption_infos
+from ..backup.requests import LATEST, BackupRequest, RestoreRequest
 from ..crypto import kms_identity
 from ..errors import EncryptionError, KMSError, NotFoundError, StrongroomError, UsageError
 from ..kms import KMS, open_kms
-from ..storage import ExternalStorage, open_storage
+from ..storage import ExternalStorage, StorageContext, open_storage
 from ..uri import redact
 from .audit import AuditedKMS
+from .backups import Backups
+from .cmek import KeyHierarchy
+from .databases import Databases
+from .jobs import JobRunner
 from .keys import REVOKED, RegionSpec
-
-if TYPE_CHECKING:
-    from .core import Store
+from .meta import StoreMeta, check_database_name
 
 MANAGED_DIR = "managed-backups"
 OWNER_MARKER = "MANAGED-BY"
@@ -117,26 +118,6 @@ class Schedule:
         return cls(timedelta(seconds=int(doc["interval_s"])), timedelta(seconds=int(doc["full_every_s"])))
 
 
-def schedule(store: Store) -> Schedule:
-    return Schedule.from_meta(store.meta.get(SCHEDULE_META))
-
-
-def set_schedule(store: Store, *, interval: timedelta | None = None, full_every: timedelta | None = None) -> Schedule:
-    """Change the schedule (unchanged parts keep their value); stored in the store metadata."""
-    made: list[Schedule] = []
-
-    def change(meta: dict[str, object]) -> None:
-        current = Schedule.from_meta(meta.get(SCHEDULE_META))
-        made.append(Schedule(interval or current.interval, full_every or current.full_every))
-        meta[SCHEDULE_META] = made[0].to_meta()
-
-    store.update_meta(change)
-    return made[0]
-
-
-# ----------------------------------------------------------------------------------------- collections
-
-
 def _shown(end: datetime) -> str:
     """An end time as listed: to the hundredth of a second, as precise as the backup's name."""
     return end.strftime("%Y-%m-%d %H:%M:%S.%f")[:-4]
@@ -173,19 +154,6 @@ class TakenBackup:
         return (self.region, self.backup_type, self.path, _shown(self.end_time), self.result.rows, self.result.bytes)
 
 
-def collection_dir(store: Store, region: str) -> Path:
-    return store.path / MANAGED_DIR / region
-
-
-@contextmanager
-def _collection(store: Store, region: str) -> Iterator[ExternalStorage]:
-    storage = open_storage(str(collection_dir(store, region)), store.storage_context)
-    try:
-        yield storage
-    finally:
-        storage.close()
-
-
 def _full_time(full: str) -> datetime:
     return datetime.strptime(full.strip("/"), "%Y/%m/%d-%H%M%S.%f").replace(tzinfo=UTC)
 
@@ -200,41 +168,6 @@ def _latest_full(storage: ExternalStorage) -> str | None:
         return layout.read_latest(storage)
     except NotFoundError:
         return None
-
-
-def _check_owner(store: Store, region: str, storage: ExternalStorage) -> None:
-    """Refuse a collection another store (or another region) wrote: managed backups stay where taken."""
-    where = collection_dir(store, region)
-    try:
-        owner = json.loads(storage.get(OWNER_MARKER))
-        owner_store, owner_region = str(owner["store_id"]), str(owner["region"])
-    except NotFoundError:
-        raise NotFoundError(f"{where} has no {OWNER_MARKER} file: it is not a managed backup collection") from None
-    except (ValueError, KeyError, TypeError):
-        raise UsageError(f"{where}/{OWNER_MARKER} is malformed") from None
-    if owner_store != store.id or owner_region != region:
-        raise UsageError(
-            f'the managed backups in {where} were taken by store {owner_store} (region "{owner_region}"), '
-            f'not by this store {store.id} (region "{region}"): managed backups can be restored only '
-            "to the store where they were taken"
-        )
-
-
-def _claim(store: Store, region: str, storage: ExternalStorage) -> None:
-    """Write MANAGED-BY before a region's first managed backup, else check it (under the writer lock)."""
-    if not storage.exists(OWNER_MARKER):
-        doc = {"store_id": store.id, "region": region, "created": datetime.now(UTC).isoformat()}
-        storage.put(OWNER_MARKER, (json.dumps(doc) + "\n").encode(), create_only=True)
-    _check_owner(store, region, storage)
-
-
-def _region_spec(store: Store, region: str) -> RegionSpec:
-    """The region's key spec: from its open keys (caught up with other processes), else from disk."""
-    keys = store._keys.get(region)
-    if keys is None:
-        return store._spec(region)
-    keys.refresh()
-    return keys.spec
 
 
 def _key_name(spec: RegionSpec) -> str:
@@ -266,273 +199,328 @@ def _unrestorable(storage: ExternalStorage, full: str, spec: RegionSpec) -> str 
     return None
 
 
-def list_backups(store: Store) -> list[ManagedBackup]:
-    """Every managed backup layer of every region, oldest first per region (no KMS call)."""
-    out: list[ManagedBackup] = []
-    for region in store.regions:
-        if not collection_dir(store, region).is_dir():
-            continue
-        spec = _region_spec(store, region)
-        with _collection(store, region) as storage:
-            try:
-                _check_owner(store, region, storage)
-                foreign = None
-            except StrongroomError as exc:
-                foreign = str(exc)
-            for full in layout.list_fulls(storage):
-                reason = foreign or _unrestorable(storage, full, spec)
-                layers = [(full, FULL, _full_time(full))]
-                layers += [(d, INCREMENTAL, _incremental_time(d)) for d in layout.list_incrementals(storage, full)]
-                for path, kind, end in layers:
-                    out.append(ManagedBackup(region, full, path, kind, end, reason is None, reason))
-    return out
+class ManagedBackups:
+    """A store's managed backups: schedule, take, list, restore, and re-wrap after a CMEK move."""
 
+    def __init__(
+        self,
+        root: Path,
+        meta: StoreMeta,
+        keys: KeyHierarchy,
+        databases: Databases,
+        backups: Backups,
+        jobs: JobRunner,
+        context: StorageContext,
+    ) -> None:
+        self.root = root
+        self.meta = meta
+        self.keys = keys
+        self.databases = databases
+        self.backups = backups
+        self.jobs = jobs
+        self.context = context
 
-# ------------------------------------------------------------------------------------------------ backup
+    def schedule(self) -> Schedule:
+        return Schedule.from_meta(self.meta.doc.get(SCHEDULE_META))
 
+    def set_schedule(self, *, interval: timedelta | None = None, full_every: timedelta | None = None) -> Schedule:
+        """Change the schedule (unchanged parts keep their value); stored in the store metadata."""
+        made: list[Schedule] = []
 
-def _opener(store: Store, region: str, purpose: str) -> KMSOpener:
-    def open_audited(uri: str) -> KMS:
-        return AuditedKMS(open_kms(uri), store.audit, region, purpose)
+        def change(meta: dict[str, object]) -> None:
+            current = Schedule.from_meta(meta.get(SCHEDULE_META))
+            made.append(Schedule(interval or current.interval, full_every or current.full_every))
+            meta[SCHEDULE_META] = made[0].to_meta()
 
-    return open_audited
+        self.meta.update(change)
+        return made[0]
 
+    # -- collections -------------------------------------------------------------------------------
 
-@contextmanager
-def _writer_lock(store: Store, *, wait: bool) -> Iterator[bool]:
-    """Hold the store's managed-backup lock (yields False, without waiting, if another holds it)."""
-    folder = store.path / MANAGED_DIR
-    folder.mkdir(exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    def collection_dir(self, region: str) -> Path:
+        return self.root / MANAGED_DIR / region
+
+    @contextmanager
+    def _collection(self, region: str) -> Iterator[ExternalStorage]:
+        storage = open_storage(str(self.collection_dir(region)), self.context)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+            yield storage
+        finally:
+            storage.close()
 
+    def _check_owner(self, region: str, storage: ExternalStorage) -> None:
+        """Refuse a collection another store (or another region) wrote: managed backups stay where taken."""
+        where = self.collection_dir(region)
+        try:
+            owner = json.loads(storage.get(OWNER_MARKER))
+            owner_store, owner_region = str(owner["store_id"]), str(owner["region"])
+        except NotFoundError:
+            raise NotFoundError(f"{where} has no {OWNER_MARKER} file: it is not a managed backup collection") from None
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"{where}/{OWNER_MARKER} is malformed") from None
+        if owner_store != self.meta.id or owner_region != region:
+            raise UsageError(
+                f'the managed backups in {where} were taken by store {owner_store} (region "{owner_region}"), '
+                f'not by this store {self.meta.id} (region "{region}"): managed backups can be restored only '
+                "to the store where they were taken"
+            )
 
-def _region_databases(store: Store, region: str) -> list[str]:
-    return [name for name in store.databases() if store.home_region(name) == region]
+    def _claim(self, region: str, storage: ExternalStorage) -> None:
+        """Write MANAGED-BY before a region's first managed backup, else check it (under the writer lock)."""
+        if not storage.exists(OWNER_MARKER):
+            doc = {"store_id": self.meta.id, "region": region, "created": datetime.now(UTC).isoformat()}
+            storage.put(OWNER_MARKER, (json.dumps(doc) + "\n").encode(), create_only=True)
+        self._check_owner(region, storage)
 
-
-def _due(
-    store: Store, region: str, storage: ExternalStorage, sched: Schedule, now: datetime | None, full: bool | None
-) -> str | None:
-    """FULL, INCREMENTAL or None (nothing due). ``now`` None: a forced run (the interval is ignored)."""
-    latest = _latest_full(storage)
-    usable = latest is not None and _wrapped_by(storage, latest, _region_spec(store, region).key_uri)
-    if full is False and not usable:
-        raise UsageError(
-            f'region "{region}" has no managed full backup under its current key to add an incremental '
-            "backup to: take a full one"
-        )
-    if full is not None:
-        return FULL if full else INCREMENTAL
-    if not usable:
-        return FULL  # the first backup, or the region's key changed (CMEK enabled): a new chain
-    assert latest is not None
-    last_full = _full_time(latest)
-    increments = layout.list_incrementals(storage, latest)
-    last = _incremental_time(increments[-1]) if increments else last_full
-    if now is not None and now - last < sched.interval:
-        return None
-    return FULL if (now or datetime.now(UTC)) - last_full >= sched.full_every else INCREMENTAL
-
-
-def _take(store: Store, region: str, storage: ExternalStorage, kind: str, names: list[str]) -> TakenBackup:
-    spec = _region_spec(store, region)
-    sources = [
-        DatabaseSource(name, store.database_path(name), store.database_key(name), region=store.database_region(name))
-        for name in names
-    ]
-    try:
-        result = engine.backup(
-            str(collection_dir(store, region)),
-            sources,
-            encryption=Encryption(kms=(spec.key_uri,), kms_opener=_opener(store, region, BACKUP_PURPOSE)),
-            incremental="LATEST" if kind == INCREMENTAL else None,
-            is_full_cluster=True,  # every database of the region: the chain follows the region's databases
-            context=store.storage_context,
-        )
-    except KMSError as exc:
-        raise KMSError(
-            f'managed backup of region "{region}" failed: its {_key_name(spec)} {redact(spec.key_uri)} '
-            f"is not available: {exc}"
-        ) from None
-    full = _latest_full(storage)
-    assert full is not None
-    if kind == FULL:
-        return TakenBackup(region, FULL, full, full, _full_time(full), result)
-    path = layout.list_incrementals(storage, full)[-1]  # the newest: no one else writes under the lock
-    return TakenBackup(region, INCREMENTAL, full, path, _incremental_time(path), result)
-
-
-def _run(store: Store, now: datetime | None, full: bool | None, *, wait: bool) -> list[TakenBackup]:
-    """Back up each region that is due (every region with databases, when ``now`` is None)."""
-    taken: list[TakenBackup] = []
-    errors: list[StrongroomError] = []
-    with _writer_lock(store, wait=wait) as locked:
-        if not locked:
-            return taken  # another process is writing managed backups now: it takes what is due
-        sched = schedule(store)
-        for region in store.regions:
-            names = _region_databases(store, region)
-            if not names:
+    def list_backups(self) -> list[ManagedBackup]:
+        """Every managed backup layer of every region, oldest first per region (no KMS call)."""
+        out: list[ManagedBackup] = []
+        for region in self.meta.regions:
+            if not self.collection_dir(region).is_dir():
                 continue
+            spec = self.keys.current_spec(region)
+            with self._collection(region) as storage:
+                try:
+                    self._check_owner(region, storage)
+                    foreign = None
+                except StrongroomError as exc:
+                    foreign = str(exc)
+                for full in layout.list_fulls(storage):
+                    reason = foreign or _unrestorable(storage, full, spec)
+                    layers = [(full, FULL, _full_time(full))]
+                    layers += [(d, INCREMENTAL, _incremental_time(d)) for d in layout.list_incrementals(storage, full)]
+                    for path, kind, end in layers:
+                        out.append(ManagedBackup(region, full, path, kind, end, reason is None, reason))
+        return out
+
+    # -- backup ------------------------------------------------------------------------------------
+
+    def _opener(self, region: str, purpose: str) -> KMSOpener:
+        def open_audited(uri: str) -> KMS:
+            return AuditedKMS(open_kms(uri), self.keys.audit, region, purpose)
+
+        return open_audited
+
+    @contextmanager
+    def _writer_lock(self, *, wait: bool) -> Iterator[bool]:
+        """Hold the store's managed-backup lock (yields False, without waiting, if another holds it)."""
+        folder = self.root / MANAGED_DIR
+        folder.mkdir(exist_ok=True)
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
             try:
-                with _collection(store, region) as storage:
-                    _claim(store, region, storage)
-                    kind = _due(store, region, storage, sched, now, full)
-                    if kind is not None:
-                        # Shared with creates, drops and other backups; a key rotation waits (and
-                        # is waited for), so no database is re-keyed between key pick and snapshot.
-                        with store._rotation_lock(shared=True):
-                            taken.append(_take(store, region, storage, kind, names))
-            except StrongroomError as exc:
-                errors.append(exc)  # regions are independent: one region's failure stops no other
-    if len(errors) == 1 and not taken:
-        raise errors[0]
-    if errors:
-        raise ManagedBackupError("; ".join(str(e) for e in errors), taken)
-    return taken
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
 
+    def _due(
+        self, region: str, storage: ExternalStorage, sched: Schedule, now: datetime | None, full: bool | None
+    ) -> str | None:
+        """FULL, INCREMENTAL or None (nothing due). ``now`` None: a forced run (the interval is ignored)."""
+        latest = _latest_full(storage)
+        usable = latest is not None and _wrapped_by(storage, latest, self.keys.current_spec(region).key_uri)
+        if full is False and not usable:
+            raise UsageError(
+                f'region "{region}" has no managed full backup under its current key to add an incremental '
+                "backup to: take a full one"
+            )
+        if full is not None:
+            return FULL if full else INCREMENTAL
+        if not usable:
+            return FULL  # the first backup, or the region's key changed (CMEK enabled): a new chain
+        assert latest is not None
+        last_full = _full_time(latest)
+        increments = layout.list_incrementals(storage, latest)
+        last = _incremental_time(increments[-1]) if increments else last_full
+        if now is not None and now - last < sched.interval:
+            return None
+        return FULL if (now or datetime.now(UTC)) - last_full >= sched.full_every else INCREMENTAL
 
-def run_due(store: Store, now: datetime | None = None) -> list[TakenBackup]:
-    """Take every managed backup that is due at ``now`` (default: the current time); [] if none is
-    due, or if another process is taking managed backups at this moment."""
-    return _run(store, now or datetime.now(UTC), None, wait=False)
+    def _take(self, region: str, storage: ExternalStorage, kind: str, names: list[str]) -> TakenBackup:
+        spec = self.keys.current_spec(region)
+        # No databases named: the chain follows every database of the region (is_full_cluster).
+        request = BackupRequest(
+            into=(str(self.collection_dir(region)),),
+            encryption=Encryption(kms=(spec.key_uri,), kms_opener=self._opener(region, BACKUP_PURPOSE)),
+            incremental=LATEST if kind == INCREMENTAL else None,
+        )
+        sources = [self.backups.source(name) for name in names]
+        try:
+            result = self.jobs.run(
+                "BACKUP",
+                f"managed backup of region {region}: {request.describe()}",
+                lambda job_id, progress: engine.backup(
+                    request, sources, context=self.context, progress=progress, job_id=job_id
+                ),
+            )
+        except KMSError as exc:
+            raise KMSError(
+                f'managed backup of region "{region}" failed: its {_key_name(spec)} {redact(spec.key_uri)} '
+                f"is not available: {exc}"
+            ) from None
+        full = _latest_full(storage)
+        assert full is not None
+        if kind == FULL:
+            return TakenBackup(region, FULL, full, full, _full_time(full), result)
+        path = layout.list_incrementals(storage, full)[-1]  # the newest: no one else writes under the lock
+        return TakenBackup(region, INCREMENTAL, full, path, _incremental_time(path), result)
 
+    def _run(self, now: datetime | None, full: bool | None, *, wait: bool) -> list[TakenBackup]:
+        """Back up each region that is due (every region with databases, when ``now`` is None)."""
+        taken: list[TakenBackup] = []
+        errors: list[StrongroomError] = []
+        with self._writer_lock(wait=wait) as locked:
+            if not locked:
+                return taken  # another process is writing managed backups now: it takes what is due
+            sched = self.schedule()
+            for region in self.meta.regions:
+                names = self.databases.in_region(region)
+                if not names:
+                    continue
+                try:
+                    with self._collection(region) as storage:
+                        self._claim(region, storage)
+                        kind = self._due(region, storage, sched, now, full)
+                        if kind is not None:
+                            # Shared with creates, drops and other backups; a key rotation waits (and
+                            # is waited for), so no database is re-keyed between key pick and snapshot.
+                            with self.databases.lock.shared():
+                                taken.append(self._take(region, storage, kind, names))
+                except StrongroomError as exc:
+                    errors.append(exc)  # regions are independent: one region's failure stops no other
+        if len(errors) == 1 and not taken:
+            raise errors[0]
+        if errors:
+            raise ManagedBackupError("; ".join(str(e) for e in errors), taken)
+        return taken
 
-def take_now(store: Store, full: bool | None = None) -> list[TakenBackup]:
-    """Take a managed backup of every region with databases now: full, incremental, or (None) the
-    kind the schedule would take. Waits for another process's managed backup to finish first."""
-    taken = _run(store, None, full, wait=True)
-    if not taken:
-        raise UsageError("the store has no databases to back up")
-    return taken
+    def run_due(self, now: datetime | None = None) -> list[TakenBackup]:
+        """Take every managed backup that is due at ``now`` (default: the current time); [] if none is
+        due, or if another process is taking managed backups at this moment."""
+        return self._run(now or datetime.now(UTC), None, wait=False)
 
+    def take_now(self, full: bool | None = None) -> list[TakenBackup]:
+        """Take a managed backup of every region with databases now: full, incremental, or (None) the
+        kind the schedule would take. Waits for another process's managed backup to finish first."""
+        taken = self._run(None, full, wait=True)
+        if not taken:
+            raise UsageError("the store has no databases to back up")
+        return taken
 
-# ----------------------------------------------------------------------------------------------- restore
+    # -- restore -----------------------------------------------------------------------------------
 
+    def _regions_to_restore(self, subdir: str, databases: list[str] | None, region: str | None) -> list[str]:
+        if region is not None:
+            return [self.meta.check_region(region)]
+        with_backups = [r for r in self.meta.regions if (self.collection_dir(r) / OWNER_MARKER).exists()]
+        if subdir.upper() != "LATEST":
+            full = layout.normalize_subdir(subdir).strip("/")
+            holding = [r for r in with_backups if (self.collection_dir(r) / full / layout.MANIFEST).exists()]
+            if not holding:
+                raise NotFoundError(f"no managed backup {subdir} in this store (strongroom backup-schedule list)")
+            if len(holding) > 1:
+                raise UsageError(f"managed backup {subdir} exists in regions {', '.join(holding)}: name one")
+            return holding
+        if databases:
+            return sorted({self.meta.home_region(name) for name in databases}, key=self.meta.regions.index)
+        if not with_backups:
+            raise NotFoundError("this store has no managed backups yet")
+        return with_backups
 
-def _regions_to_restore(store: Store, subdir: str, databases: list[str] | None, region: str | None) -> list[str]:
-    if region is not None:
-        return [store._check_region(region)]
-    with_backups = [r for r in store.regions if (collection_dir(store, r) / OWNER_MARKER).exists()]
-    if subdir.upper() != "LATEST":
-        full = layout.normalize_subdir(subdir).strip("/")
-        holding = [r for r in with_backups if (collection_dir(store, r) / full / layout.MANIFEST).exists()]
-        if not holding:
-            raise NotFoundError(f"no managed backup {subdir} in this store (strongroom backup-schedule list)")
-        if len(holding) > 1:
-            raise UsageError(f"managed backup {subdir} exists in regions {', '.join(holding)}: name one")
-        return holding
-    if databases:
-        return sorted({store.home_region(name) for name in databases}, key=store.regions.index)
-    if not with_backups:
-        raise NotFoundError("this store has no managed backups yet")
-    return with_backups
+    def restore(
+        self,
+        subdir: str = LATEST,
+        databases: list[str] | None = None,
+        new_db_name: str | None = None,
+        region: str | None = None,
+        as_of: datetime | None = None,
+    ) -> JobResult:
+        """Restore managed backups into this store: every database of every region (LATEST), or some.
 
+        All or nothing: every chain is checked (owner, CMEK) before a byte is restored, and databases
+        restored from one region are removed again if another region's restore fails.
+        """
+        if new_db_name is not None:
+            check_database_name(new_db_name)
+            if not databases or len(databases) != 1:
+                raise UsageError("new_db_name can only be used to restore a single database")
+        plan: list[tuple[str, RestoreRequest, RegionSpec]] = []
+        for r in self._regions_to_restore(subdir, databases, region):
+            if not self.collection_dir(r).is_dir():
+                raise NotFoundError(f'region "{r}" has no managed backups yet')
+            with self._collection(r) as storage:
+                self._check_owner(r, storage)
+                full = _latest_full(storage) if subdir.upper() == LATEST else layout.normalize_subdir(subdir)
+                if full is None:
+                    raise NotFoundError(f'region "{r}" has no managed backup yet')
+                spec = self.keys.current_spec(r)
+                reason = _unrestorable(storage, full, spec)
+                if reason:
+                    raise KMSError(reason) if spec.status == REVOKED else EncryptionError(reason)
+            wanted = [d for d in databases if region or self.meta.home_region(d) == r] if databases else None
+            request = RestoreRequest(
+                from_=(str(self.collection_dir(r)),),
+                subdir=full,
+                databases=tuple(wanted) if wanted else None,
+                new_db_name=new_db_name,
+                encryption=Encryption(kms=(spec.key_uri,), kms_opener=self._opener(r, RESTORE_PURPOSE)),
+                as_of=as_of,
+            )
+            plan.append((r, request, spec))
+        description = "restore managed backups: " + "; ".join(req.describe() for _r, req, _s in plan)
+        # A rotation running meanwhile would drop the keys of the databases being restored.
+        with self.databases.lock.shared():
+            return self.jobs.run("RESTORE", description, lambda job_id, progress: self._restore_plan(plan, job_id))
 
-def restore(
-    store: Store,
-    subdir: str = "LATEST",
-    databases: list[str] | None = None,
-    new_db_name: str | None = None,
-    region: str | None = None,
-    as_of: datetime | None = None,
-) -> JobResult:
-    """Restore managed backups into this store: every database of every region (LATEST), or some.
+    def _restore_plan(self, plan: list[tuple[str, RestoreRequest, RegionSpec]], job_id: int) -> JobResult:
+        restored: set[str] = set()
+        results: list[JobResult] = []
+        try:
+            for r, request, spec in plan:
+                full = request.subdir
+                before = set(self.databases.names())
+                try:
+                    result = engine.restore(request, self.databases, context=self.context, job_id=job_id)
+                except KMSError as exc:
+                    raise KMSError(
+                        f'cannot restore managed backup {full} of region "{r}": its {_key_name(spec)} '
+                        f"{redact(spec.key_uri)} is not available: {exc}"
+                    ) from None
+                except NotFoundError as exc:
+                    raise NotFoundError(f'managed backup {full} of region "{r}": {exc}') from None
+                restored |= set(self.databases.names()) - before
+                results.append(result)
+        except BaseException:
+            for name in restored:  # the engine already undid the failing region's own databases
+                self.databases.discard_database(name)
+            raise
+        rows, index_entries = sum(r.rows for r in results), sum(r.index_entries for r in results)
+        return JobResult(job_id, "succeeded", 1.0, rows, index_entries, sum(r.bytes for r in results))
 
-    All or nothing: every chain is checked (owner, CMEK) before a byte is restored, and databases
-    restored from one region are removed again if another region's restore fails.
-    """
-    if new_db_name is not None and (not databases or len(databases) != 1):
-        raise UsageError("new_db_name can only be used to restore a single database")
-    plan: list[tuple[str, str, list[str] | None, RegionSpec]] = []
-    for r in _regions_to_restore(store, subdir, databases, region):
-        if not collection_dir(store, r).is_dir():
-            raise NotFoundError(f'region "{r}" has no managed backups yet')
-        with _collection(store, r) as storage:
-            _check_owner(store, r, storage)
-            full = _latest_full(storage) if subdir.upper() == "LATEST" else layout.normalize_subdir(subdir)
-            if full is None:
-                raise NotFoundError(f'region "{r}" has no managed backup yet')
-            spec = _region_spec(store, r)
-            reason = _unrestorable(storage, full, spec)
-            if reason:
-                raise KMSError(reason) if spec.status == REVOKED else EncryptionError(reason)
-        wanted = [d for d in databases if region or store.home_region(d) == r] if databases else None
-        plan.append((r, full, wanted, spec))
-    # A rotation running meanwhile would drop the keys of the databases being restored.
-    with store._rotation_lock(shared=True):
-        return _restore_plan(store, plan, new_db_name, as_of)
+    # -- change ------------------------------------------------------------------------------------
 
-
-def _restore_plan(
-    store: Store,
-    plan: list[tuple[str, str, list[str] | None, RegionSpec]],
-    new_db_name: str | None,
-    as_of: datetime | None,
-) -> JobResult:
-    restored: set[str] = set()
-    results: list[JobResult] = []
-    try:
-        for r, full, wanted, spec in plan:
-            before = set(store.databases())
-            try:
-                result = engine.restore(
-                    str(collection_dir(store, r)),
-                    store,
-                    subdir=full,
-                    encryption=Encryption(kms=(spec.key_uri,), kms_opener=_opener(store, r, RESTORE_PURPOSE)),
-                    databases=wanted,
-                    new_db_name=new_db_name,
-                    as_of=as_of,
-                    context=store.storage_context,
-                )
-            except KMSError as exc:
-                raise KMSError(
-                    f'cannot restore managed backup {full} of region "{r}": its {_key_name(spec)} '
-                    f"{redact(spec.key_uri)} is not available: {exc}"
-                ) from None
-            except NotFoundError as exc:
-                raise NotFoundError(f'managed backup {full} of region "{r}": {exc}') from None
-            restored |= set(store.databases()) - before
-            results.append(result)
-    except BaseException:
-        for name in restored:  # the engine already undid the failing region's own databases
-            store.discard_database(name)
-        raise
-    rows, index_entries = sum(r.rows for r in results), sum(r.index_entries for r in results)
-    return JobResult(new_job_id(), "succeeded", 1.0, rows, index_entries, sum(r.bytes for r in results))
-
-
-# ------------------------------------------------------------------------------------------ CMEK change
-
-
-def rewrap_for_new_cmek(store: Store, region: str, old_uri: str) -> list[str]:
-    """After region ``region`` moved from CMEK ``old_uri`` to another key: wrap the data key of each
-    managed full backup that ``old_uri`` wraps with the region's new key too (one decrypt and one
-    encrypt each, audited), as ALTER BACKUP ... ADD NEW_KMS does. Returns the full backups done."""
-    if not collection_dir(store, region).is_dir():
-        return []
-    new_uri = _region_spec(store, region).key_uri
-    done: list[str] = []
-    with _writer_lock(store, wait=True), _collection(store, region) as storage:
-        for full in layout.list_fulls(storage):
-            if _wrapped_by(storage, full, new_uri) or not _wrapped_by(storage, full, old_uri):
-                continue
-            try:
-                add_kms(storage, full, (new_uri,), (old_uri,), _opener(store, region, REWRAP_PURPOSE))
-            except StrongroomError as exc:
-                raise KMSError(
-                    f'region "{region}" now uses CMEK {redact(new_uri)}, but managed backup {full} could not be '
-                    f"wrapped with it (keep {redact(old_uri)} to restore it): {exc}"
-                ) from None
-            done.append(full)
-    return done
+    def rewrap_for_new_cmek(self, region: str, old_uri: str) -> list[str]:
+        """After region ``region`` moved from CMEK ``old_uri`` to another key: wrap the data key of each
+        managed full backup that ``old_uri`` wraps with the region's new key too (one decrypt and one
+        encrypt each, audited), as ALTER BACKUP ... ADD NEW_KMS does. Returns the full backups done."""
+        if not self.collection_dir(region).is_dir():
+            return []
+        new_uri = self.keys.current_spec(region).key_uri
+        done: list[str] = []
+        with self._writer_lock(wait=True), self._collection(region) as storage:
+            for full in layout.list_fulls(storage):
+                if _wrapped_by(storage, full, new_uri) or not _wrapped_by(storage, full, old_uri):
+                    continue
+                try:
+                    add_kms(storage, full, (new_uri,), (old_uri,), self._opener(region, REWRAP_PURPOSE))
+                except StrongroomError as exc:
+                    raise KMSError(
+                        f'region "{region}" now uses CMEK {redact(new_uri)}, but managed backup {full} could not be '
+                        f"wrapped with it (keep {redact(old_uri)} to restore it): {exc}"
+                    ) from None
+                done.append(full)
+        return done

@@ -1,0 +1,183 @@
+"""What a user asked for: one request object per backup operation, built once by a surface.
+
+The CLI, the Python API, SQL statements, the HTTP API and schedules each build one of these and
+hand it, unchanged, to the store's operations and on to the engine, so no layer re-declares the
+options of another. ``describe()`` is the job description ``SHOW JOBS`` shows: CockroachDB's
+statement text with every secret redacted, the same whichever surface started the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ..errors import UsageError
+from ..uri import redact
+from .keys import Encryption
+
+LATEST = "LATEST"
+
+
+def collection_uris(value: str | Sequence[str]) -> tuple[str, ...]:
+    """One collection URI, or a locality-aware set of them, as a tuple."""
+    uris = (value,) if isinstance(value, str) else tuple(value)
+    if not uris:
+        raise UsageError("no backup location given")
+    return uris
+
+
+def _where(prep: str, uris: tuple[str, ...], subdir: str | None) -> str:
+    shown = ", ".join(f"'{redact(u)}'" for u in uris)
+    dest = shown if len(uris) == 1 else f"({shown})"
+    if subdir is None:
+        return f"{prep} {dest}"
+    sub = LATEST if subdir.upper() == LATEST else f"'{subdir}'"
+    return f"{prep} {sub} IN {dest}"
+
+
+def _encryption_options(enc: Encryption) -> list[str]:
+    if enc.passphrase is not None:
+        return ["encryption_passphrase = '*****'"]
+    if enc.kms:
+        return ["kms = (" + ", ".join(f"'{redact(k)}'" for k in enc.kms) + ")"]
+    return []
+
+
+def _targets(databases: tuple[str, ...] | None, tables: tuple[str, ...] | None) -> str:
+    if databases:
+        return f" DATABASE {', '.join(databases)}"
+    if tables:
+        return f" TABLE {', '.join(tables)}"
+    return ""
+
+
+def _with(opts: list[str]) -> str:
+    return f" WITH OPTIONS ({', '.join(opts)})" if opts else ""
+
+
+def _names(value: Sequence[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value) or None
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    """``BACKUP [DATABASE ... | TABLE ...] INTO <collection> [WITH ...]``, or with ``incremental``
+    ("LATEST" or a full backup's subdir) ``BACKUP ... INTO LATEST | '<subdir>' IN <collection>``.
+
+    No databases and no tables: the whole store (``is_full_cluster``)."""
+
+    into: tuple[str, ...]
+    databases: tuple[str, ...] | None = None
+    tables: tuple[str, ...] | None = None
+    encryption: Encryption = field(default_factory=Encryption)
+    incremental: str | None = None
+    detached: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "into", collection_uris(self.into))
+        object.__setattr__(self, "databases", _names(self.databases))
+        object.__setattr__(self, "tables", _names(self.tables))
+        if self.databases and self.tables:
+            raise UsageError("back up either databases or tables, not both")
+
+    @property
+    def is_full_cluster(self) -> bool:
+        return not self.databases and not self.tables
+
+    @property
+    def collection(self) -> str | tuple[str, ...]:
+        """What the engine opens: one location, or the locality-aware set."""
+        return self.into[0] if len(self.into) == 1 else self.into
+
+    def describe(self) -> str:
+        opts = _encryption_options(self.encryption) + (["detached"] if self.detached else [])
+        return f"BACKUP{_targets(self.databases, self.tables)} {_where('INTO', self.into, self.incremental)}" + _with(
+            opts
+        )
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """``RESTORE [DATABASE ... | TABLE ...] FROM LATEST | '<subdir>' IN <collection> [WITH ...]``."""
+
+    from_: tuple[str, ...]
+    subdir: str = LATEST
+    databases: tuple[str, ...] | None = None
+    tables: tuple[str, ...] | None = None
+    new_db_name: str | None = None
+    into_db: str | None = None
+    encryption: Encryption = field(default_factory=Encryption)
+    as_of: datetime | None = None
+    detached: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "from_", collection_uris(self.from_))
+        object.__setattr__(self, "databases", _names(self.databases))
+        object.__setattr__(self, "tables", _names(self.tables))
+        if self.databases and self.tables:
+            raise UsageError("restore either databases or tables, not both")
+        if self.new_db_name is not None and (self.tables or not self.databases or len(self.databases) != 1):
+            raise UsageError("new_db_name can only be used for RESTORE DATABASE with a single target database")
+        if self.into_db is not None and not self.tables:
+            raise UsageError("into_db can only be used for RESTORE TABLE")
+
+    @property
+    def collection(self) -> str | tuple[str, ...]:
+        return self.from_[0] if len(self.from_) == 1 else self.from_
+
+    def describe(self) -> str:
+        opts = _encryption_options(self.encryption)
+        opts += [f"{n} = '{v}'" for n, v in (("new_db_name", self.new_db_name), ("into_db", self.into_db)) if v]
+        if self.detached:
+            opts.append("detached")
+        where = _where("FROM", self.from_, self.subdir)
+        as_of = f" AS OF SYSTEM TIME '{self.as_of.isoformat()}'" if self.as_of else ""
+        return f"RESTORE{_targets(self.databases, self.tables)} {where}{as_of}" + _with(opts)
+
+
+@dataclass(frozen=True)
+class ShowBackupRequest:
+    """``SHOW BACKUP LATEST | '<subdir>' IN <collection> [WITH ..., check_files]``."""
+
+    in_: tuple[str, ...]
+    subdir: str = LATEST
+    encryption: Encryption = field(default_factory=Encryption)
+    check_files: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "in_", collection_uris(self.in_))
+
+    @property
+    def collection(self) -> str | tuple[str, ...]:
+        return self.in_[0] if len(self.in_) == 1 else self.in_
+
+
+@dataclass(frozen=True)
+class AlterBackupRequest:
+    """``ALTER BACKUP LATEST | '<subdir>' IN <collection> ADD NEW_KMS = ... WITH OLD_KMS = ...``."""
+
+    in_: tuple[str, ...]
+    new_kms: tuple[str, ...]
+    old_kms: tuple[str, ...]
+    subdir: str = LATEST
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "in_", collection_uris(self.in_))
+        object.__setattr__(self, "new_kms", _names(self.new_kms) or ())
+        object.__setattr__(self, "old_kms", _names(self.old_kms) or ())
+        if not self.new_kms or not self.old_kms:
+            raise UsageError("ALTER BACKUP needs NEW_KMS and OLD_KMS")
+
+    @property
+    def collection(self) -> str | tuple[str, ...]:
+        return self.in_[0] if len(self.in_) == 1 else self.in_
+
+    def describe(self) -> str:
+        new = ", ".join(f"'{redact(k)}'" for k in self.new_kms)
+        old = ", ".join(f"'{redact(k)}'" for k in self.old_kms)
+        return f"ALTER BACKUP {_where('', self.in_, self.subdir).strip()} ADD NEW_KMS = ({new}) WITH OLD_KMS = ({old})"

@@ -1,0 +1,103 @@
+"""The store's BACKUP, RESTORE, SHOW BACKUP(S) and ALTER BACKUP: the one route every surface takes.
+
+Each operation takes the request a surface built (backup/requests.py), resolves it against the
+store (which databases, with which at-rest keys), runs it in the backup engine as a job of the
+store's job registry (BACKUP, RESTORE and ALTER BACKUP; SHOW is a read), and holds the rotation
+lock shared meanwhile, so no database is re-keyed between key pick and snapshot.
+"""
+
+from __future__ import annotations
+
+from ..backup import engine
+from ..backup.destinations import open_destinations
+from ..backup.engine import DatabaseSource, ShowBackupResult
+from ..backup.jobs import JobResult, Progress
+from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
+from ..errors import NotFoundError, UsageError
+from ..kms import open_kms
+from ..storage import StorageContext
+from .databases import Databases
+from .jobs import JobRunner
+from .meta import check_database_name
+
+
+class Backups:
+    def __init__(self, databases: Databases, jobs: JobRunner, context: StorageContext) -> None:
+        self.databases = databases
+        self.jobs = jobs
+        self.context = context
+
+    # -- jobs -------------------------------------------------------------------------------------
+    def backup(self, request: BackupRequest, progress: Progress | None = None) -> JobResult:
+        return self.jobs.run("BACKUP", request.describe(), lambda job_id, p: self._backup(request, p, job_id), progress)
+
+    def restore(self, request: RestoreRequest, progress: Progress | None = None) -> JobResult:
+        return self.jobs.run(
+            "RESTORE", request.describe(), lambda job_id, p: self._restore(request, p, job_id), progress
+        )
+
+    def detach(self, request: BackupRequest | RestoreRequest) -> int:
+        """Start a BACKUP or RESTORE in the background (``WITH detached``) and return its job id.
+
+        Planning errors (a bad URI, an unknown scheme or parameter) surface now, not in the job."""
+        self.check_uris(request)
+        if isinstance(request, BackupRequest):
+            return self.jobs.detach("BACKUP", request.describe(), lambda job_id, p: self._backup(request, p, job_id))
+        return self.jobs.detach("RESTORE", request.describe(), lambda job_id, p: self._restore(request, p, job_id))
+
+    def alter_backup(self, request: AlterBackupRequest) -> str:
+        """ALTER BACKUP ... ADD NEW_KMS; returns the ENCRYPTION-INFO file written."""
+        return self.jobs.run(
+            "ALTER BACKUP", request.describe(), lambda job_id, p: engine.alter_backup(request, context=self.context)
+        )
+
+    # -- reads ------------------------------------------------------------------------------------
+    def show_backups(self, collection: str | tuple[str, ...]) -> list[str]:
+        return engine.show_backups(collection, context=self.context)
+
+    def show_backup(self, request: ShowBackupRequest) -> ShowBackupResult:
+        return engine.show_backup(request, context=self.context)
+
+    def check_uris(self, request: BackupRequest | RestoreRequest) -> None:
+        """Open (and close) every storage and KMS the request names: no object is read or written."""
+        uris = request.into if isinstance(request, BackupRequest) else request.from_
+        open_destinations(uris if len(uris) > 1 else uris[0], self.context).close()
+        for uri in request.encryption.kms:
+            open_kms(uri).close()
+
+    # -- the work ---------------------------------------------------------------------------------
+    def _backup(self, request: BackupRequest, progress: Progress, job_id: int) -> JobResult:
+        with self.databases.lock.shared():
+            return engine.backup(request, self.sources(request), context=self.context, progress=progress, job_id=job_id)
+
+    def _restore(self, request: RestoreRequest, progress: Progress, job_id: int) -> JobResult:
+        if request.new_db_name is not None:
+            check_database_name(request.new_db_name)
+        with self.databases.lock.shared():
+            return engine.restore(request, self.databases, context=self.context, progress=progress, job_id=job_id)
+
+    def sources(self, request: BackupRequest) -> list[DatabaseSource]:
+        """The databases (or tables) ``request`` names, each with its file, key and home region."""
+        dbs = self.databases
+        if request.tables:
+            grouped: dict[str, list[str]] = {}
+            for qualified in request.tables:
+                parts = qualified.split(".")
+                if len(parts) == 3 and parts[1] == "public":
+                    parts = [parts[0], parts[2]]
+                if len(parts) != 2:
+                    raise UsageError(f'qualify table "{qualified}" with its database, as database.table')
+                grouped.setdefault(parts[0], []).append(parts[1])
+            return [self.source(db, tuple(names)) for db, names in grouped.items()]
+        names = list(request.databases or dbs.names())
+        if not names:
+            raise UsageError("the store has no databases to back up")
+        return [self.source(db) for db in names]
+
+    def source(self, name: str, tables: tuple[str, ...] | None = None) -> DatabaseSource:
+        dbs = self.databases
+        if not dbs.exists(name):
+            raise NotFoundError(f'database "{name}" does not exist')
+        return DatabaseSource(
+            name, dbs.database_path(name), dbs.database_key(name), tables, dbs.meta.database_region(name)
+        )

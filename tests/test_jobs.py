@@ -1,0 +1,100 @@
+"""One route: every BACKUP, RESTORE, ALTER BACKUP and managed backup is a job in SHOW JOBS,
+whichever surface started it (CLI, Python API, SQL), described the same way with secrets redacted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import fill_bank
+
+from strongroom import BackupRequest, Encryption, EncryptionError, Store, open_store
+from strongroom.cli import main
+
+SECRET = "correct-horse-battery-staple"
+
+
+def _jobs(store: Store) -> list[tuple[object, ...]]:
+    return list(store.execute("SHOW JOBS").rows)
+
+
+def test_a_cli_backup_and_restore_show_up_in_show_jobs(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    fill_bank(store, accounts=50)
+    monkeypatch.setenv("STRONGROOM_PASSPHRASE", SECRET)
+    runner = CliRunner()
+    for args in (
+        ["backup", "nodelocal://1/cli", "--store", str(store.path), "--passphrase"],
+        [
+            "restore",
+            "nodelocal://1/cli",
+            "--store",
+            str(store.path),
+            "--passphrase",
+            "--database",
+            "bank",
+            "--new-db-name",
+            "bank2",
+        ],
+    ):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+    rows = _jobs(open_store(store.path))
+    assert [(r[1], r[3]) for r in rows] == [("BACKUP", "succeeded"), ("RESTORE", "succeeded")]
+    assert rows[0][2] == "BACKUP INTO 'nodelocal://1/cli' WITH OPTIONS (encryption_passphrase = '*****')"
+    assert rows[1][2] == (
+        "RESTORE DATABASE bank FROM LATEST IN 'nodelocal://1/cli' "
+        "WITH OPTIONS (encryption_passphrase = '*****', new_db_name = 'bank2')"
+    )
+    assert SECRET not in repr(rows)
+
+
+def test_python_and_sql_describe_a_backup_the_same_way(store: Store) -> None:
+    fill_bank(store, accounts=20)
+    store.backup("nodelocal://1/py", databases=["bank"], encryption=Encryption(passphrase=SECRET))
+    store.execute(f"BACKUP DATABASE bank INTO 'nodelocal://1/py' WITH encryption_passphrase = '{SECRET}'")
+    first, second = _jobs(store)
+    assert (
+        first[2]
+        == second[2]
+        == BackupRequest(
+            into=("nodelocal://1/py",), databases=("bank",), encryption=Encryption(passphrase=SECRET)
+        ).describe()
+    )
+    assert SECRET not in first[2]
+
+
+def test_a_failed_python_restore_is_a_failed_job_with_its_error(store: Store) -> None:
+    fill_bank(store, accounts=20)
+    store.backup("nodelocal://1/f", encryption=Encryption(passphrase=SECRET))
+    with pytest.raises(EncryptionError) as exc:
+        store.restore("nodelocal://1/f", databases=["bank"], new_db_name="x", encryption=Encryption(passphrase="no"))
+    last = _jobs(store)[-1]
+    assert (last[1], last[3], last[7]) == ("RESTORE", "failed", str(exc.value))
+
+
+def test_alter_backup_and_managed_backups_are_jobs(store: Store, keys: tuple[str, str, str]) -> None:
+    east, west, _ = keys
+    fill_bank(store, accounts=20)
+    store.backup("nodelocal://1/k", encryption=Encryption(kms=(east,)))
+    store.alter_backup("nodelocal://1/k", new_kms=(west,), old_kms=(east,))
+    [taken] = store.managed_backup(full=True)
+    store.restore_managed(databases=["bank"], new_db_name="from_managed")
+    kinds = [(r[1], r[3]) for r in _jobs(store)]
+    assert kinds == [
+        ("BACKUP", "succeeded"),
+        ("ALTER BACKUP", "succeeded"),
+        ("BACKUP", "succeeded"),
+        ("RESTORE", "succeeded"),
+    ]
+    descriptions = [str(r[2]) for r in _jobs(store)]
+    assert descriptions[1] == (
+        "ALTER BACKUP LATEST IN 'nodelocal://1/k' ADD NEW_KMS = ('local:///west') WITH OLD_KMS = ('local:///east')"
+    )
+    assert descriptions[2].startswith(f"managed backup of region {taken.region}: BACKUP INTO ")
+    assert descriptions[3].startswith("restore managed backups: RESTORE DATABASE bank FROM ")
+
+
+def test_a_store_without_jobs_makes_no_job_registry(tmp_path: Path, store: Store) -> None:
+    store.create_database("x")
+    assert not (store.path / "system.db").exists()
