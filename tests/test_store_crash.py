@@ -282,20 +282,23 @@ def test_a_drop_killed_after_its_first_unlink_brings_no_row_back(tmp_path: Path)
     store = build_store(tmp_path / "store", big_mb=1)
     store.backup(COLL, encryption=PASS, databases=["big"])
 
-    def leave_wal_of_dropped_big() -> None:
+    def leave_wal_of_dropped_big(log: Path) -> None:
+        # Each run logs to a file of its own: waiting on the rows a previous run logged would kill
+        # this child before its first commit, with nothing in the -wal yet.
         child = Child()  # writes rows into "big" until killed: its last frames stay in the -wal
-        child.start(store.path, "read_write", tmp_path / "rows.log")
-        while len(RowLog.read(tmp_path / "rows.log")[0].get("big", ())) < 200:
+        child.start(store.path, "read_write", log)
+        while len(RowLog.read(log)[0].get("big", ())) < 200:
+            assert child.proc.poll() is None, "the writer died before it committed 200 rows"
             time.sleep(0.01)
         child.kill()
         assert Path(f"{store.database_path('big')}-wal").stat().st_size > 0
         store.database_path("big").unlink()  # the drop's first step, then the kill
 
-    leave_wal_of_dropped_big()
+    leave_wal_of_dropped_big(tmp_path / "rows-1.log")
     store.restore(COLL, encryption=PASS, databases=["big"])
     assert all_rows(store, "big") == set()
 
-    leave_wal_of_dropped_big()
+    leave_wal_of_dropped_big(tmp_path / "rows-2.log")
     store.create_database("big")
     conn = store.connect("big")
     assert conn.execute("SELECT name FROM sqlite_schema").fetchall() == []
