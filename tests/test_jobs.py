@@ -3,13 +3,18 @@ whichever surface started it (CLI, Python API, SQL), described the same way with
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import apsw
 import pytest
 from click.testing import CliRunner
 from conftest import fill_bank
 
 from strongroom import BackupRequest, Encryption, EncryptionError, Store, open_store
+from strongroom.backup.jobs import new_job_id
 from strongroom.cli import main
 
 SECRET = "correct-horse-battery-staple"
@@ -98,3 +103,44 @@ def test_alter_backup_and_managed_backups_are_jobs(store: Store, keys: tuple[str
 def test_a_store_without_jobs_makes_no_job_registry(tmp_path: Path, store: Store) -> None:
     store.create_database("x")
     assert not (store.path / "system.db").exists()
+
+
+_ID_MAKER = """
+import sys, time
+from strongroom.backup.jobs import new_job_id
+start = float(sys.argv[1])
+while time.time() < start:
+    pass
+print(" ".join(str(new_job_id()) for _ in range(20000)))
+"""
+
+
+def test_job_ids_made_at_the_same_moment_by_two_processes_never_collide() -> None:
+    """CockroachDB's unique_rowid() layout with a node id per process: two backups started at once
+    by two processes (or machines) into one collection must not share a job id (and BACKUP-LOCK)."""
+    start = time.time() + 1.0  # both children spin until the same instant, then draw ids flat out
+    children = [
+        subprocess.Popen([sys.executable, "-c", _ID_MAKER, str(start)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [c.communicate(timeout=60)[0] for c in children]
+    assert all(c.returncode == 0 for c in children)
+    first, second = ({int(x) for x in out.split()} for out in outputs)
+    assert len(first) == len(second) == 20000
+    assert not first & second
+    assert all(0 < i < 2**63 for i in first | second)
+
+
+def test_the_registry_draws_again_when_an_id_is_taken(store: Store) -> None:
+    """Ids that another process with the same node id recorded for the next second of ticks: every
+    draw in that window collides, and the registry keeps drawing until it finds a free one."""
+    registry = store.jobs.registry
+    registry.start("BACKUP", "first")  # makes the table
+    now = new_job_id()
+    node, tick = now & 0x7FFF, now >> 15
+    taken = [(t << 15 | node, "BACKUP", "another process", "running", "x") for t in range(tick, tick + 100_000)]
+    with apsw.Connection(str(store.path / "system.db")) as conn:
+        conn.executemany("INSERT INTO jobs(job_id, job_type, description, status, created) VALUES (?,?,?,?,?)", taken)
+    job_id = registry.start("BACKUP", "mine")
+    assert job_id > taken[-1][0]
+    assert [j.description for j in registry.list(job_id)] == ["mine"]

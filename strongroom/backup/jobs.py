@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-_lock = threading.Lock()
-_last = 0
-
-
 _EPOCH_NS = 1_420_070_400_000_000_000  # 2015-01-01, CockroachDB's unique_rowid() epoch
+_NODE_BITS = 15
+
+# CockroachDB's unique_rowid() is (10 µs ticks since 2015) << 15 | node id, unique per cluster
+# because node ids are. A process here is a node of its own: it draws its node id at random, so
+# processes (and machines) writing one store or one collection at the same moment get distinct
+# ids, and each process keeps its ticks strictly increasing.
+_NODE_ID = secrets.randbits(_NODE_BITS)
+_lock = threading.Lock()
+_last_tick = 0
 
 
 def new_job_id() -> int:
-    """A unique, time-ordered 63-bit id like CockroachDB's ``unique_rowid()`` (10 µs ticks << 15)."""
-    global _last
+    """A unique, time-ordered 63-bit id shaped like CockroachDB's ``unique_rowid()``."""
+    global _last_tick
     with _lock:
-        candidate = ((time.time_ns() - _EPOCH_NS) // 10_000) << 15
-        _last = max(candidate, _last + 1)
-        return _last
+        _last_tick = max((time.time_ns() - _EPOCH_NS) // 10_000, _last_tick + 1)
+        return _last_tick << _NODE_BITS | _NODE_ID
 
 
 @dataclass(frozen=True)

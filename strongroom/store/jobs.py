@@ -83,11 +83,19 @@ class JobRegistry:
             finally:
                 conn.close()
 
-    def start(self, job_id: int, job_type: str, description: str) -> None:
-        self._write(
-            "INSERT INTO jobs(job_id, job_type, description, status, created) VALUES (?, ?, ?, 'running', ?)",
-            (job_id, job_type, description, _now()),
-        )
+    def start(self, job_type: str, description: str) -> int:
+        """Record a new running job; returns its id, unique in this registry even if two processes
+        drew the same node id (new_job_id) in the same tick: the second one draws again."""
+        while True:
+            job_id = new_job_id()
+            try:
+                self._write(
+                    "INSERT INTO jobs(job_id, job_type, description, status, created) VALUES (?, ?, ?, 'running', ?)",
+                    (job_id, job_type, description, _now()),
+                )
+            except apsw.ConstraintError:
+                continue
+            return job_id
 
     def progress_callback(self, job_id: int) -> ProgressWriter:
         return ProgressWriter(self, job_id)
@@ -146,14 +154,12 @@ class JobRunner:
         self, job_type: str, description: str, work: Callable[[int, Progress], T], progress: Progress | None = None
     ) -> T:
         """Run ``work`` now, as job ``job_type``; its errors are recorded, then raised."""
-        job_id = new_job_id()
-        self.registry.start(job_id, job_type, description)
+        job_id = self.registry.start(job_type, description)
         return self._finish(job_id, work, progress)
 
     def detach(self, job_type: str, description: str, work: Callable[[int, Progress], object]) -> int:
         """Start ``work`` in the background and return its job id at once (``WITH detached``)."""
-        job_id = new_job_id()
-        self.registry.start(job_id, job_type, description)
+        job_id = self.registry.start(job_type, description)
 
         def background() -> None:
             with suppress(BaseException):  # the outcome is recorded in the job registry
