@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import apsw
@@ -38,8 +39,10 @@ def backup_file(
     """
     p = Path(path).absolute()
     source = engine.DatabaseSource(name or _name_for(p), p, key)
+    # A plain file may be backed up unencrypted by choice (the result says so); a store's databases
+    # may not without consent (store/backups.py).
     request = BackupRequest(into=(into,), encryption=encryption or Encryption(), incremental=incremental)
-    return engine.backup(request, [source], progress=progress)
+    return replace(engine.backup(request, [source], progress=progress), encryption=request.encryption.kind)
 
 
 class _FileTarget:
@@ -89,4 +92,5 @@ def restore_file(
             raise UsageError(f"the backup holds {len(names)} databases ({', '.join(names)}): say which to restore")
         database = names[0]
     request = RestoreRequest(from_=(from_,), subdir=subdir, databases=(database,), encryption=enc)
-    return engine.restore(request, _FileTarget(d, key), progress=progress)
+    result = engine.restore(request, _FileTarget(d, key), progress=progress)
+    return replace(result, encryption=enc.kind)

@@ -85,8 +85,13 @@ def moto_s3() -> Iterator[CloudTarget]:
     try:
         wait_for_port(port, START_TIMEOUT, "moto server")
         endpoint = f"http://127.0.0.1:{port}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=S3_KEY_ID,
-                          aws_secret_access_key=S3_SECRET)
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=S3_KEY_ID,
+            aws_secret_access_key=S3_SECRET,
+        )
         for bucket in ("strongroom-test", BACKUP_BUCKET):
             s3.create_bucket(Bucket=bucket)
         params = {"AWS_ACCESS_KEY_ID": S3_KEY_ID, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_ENDPOINT": endpoint}
@@ -102,14 +107,26 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudTarget]:
 
     exe = str(AZURITE) if AZURITE.exists() else shutil.which("azurite-blob")
     if not exe:
-        pytest.fail(f"Azurite is not installed: expected {AZURITE} (scripts/test.sh installs it with "
-                    "`npm install --prefix .tools azurite`) or azurite-blob on PATH", pytrace=False)
+        pytest.fail(
+            f"Azurite is not installed: expected {AZURITE} (scripts/test.sh installs it with "
+            "`npm install --prefix .tools azurite`) or azurite-blob on PATH",
+            pytrace=False,
+        )
     port = free_port()
     workdir = tmp_path_factory.mktemp("azurite")
     log = open(workdir / "azurite.log", "wb")  # noqa: SIM115 (closed at teardown)
     # --disableTelemetry: otherwise Azurite tries to reach applicationinsights.azure.com.
-    cmd = [exe, "--disableTelemetry", "--inMemoryPersistence", "--skipApiVersionCheck", "--loose",
-           "--blobHost", "127.0.0.1", "--blobPort", str(port)]
+    cmd = [
+        exe,
+        "--disableTelemetry",
+        "--inMemoryPersistence",
+        "--skipApiVersionCheck",
+        "--loose",
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+    ]
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         try:
@@ -172,8 +189,15 @@ def service_account_json(email: str, token_uri: str) -> str:
     pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    info = {"type": "service_account", "project_id": "strongroom-test", "private_key_id": "k1",
-            "private_key": pem.decode(), "client_email": email, "client_id": "1", "token_uri": token_uri}
+    info = {
+        "type": "service_account",
+        "project_id": "strongroom-test",
+        "private_key_id": "k1",
+        "private_key": pem.decode(),
+        "client_email": email,
+        "client_id": "1",
+        "token_uri": token_uri,
+    }
     return json.dumps(info)
 
 
@@ -192,8 +216,9 @@ def gcs_emulator() -> Iterator[CloudTarget]:
     try:
         wait_for_port(port, START_TIMEOUT, "gcp-storage-emulator")
         endpoint = f"http://127.0.0.1:{port}"
-        admin = storage.Client(project="strongroom-test", credentials=AnonymousCredentials(),
-                               client_options={"api_endpoint": endpoint})
+        admin = storage.Client(
+            project="strongroom-test", credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint}
+        )
         admin.create_bucket(BACKUP_BUCKET)
         admin.close()
         token_uri = f"http://127.0.0.1:{token_server.server_address[1]}/token"
@@ -206,8 +231,9 @@ def gcs_emulator() -> Iterator[CloudTarget]:
         # The secret to look for is the private key inside the key file (and the encoded key file itself).
         private_key = json.loads(key_json)["private_key"]
         secret_line = private_key.splitlines()[1]
-        yield CloudTarget("gs", "strongroom-test", endpoint, params, secret_line,
-                          extra={"encoded": encoded, "revoked": revoked})
+        yield CloudTarget(
+            "gs", "strongroom-test", endpoint, params, secret_line, extra={"encoded": encoded, "revoked": revoked}
+        )
     finally:
         token_server.shutdown()
         token_server.server_close()

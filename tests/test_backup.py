@@ -188,7 +188,7 @@ def test_passphrase_on_kms_backup_and_kms_on_passphrase_backup(store: Store, key
 
 def test_options_on_unencrypted_backup(store: Store) -> None:
     fill_bank(store, accounts=10)
-    store.backup(COLL)
+    store.backup(COLL, include_unencrypted_data=True)
     with pytest.raises(EncryptionError) as exc:
         store.show_backup(COLL, encryption=PASS)
     assert str(exc.value) == "could not find or read encryption information: no ENCRYPTION-INFO files found"

@@ -28,13 +28,17 @@ BACKENDS = {"s3": "moto_s3", "azure": "azurite", "gs": "gcs_emulator"}
 def seed_uri(cloud: CloudTarget, bucket: str = BACKUP_BUCKET) -> str:
     """The seed's URI for the scheme, plus only the endpoint parameter that points at the local server."""
     if cloud.scheme == "s3":
-        return (f"s3://{bucket}?AWS_ACCESS_KEY_ID={S3_KEY_ID}&AWS_SECRET_ACCESS_KEY={cloud.secret}"
-                f"&AWS_ENDPOINT={cloud.endpoint}")
+        return (
+            f"s3://{bucket}?AWS_ACCESS_KEY_ID={S3_KEY_ID}&AWS_SECRET_ACCESS_KEY={cloud.secret}"
+            f"&AWS_ENDPOINT={cloud.endpoint}"
+        )
     if cloud.scheme == "gs":
         # {ENCODED KEY}: the base64 key file pasted as is, as the seed shows it (not URL-encoded).
         return f"gs://{bucket}?AUTH=specified&CREDENTIALS={cloud.extra['encoded']}&GCS_ENDPOINT={cloud.endpoint}"
-    return (f"azure://{bucket}?AZURE_ACCOUNT_NAME={AZURITE_ACCOUNT}&AZURE_ACCOUNT_KEY={quote(cloud.secret, safe='')}"
-            f"&AZURE_ENDPOINT={cloud.endpoint}")
+    return (
+        f"azure://{bucket}?AZURE_ACCOUNT_NAME={AZURITE_ACCOUNT}&AZURE_ACCOUNT_KEY={quote(cloud.secret, safe='')}"
+        f"&AZURE_ENDPOINT={cloud.endpoint}"
+    )
 
 
 def make_bank(store: Store, accounts: int) -> None:
@@ -89,8 +93,10 @@ def test_seed_passphrase_statements(backend: str, request: pytest.FixtureRequest
             f"RESTORE DATABASE bank FROM LATEST IN '{uri}' WITH encryption_passphrase = 'nope', new_db_name = x"
         )
     with pytest.raises(StrongroomError) as missing:
-        store.execute(f"RESTORE FROM LATEST IN '{seed_uri(cloud, 'no-such-bucket-zz')}' "
-                      "WITH encryption_passphrase = 'password123'")
+        store.execute(
+            f"RESTORE FROM LATEST IN '{seed_uri(cloud, 'no-such-bucket-zz')}' "
+            "WITH encryption_passphrase = 'password123'"
+        )
 
     store.execute("DROP DATABASE bank")
     r = store.execute(f"RESTORE FROM LATEST IN '{uri}' WITH encryption_passphrase = 'password123';")
@@ -99,7 +105,10 @@ def test_seed_passphrase_statements(backend: str, request: pytest.FixtureRequest
 
     jobs = store.execute("SHOW JOBS")
     assert [(row[1], row[3]) for row in jobs.rows] == [
-        ("BACKUP", "succeeded"), ("BACKUP", "succeeded"), ("RESTORE", "failed"), ("RESTORE", "failed"),
+        ("BACKUP", "succeeded"),
+        ("BACKUP", "succeeded"),
+        ("RESTORE", "failed"),
+        ("RESTORE", "failed"),
         ("RESTORE", "succeeded"),
     ]
     assert "redacted" in jobs.rows[0][2]

@@ -38,7 +38,8 @@ def test_seed_enabling_cmek_has_no_impact_on_manual_backups(store: Store, _keyri
     fill_bank(store, accounts=300)
     before = table_rows(store, "bank", "accounts")
     store.backup(COLL, encryption=PW)  # an encrypted manual backup before CMEK
-    store.backup("nodelocal://1/plain")  # and one not encrypted at all: manual backups are the user's choice
+    # and one not encrypted at all: manual backups are the user's choice (given in so many words)
+    store.backup("nodelocal://1/plain", include_unencrypted_data=True)
     create_key("cmek")
     store.enable_cmek({store.primary_region: "local:///cmek"})
     store.backup(COLL, encryption=PW, incremental="LATEST")  # the chain carries on with its passphrase

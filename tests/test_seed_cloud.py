@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from kms_servers import AwsKmsServer, GcpKmsServer
 
 pytest_plugins = ("cloud_servers", "kms_servers")
-JOB_COLUMNS = ("job_id", "status", "fraction_completed", "rows", "index_entries", "bytes")
+JOB_COLUMNS = ("job_id", "status", "fraction_completed", "rows", "index_entries", "bytes", "encryption")
 
 
 @pytest.fixture

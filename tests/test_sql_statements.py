@@ -14,7 +14,7 @@ from strongroom import Store
 from strongroom.cli import main
 from strongroom.errors import EncryptionError, UsageError
 
-JOB_COLUMNS = ("job_id", "status", "fraction_completed", "rows", "index_entries", "bytes")
+JOB_COLUMNS = ("job_id", "status", "fraction_completed", "rows", "index_entries", "bytes", "encryption")
 EAST, WEST = "local:///east?KEYRING={ring}", "local:///west?KEYRING={ring}"
 
 
@@ -29,8 +29,8 @@ def test_seed_kms_examples(store: Store, ring: str) -> None:
     # "Take an encrypted backup" (AWS KMS example, with a local key in place of aws:///)
     r = store.execute(f"BACKUP INTO 'nodelocal://1/kms-single' WITH kms = '{east}';")
     assert r.columns == JOB_COLUMNS and len(r.rows) == 1
-    job_id, status, fraction, rows, index_entries, nbytes = r.rows[0]
-    assert status == "succeeded" and fraction == 1 and rows == 2689 + 1344 and nbytes > 0
+    job_id, status, fraction, rows, index_entries, nbytes, encryption = r.rows[0]
+    assert status == "succeeded" and fraction == 1 and rows == 2689 + 1344 and nbytes > 0 and encryption == "kms"
     # "Take a backup with multi-region encryption"
     r = store.execute(
         f"""BACKUP INTO 'nodelocal://1/kms-multi'
@@ -43,7 +43,7 @@ def test_seed_kms_examples(store: Store, ring: str) -> None:
     # "Restore from an encrypted backup": any subset of the URIs
     store.execute("DROP DATABASE bank")
     r = store.execute(f"RESTORE FROM LATEST IN 'nodelocal://1/kms-multi' WITH kms = '{west}';")
-    assert r.columns == JOB_COLUMNS and r.rows[0][1:] == ("succeeded", 1.0, rows, index_entries, r.rows[0][5])
+    assert r.columns == JOB_COLUMNS and r.rows[0][1:] == ("succeeded", 1.0, rows, index_entries, r.rows[0][5], "kms")
     assert r.rows[0][0] != job_id
     assert len(table_rows(store, "bank", "accounts")) == 2689
 

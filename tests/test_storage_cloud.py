@@ -167,8 +167,10 @@ def _provoke(cloud: CloudTarget, monkeypatch: pytest.MonkeyPatch) -> list[tuple[
     if cloud.scheme == "azure":
         dead += "/devstoreaccount1"
     monkeypatch.setattr(strongroom.storage.gcs, "RETRY_TIMEOUT", 1.0)  # keep the dead-server case quick
-    cases = [("unknown bucket", cloud.uri("x", bucket="no-such-bucket-zz")),
-             ("server stopped", cloud.uri("x", **{endpoint_param: dead}))]
+    cases = [
+        ("unknown bucket", cloud.uri("x", bucket="no-such-bucket-zz")),
+        ("server stopped", cloud.uri("x", **{endpoint_param: dead})),
+    ]
     if cloud.scheme == "azure":
         cases.append(("wrong key", cloud.uri("x", AZURE_ACCOUNT_KEY="d3Jvbmcta2V5LXdyb25nLWtleQ==")))
     elif cloud.scheme == "gs":

@@ -678,6 +678,7 @@ SHOW_BACKUP_COLUMNS = (
     "size_bytes",
     "rows",
     "is_full_cluster",
+    "encryption",  # Strongroom's addition: passphrase, kms or none (the key this SHOW opened it with)
 )
 
 
@@ -709,12 +710,15 @@ def show_backup(request: ShowBackupRequest, *, context: StorageContext | None = 
             start = _ts(m.start_time) if m.start_time else None
             end = _ts(m.end_time)
             common = (m.backup_type, start, end)
+            how = request.encryption.kind if m.encrypted else "none"
             for d in m.databases:
                 extra_db: tuple[object, ...] = (d.stored_bytes,) if check_files else ()
                 extra: tuple[object, ...] = (None,) if check_files else ()
                 if d.tables is None:
-                    rows.append((None, None, d.name, "database", *common, None, None, m.is_full_cluster, *extra_db))
-                    rows.append((d.name, None, "public", "schema", *common, None, None, m.is_full_cluster, *extra))
+                    rows.append(
+                        (None, None, d.name, "database", *common, None, None, m.is_full_cluster, how, *extra_db)
+                    )
+                    rows.append((d.name, None, "public", "schema", *common, None, None, m.is_full_cluster, how, *extra))
                 for o in d.objects:
                     rows.append(
                         (
@@ -726,6 +730,7 @@ def show_backup(request: ShowBackupRequest, *, context: StorageContext | None = 
                             o.bytes,
                             o.rows,
                             m.is_full_cluster,
+                            how,
                             *extra,
                         )
                     )

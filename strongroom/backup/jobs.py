@@ -36,11 +36,22 @@ class JobResult:
     rows: int
     index_entries: int
     bytes: int
+    #: Strongroom's addition to CockroachDB's columns: how the backup is encrypted (passphrase, kms
+    #: or none), so a plaintext backup never passes unnoticed.
+    encryption: str = "none"
 
-    COLUMNS = ("job_id", "status", "fraction_completed", "rows", "index_entries", "bytes")
+    COLUMNS = ("job_id", "status", "fraction_completed", "rows", "index_entries", "bytes", "encryption")
 
     def row(self) -> tuple[object, ...]:
-        return (self.job_id, self.status, self.fraction_completed, self.rows, self.index_entries, self.bytes)
+        return (
+            self.job_id,
+            self.status,
+            self.fraction_completed,
+            self.rows,
+            self.index_entries,
+            self.bytes,
+            self.encryption,
+        )
 
 
 # progress(done, total, what): called from the job's thread as work proceeds.

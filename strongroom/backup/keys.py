@@ -66,6 +66,11 @@ class Encryption:
     def enabled(self) -> bool:
         return self.passphrase is not None or bool(self.kms)
 
+    @property
+    def kind(self) -> str:
+        """``passphrase``, ``kms`` or ``none``: what a job's result and SHOW BACKUP report."""
+        return "passphrase" if self.passphrase is not None else "kms" if self.kms else "none"
+
     def __repr__(self) -> str:
         if self.passphrase is not None:
             return "Encryption(passphrase='redacted')"

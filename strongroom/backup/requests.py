@@ -77,6 +77,9 @@ class BackupRequest:
     encryption: Encryption = field(default_factory=Encryption)
     incremental: str | None = None
     detached: bool = False
+    #: Strongroom's addition: consent to write databases that are encrypted at rest into a backup
+    #: without encryption (``WITH include_unencrypted_data``); refused without it.
+    include_unencrypted_data: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "into", collection_uris(self.into))
@@ -95,7 +98,8 @@ class BackupRequest:
         return self.into[0] if len(self.into) == 1 else self.into
 
     def describe(self) -> str:
-        opts = _encryption_options(self.encryption) + (["detached"] if self.detached else [])
+        opts = _encryption_options(self.encryption)
+        opts += [name for name in ("detached", "include_unencrypted_data") if getattr(self, name)]
         return f"BACKUP{_targets(self.databases, self.tables)} {_where('INTO', self.into, self.incremental)}" + _with(
             opts
         )

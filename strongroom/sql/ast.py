@@ -54,6 +54,7 @@ class Options:
     into_db: str | None = None
     check_files: bool = False
     detached: bool = False
+    include_unencrypted_data: bool = False  # Strongroom's addition: consent to a plaintext backup
 
     def __repr__(self) -> str:
         return _repr(

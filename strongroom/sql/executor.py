@@ -208,7 +208,6 @@ class Session:
         backups = self.store.backups
         if request.detached:
             return Result(("job_id",), [(backups.detach(request),)])
-        backups.check_uris(request)  # planning errors first, as CockroachDB reports them
         result = backups.backup(request) if isinstance(request, BackupRequest) else backups.restore(request)
         return Result(JobResult.COLUMNS, [result.row()])
 
@@ -238,6 +237,7 @@ class Session:
             encryption=_encryption(stmt.options),
             incremental=stmt.subdir,
             detached=stmt.options.detached,
+            include_unencrypted_data=stmt.options.include_unencrypted_data,
         )
         return self._job(request)
 

@@ -137,6 +137,7 @@ name: IDENT | @UNRESERVED@
 _GRAMMAR = _GRAMMAR.replace("@UNRESERVED@", " | ".join(sorted(UNRESERVED_KEYWORDS)))
 _GRAMMAR = _GRAMMAR.replace("@KEYWORDS@", " ".join(sorted(KEYWORDS)))
 
+
 @functools.cache
 def _lark() -> Lark:
     """Built on first use: building the LALR tables costs ~0.1 s, which every CLI command would pay."""
@@ -420,11 +421,12 @@ def _parse_tree(toks: list[_Tok], sql: str) -> Tree:
 
 _STRING_OPTIONS = frozenset({"encryption_passphrase"})
 _NAME_OPTIONS = frozenset({"new_db_name", "into_db"})
-_FLAG_OPTIONS = frozenset({"check_files", "detached"})
-_BOOL_VALUE_OPTIONS = frozenset({"detached"})  # flags that also accept ``= true|false``
+_FLAG_OPTIONS = frozenset({"check_files", "detached", "include_unencrypted_data"})
+# flags that also accept ``= true|false``
+_BOOL_VALUE_OPTIONS = frozenset({"detached", "include_unencrypted_data"})
 _KNOWN_OPTIONS = frozenset({"kms"}) | _STRING_OPTIONS | _NAME_OPTIONS | _FLAG_OPTIONS
 _ALLOWED_OPTIONS = {
-    "BACKUP": frozenset({"kms", "encryption_passphrase", "detached"}),
+    "BACKUP": frozenset({"kms", "encryption_passphrase", "detached", "include_unencrypted_data"}),
     "RESTORE": frozenset({"kms", "encryption_passphrase", "new_db_name", "into_db", "detached"}),
     "SHOW BACKUP": frozenset({"kms", "encryption_passphrase", "check_files"}),
 }

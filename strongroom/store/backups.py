@@ -8,6 +8,8 @@ lock shared meanwhile, so no database is re-keyed between key pick and snapshot.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..backup import engine
 from ..backup.destinations import open_destinations
 from ..backup.engine import DatabaseSource, ShowBackupResult
@@ -29,18 +31,19 @@ class Backups:
 
     # -- jobs -------------------------------------------------------------------------------------
     def backup(self, request: BackupRequest, progress: Progress | None = None) -> JobResult:
+        self.plan(request)
         return self.jobs.run("BACKUP", request.describe(), lambda job_id, p: self._backup(request, p, job_id), progress)
 
     def restore(self, request: RestoreRequest, progress: Progress | None = None) -> JobResult:
+        self.plan(request)
         return self.jobs.run(
             "RESTORE", request.describe(), lambda job_id, p: self._restore(request, p, job_id), progress
         )
 
     def detach(self, request: BackupRequest | RestoreRequest) -> int:
-        """Start a BACKUP or RESTORE in the background (``WITH detached``) and return its job id.
-
-        Planning errors (a bad URI, an unknown scheme or parameter) surface now, not in the job."""
-        self.check_uris(request)
+        """Start a BACKUP or RESTORE in the background (``WITH detached``) and return its job id;
+        planning errors surface now, not in the job."""
+        self.plan(request)
         if isinstance(request, BackupRequest):
             return self.jobs.detach("BACKUP", request.describe(), lambda job_id, p: self._backup(request, p, job_id))
         return self.jobs.detach("RESTORE", request.describe(), lambda job_id, p: self._restore(request, p, job_id))
@@ -58,23 +61,31 @@ class Backups:
     def show_backup(self, request: ShowBackupRequest) -> ShowBackupResult:
         return engine.show_backup(request, context=self.context)
 
-    def check_uris(self, request: BackupRequest | RestoreRequest) -> None:
-        """Open (and close) every storage and KMS the request names: no object is read or written."""
+    def plan(self, request: BackupRequest | RestoreRequest) -> None:
+        """Planning errors surface before a job starts, as CockroachDB reports them: a bad URI, an
+        unknown scheme or parameter (every storage and KMS the request names is opened and closed,
+        no object is read or written), and a plaintext backup of encrypted data without consent."""
         uris = request.into if isinstance(request, BackupRequest) else request.from_
         open_destinations(uris if len(uris) > 1 else uris[0], self.context).close()
         for uri in request.encryption.kms:
             open_kms(uri).close()
+        if isinstance(request, BackupRequest):
+            check_consent(request)
 
     # -- the work ---------------------------------------------------------------------------------
     def _backup(self, request: BackupRequest, progress: Progress, job_id: int) -> JobResult:
         with self.databases.lock.shared():
-            return engine.backup(request, self.sources(request), context=self.context, progress=progress, job_id=job_id)
+            result = engine.backup(
+                request, self.sources(request), context=self.context, progress=progress, job_id=job_id
+            )
+        return replace(result, encryption=request.encryption.kind)
 
     def _restore(self, request: RestoreRequest, progress: Progress, job_id: int) -> JobResult:
         if request.new_db_name is not None:
             check_database_name(request.new_db_name)
         with self.databases.lock.shared():
-            return engine.restore(request, self.databases, context=self.context, progress=progress, job_id=job_id)
+            result = engine.restore(request, self.databases, context=self.context, progress=progress, job_id=job_id)
+        return replace(result, encryption=request.encryption.kind)
 
     def sources(self, request: BackupRequest) -> list[DatabaseSource]:
         """The databases (or tables) ``request`` names, each with its file, key and home region."""
@@ -100,4 +111,15 @@ class Backups:
             raise NotFoundError(f'database "{name}" does not exist')
         return DatabaseSource(
             name, dbs.database_path(name), dbs.database_key(name), tables, dbs.meta.database_region(name)
+        )
+
+
+def check_consent(request: BackupRequest) -> None:
+    """A store's databases are encrypted at rest: a backup of them is encrypted too, unless the
+    user says otherwise in so many words (WAL-G and Litestream both shipped silent plaintext)."""
+    if not request.encryption.enabled and not request.include_unencrypted_data:
+        raise UsageError(
+            "refusing to write an unencrypted backup of databases that are encrypted at rest: "
+            "give encryption_passphrase = '...' or kms = '...' (or, to write them in plain text, "
+            "WITH include_unencrypted_data)"
         )

@@ -306,15 +306,20 @@ class Store:
         tables: Sequence[str] | None = None,
         encryption: Encryption | None = None,
         incremental: str | None = None,
+        include_unencrypted_data: bool = False,
         progress: Progress | None = None,
     ) -> JobResult:
-        """BACKUP [DATABASE ... | TABLE ...] INTO ... (full), or INTO LATEST / '<subdir>' IN ... (incremental)."""
+        """BACKUP [DATABASE ... | TABLE ...] INTO ... (full), or INTO LATEST / '<subdir>' IN ... (incremental).
+
+        Without ``encryption`` a backup is refused unless ``include_unencrypted_data`` consents to
+        writing the store's encrypted databases in plain text."""
         request = BackupRequest(
             into=tuple([into] if isinstance(into, str) else into),
             databases=tuple(databases) if databases else None,
             tables=tuple(tables) if tables else None,
             encryption=encryption or Encryption(),
             incremental=incremental,
+            include_unencrypted_data=include_unencrypted_data,
         )
         return self.backups.backup(request, progress)
 
