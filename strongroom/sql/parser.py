@@ -323,13 +323,38 @@ def _is_ours(toks: list[_Tok]) -> bool:
 _USERINFO = re.compile(r"(//[^/@:?#]*:)[^/@?#]*@")
 
 
+def _passphrase_tokens(toks: list[_Tok]) -> set[int]:
+    """Indexes of every token that may be (part of) a passphrase: whatever follows
+    ``encryption_passphrase [=]``, however malformed: a string or placeholder; a parenthesized list
+    up to its closing parenthesis; anything else (an unquoted word, a form the lexer does not know)
+    to the end of the statement, since where such a value ends cannot be known."""
+    secret: set[int] = set()
+    for k, tok in enumerate(toks):
+        if tok.kind not in ("WORD", "QIDENT") or tok.value.lower() != "encryption_passphrase":
+            continue
+        j = k + 1
+        if j < len(toks) and toks[j].kind == "PUNCT" and toks[j].text == "=":
+            j += 1
+        if j >= len(toks):
+            continue
+        if toks[j].kind == "PUNCT" and toks[j].text == "(":
+            depth = 0
+            for i in range(j, len(toks)):
+                secret.add(i)
+                depth += {"(": 1, ")": -1}.get(toks[i].text, 0) if toks[i].kind == "PUNCT" else 0
+                if depth == 0:
+                    break
+        elif toks[j].kind in ("STRING", "PLACEHOLDER"):
+            secret.add(j)
+        else:
+            secret.update(range(j, len(toks)))
+    return secret
+
+
 def _shown_string(toks: list[_Tok], k: int) -> str:
     """What an error message may show of string literal ``toks[k]``: passphrases, URI secrets redacted."""
     tok = toks[k]
-    j = k - 1
-    if j >= 0 and toks[j].kind == "PUNCT" and toks[j].text == "=":
-        j -= 1
-    if j >= 0 and toks[j].kind in ("WORD", "QIDENT") and toks[j].value.lower() == "encryption_passphrase":
+    if k in _passphrase_tokens(toks):
         return REDACTED
     try:
         return _USERINFO.sub(rf"\g<1>{REDACTED}@", redact_loose(tok.value))
@@ -342,15 +367,22 @@ def _error(head: str, toks: list[_Tok], sql: str, bad: int | None) -> SQLSyntaxE
     base = toks[0].start
     text = sql[base : toks[-1].end]
     pos = len(text) if bad is None else toks[bad].start - base
-    # Render the statement with secrets in string literals redacted, tracking the caret offset.
+    # Render the statement with secrets redacted (passphrases whatever their form, URI secrets in
+    # string literals), tracking the caret offset.
+    secret = _passphrase_tokens(toks)
     pieces, cursor, shift = [], 0, 0
     for k, tok in enumerate(toks):
-        if tok.kind != "STRING":
+        if k in secret and tok.kind != "STRING":
+            if tok.kind == "PUNCT" and tok.text in "(),":
+                continue  # the shape of a list may show; its items may not
+            literal = REDACTED
+        elif tok.kind != "STRING":
             continue
-        value = _shown_string(toks, k)
-        if value == tok.value:
-            continue
-        literal = "'" + value.replace("'", "''") + ("'" if tok.error is None else "")
+        else:
+            value = _shown_string(toks, k)
+            if value == tok.value:
+                continue
+            literal = "'" + value.replace("'", "''") + ("'" if tok.error is None else "")
         start, end = tok.start - base, tok.end - base
         pieces.append(text[cursor:start] + literal)
         cursor = end
@@ -371,6 +403,8 @@ def _error(head: str, toks: list[_Tok], sql: str, bad: int | None) -> SQLSyntaxE
 def _near(toks: list[_Tok], k: int) -> str:
     """Token ``toks[k]`` as CockroachDB names it in ``at or near "..."``."""
     tok = toks[k]
+    if k in _passphrase_tokens(toks):
+        return REDACTED
     if tok.kind == "STRING":
         return _shown_string(toks, k)
     if tok.kind == "QIDENT":
