@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import apsw
 import pytest
 from conftest import fill_bank
 
-from strongroom import Encryption, Store, UsageError, backup_file, restore_file
+from strongroom import Encryption, NotFoundError, Store, UsageError, backup_file, restore_file
 
 REFUSED = (
     "refusing to write an unencrypted backup of databases that are encrypted at rest: "
@@ -77,3 +78,16 @@ def test_a_plain_file_may_be_backed_up_unencrypted_by_choice(tmp_path: Path, sto
     restored = restore_file(str(tmp_path / "coll"), tmp_path / "back.db")
     assert restored.encryption == "none"
     assert apsw.Connection(str(tmp_path / "back.db")).execute("SELECT v FROM t").fetchall() == [("x",)]
+
+
+def test_store_files_that_hold_jobs_or_errors_are_the_owners_alone(store: Store) -> None:
+    fill_bank(store, accounts=20)
+    with pytest.raises(NotFoundError):  # a failed job: its error is recorded in system.db
+        store.restore("nodelocal://1/none", encryption=Encryption(passphrase="x"))
+    store.execute("BACKUP INTO 'nodelocal://1/m' WITH encryption_passphrase = 'x'")
+    for folder in (store.path, store.databases_dir, store.extern_dir, store.keys_dir):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    for name in ("system.db", "system.db-wal", "STRONGROOM-STORE", "audit.log"):
+        path = store.path / name
+        if path.exists() or name == "system.db":
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, name

@@ -139,8 +139,11 @@ class Store:
         for uri in specs.values():
             key_type(uri)
         store_id = str(uuid.uuid4())
+        # Only the store's owner may look inside: job errors, the audit log and the metadata name
+        # databases, regions and (redacted) key URIs.
         for d in (root, root / "databases", root / "extern", root / "keys"):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            d.chmod(0o700)
         doc: dict[str, object] = {
             "format": FORMAT,
             "id": store_id,

@@ -8,6 +8,7 @@ job is started, run (in the caller's thread, or detached in the background) and 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +60,9 @@ class JobRegistry:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._lock = threading.Lock()
+        # Descriptions and errors are redacted, but still the store owner's business alone; SQLite
+        # gives the -wal and -shm files the database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = self._connect()
         try:
             conn.execute(

@@ -76,7 +76,7 @@ class StoreMeta:
             doc = dict(self.doc)
             change(doc)
             tmp = self.path / f".{MARKER}.tmp"
-            with open(tmp, "w") as f:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                 f.write(json.dumps(doc, indent=2) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
