@@ -2,13 +2,54 @@
 
 Where CockroachDB has wording for the same situation we use it verbatim, so people who know
 CockroachDB recognise the message (see ../shared/notes/cockroach-internals.md).
+
+Messages are redacted by position where they are made (``uri.redact``); as a second line, every
+secret value that enters the process through a URI or an option is registered here
+(:func:`register_secret`) and removed by value from every message of every StrongroomError, however
+it got there (a library's error text, a URL echoed by a server).
 """
 
 from __future__ import annotations
 
+import threading
+from urllib.parse import quote, quote_plus
+
+REDACTED = "redacted"
+#: Shorter values are not scrubbed by value (they would blot out ordinary words): positional
+#: redaction still covers them.
+MIN_SECRET_LENGTH = 8
+_MAX_SECRETS = 4096  # a long-running server meets many; the oldest go first
+_secrets: dict[str, None] = {}  # insertion-ordered set
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember ``value`` (a passphrase, key, token or password) so that no message shows it."""
+    if not value or len(value) < MIN_SECRET_LENGTH:
+        return
+    with _secrets_lock:
+        for form in {value, quote(value, safe=""), quote_plus(value, safe="")}:
+            _secrets.pop(form, None)
+            _secrets[form] = None
+        while len(_secrets) > _MAX_SECRETS:
+            del _secrets[next(iter(_secrets))]
+
+
+def scrub(text: str) -> str:
+    """``text`` with every registered secret (and its percent-encoded forms) replaced by ``redacted``."""
+    with _secrets_lock:
+        known = sorted(_secrets, key=len, reverse=True)  # a secret containing another goes first
+    for secret in known:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
 
 class StrongroomError(Exception):
-    """Base class: anything we raise on purpose for a user to read."""
+    """Base class: anything we raise on purpose for a user to read (its text is scrubbed)."""
+
+    def __str__(self) -> str:
+        return scrub(super().__str__())
 
 
 class UsageError(StrongroomError):

@@ -7,11 +7,12 @@ CockroachDB.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from .errors import UsageError
+from .errors import UsageError, register_secret
 
 # Query parameters whose values are secrets, across every storage and KMS scheme we support.
 SECRET_PARAMS = frozenset(
@@ -26,7 +27,67 @@ SECRET_PARAMS = frozenset(
         "pin-value",
     }
 )
-REDACTED = "redacted"
+REDACTED = "redacted"  # the same word errors.scrub writes
+_SECRET_NAMES = frozenset(name.upper() for name in SECRET_PARAMS)
+#: Longest path we accept: object stores take keys of up to 1,024 bytes, and a backup adds its
+#: own names (``/2026/12/01-101500.00/data/...``) below the collection.
+MAX_PATH_BYTES = 900
+MAX_SEGMENT_BYTES = 255  # a file name, on every file system we write to
+
+
+def is_secret_param(name: str) -> bool:
+    """Is query parameter ``name`` a secret? Decoded and in any case, so that neither
+    ``AWS%5FSECRET%5FACCESS%5FKEY`` nor ``aws_secret_access_key`` (nor ``0?AWS_SECRET_ACCESS_KEY``
+    after a stray ``?``) slips past redaction."""
+    plain = re.sub(r"[^A-Za-z0-9_-]", "", unquote(name)).upper()
+    return any(secret in plain for secret in _SECRET_NAMES)  # over-redacting is the safe mistake
+
+
+def _check_text(uri: str) -> None:
+    """Refuse what no storage or KMS can take, before any library sees it (some panic on it)."""
+    try:
+        uri.encode()
+    except UnicodeEncodeError:
+        raise UsageError(f"URI {redact_loose(uri)!r} is not valid UTF-8 text") from None
+    base, _, query = uri.partition("?")
+    for key, value in _raw_params(query):  # also what urlsplit would file under a fragment
+        if is_secret_param(key):
+            register_secret(value)
+            register_secret(value.replace(" ", "+"))
+    for where, text in (("path", unquote(base)), *((f"parameter {k}", v) for k, v in _raw_params(query))):
+        bad = next((ch for ch in text if ord(ch) < 0x20 or ord(ch) == 0x7F), None)
+        if bad is not None:
+            raise UsageError(
+                f"URI {redact_loose(uri)!r}: the {where} holds a control character ({ord(bad):#04x}), "
+                "which no storage or KMS accepts"
+            )
+    for key, _value in _raw_params(query):
+        if "%" in key:
+            raise UsageError(
+                f"URI {redact_loose(uri)!r}: write query parameter names as they are ({unquote(key)}), "
+                "not percent-encoded"
+            )
+
+
+def _raw_params(query: str) -> list[tuple[str, str]]:
+    """(name as written, decoded value) of each query parameter."""
+    out = []
+    for piece in query.split("&") if query else []:
+        key, _, value = piece.partition("=")
+        out.append((key, unquote(value.replace("+", " "))))
+    return out
+
+
+def check_path_length(path: str, uri: str) -> None:
+    """Refuse paths an object store or file system would refuse later, with a traceback or a panic."""
+    shown = redact_loose(uri)
+    shown = repr(shown if len(shown) <= 80 else shown[:80] + "...")
+    size = len(path.encode())
+    if size > MAX_PATH_BYTES:
+        raise UsageError(f"URI {shown}: its path is {size} bytes long (at most {MAX_PATH_BYTES})")
+    longest = max(len(s.encode()) for s in path.split("/"))
+    if longest > MAX_SEGMENT_BYTES:
+        raise UsageError(f"URI {shown}: a name in its path is {longest} bytes long (at most {MAX_SEGMENT_BYTES})")
 
 
 @dataclass(frozen=True)
@@ -52,7 +113,9 @@ class ParsedURI:
 def parse_uri(uri: str) -> ParsedURI:
     if not isinstance(uri, str) or not uri.strip():
         raise UsageError("empty URI")
+    _check_text(uri)
     if "://" not in uri and uri.startswith("/"):
+        check_path_length(uri, uri)
         return ParsedURI(raw=uri, scheme="file", host="", path=uri, params={})
     try:
         parts = urlsplit(uri)
@@ -60,9 +123,15 @@ def parse_uri(uri: str) -> ParsedURI:
         raise UsageError(f"malformed URI {redact_loose(uri)!r}: {exc}") from None
     if not parts.scheme:
         raise UsageError(f"malformed URI {redact_loose(uri)!r}: missing scheme (such as nodelocal://, s3://)")
+    check_path_length(unquote(parts.path), uri)
+    if parts.password:
+        register_secret(parts.password)
+        register_secret(unquote(parts.password))
     params: dict[str, str] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         params[key] = value
+        if is_secret_param(key):
+            register_secret(value)
     return ParsedURI(raw=uri, scheme=parts.scheme.lower(), host=parts.netloc, path=parts.path, params=params)
 
 
@@ -82,7 +151,7 @@ def redact(uri: str) -> str:
         return base if netloc == parts.netloc else base.replace(parts.netloc, netloc, 1)
     pairs = []
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        shown = REDACTED if key in SECRET_PARAMS else value
+        shown = REDACTED if is_secret_param(key) else value
         pairs.append(f"{quote(key, safe='_-.')}={quote(shown, safe='/:_-.,=')}")
     prefix = uri.split("?", 1)[0]
     if netloc != parts.netloc:
@@ -98,5 +167,5 @@ def redact_loose(text: str) -> str:
     out = []
     for piece in query.split("&"):
         key, sep, _value = piece.partition("=")
-        out.append(f"{key}={REDACTED}" if sep and key in SECRET_PARAMS else piece)
+        out.append(f"{key}={REDACTED}" if sep and is_secret_param(key) else piece)
     return head + "?" + "&".join(out)

@@ -26,7 +26,7 @@ from ..crypto import (
     subkey,
     unseal,
 )
-from ..errors import EncryptionError, KMSError, StrongroomError, UsageError
+from ..errors import EncryptionError, KMSError, StrongroomError, UsageError, register_secret
 from ..kms import KMS, open_kms
 from ..storage import ExternalStorage
 from ..uri import redact
@@ -59,6 +59,12 @@ class Encryption:
             raise UsageError("cannot have both encryption_passphrase and kms option set")
         if self.passphrase is not None and self.passphrase == "":
             raise UsageError("encryption_passphrase must not be empty")
+        if self.passphrase is not None:
+            try:
+                self.passphrase.encode()
+            except (UnicodeEncodeError, AttributeError):
+                raise UsageError("encryption_passphrase must be valid UTF-8 text") from None
+            register_secret(self.passphrase)
         if isinstance(self.kms, str):
             object.__setattr__(self, "kms", (self.kms,))
 

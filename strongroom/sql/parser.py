@@ -734,6 +734,23 @@ class _ToAST(Transformer):
 # Entry point
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_sql_text(sql: str) -> None:
+    """SQL text is UTF-8 without NUL characters (SQLite and CockroachDB take nothing else): say so
+    at the edge rather than fail inside SQLite or an encoder with a traceback."""
+    nul = sql.find("\x00")
+    if nul >= 0:
+        raise UsageError(
+            f"the statement has a NUL character at offset {nul}: SQL text cannot hold one "
+            "(write binary data as a blob literal such as x'00')"
+        )
+    bad = _LONE_SURROGATE.search(sql)
+    if bad:
+        raise UsageError(f"the statement is not valid UTF-8 text: an undecodable character at offset {bad.start()}")
+
+
 def parse(sql: str, params: Sequence[object] | None = None) -> list[Statement]:
     """Parse a ``;``-separated script into statements; ``$n`` placeholders take ``params[n-1]``.
 
@@ -741,6 +758,7 @@ def parse(sql: str, params: Sequence[object] | None = None) -> list[Statement]:
     """
     if not isinstance(sql, str):
         raise TypeError(f"sql must be a str, not {type(sql).__name__}")
+    check_sql_text(sql)
     out: list[Statement] = []
     for toks in split_statements(sql):
         if not _is_ours(toks):
