@@ -99,3 +99,57 @@ def test_killed_full_and_incremental_backups_leave_the_chain_usable(store: Store
     q = "SELECT count(*), sum(length(b)), hex(b) FROM blobs WHERE id = 7"
     assert a.execute(q).fetchall() == b.execute(q).fetchall()
     assert b.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+RESTORE_CHILD = textwrap.dedent(
+    """
+    import sys
+    from strongroom import open_store, Encryption
+    store = open_store(sys.argv[1])
+    store.restore("nodelocal://1/backups", encryption=Encryption(passphrase="crash-test"), databases=["big"],
+                  new_db_name="copy")
+    print("finished")
+    """
+)
+
+
+def test_a_killed_restore_leaves_temp_files_the_next_restore_removes(store: Store) -> None:
+    _big_db(store)
+    store.backup(COLL, encryption=PASS)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RESTORE_CHILD, str(store.path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    deadline = time.monotonic() + 60
+    temps: list[Path] = []
+    while time.monotonic() < deadline and proc.poll() is None and not temps:
+        temps = [p for p in store.databases_dir.glob(".copy.db.*.restoring") if p.stat().st_size > 0]
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert temps, "the restore never started writing"
+    assert Path(f"{temps[0]}.lock").exists()  # left behind by the kill
+    result = store.restore(COLL, encryption=PASS, databases=["big"], new_db_name="copy")
+    assert result.status == "succeeded"
+    assert [p.name for p in store.databases_dir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_running_restores_temp_files_are_left_alone(tmp_path: Path) -> None:
+    import fcntl
+
+    from strongroom.sqlite.image import remove_abandoned_restores
+
+    dest = tmp_path / "db.db"
+    running, gone = tmp_path / ".db.db.aaaa.restoring", tmp_path / ".db.db.bbbb.restoring"
+    for temp in (running, gone):
+        temp.write_bytes(b"partial")
+        Path(f"{temp}.lock").touch()
+    held = os.open(f"{running}.lock", os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as the restore that is still writing it does
+    try:
+        assert remove_abandoned_restores(dest) == [gone]
+    finally:
+        os.close(held)
+    assert running.exists() and Path(f"{running}.lock").exists()
+    assert not gone.exists() and not Path(f"{gone}.lock").exists()

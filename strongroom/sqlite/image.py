@@ -8,6 +8,8 @@ database file, keyed or not, without plaintext touching disk when a key is given
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import itertools
 import os
 import urllib.parse
@@ -302,7 +304,11 @@ def write_database(
     if key is not None:
         key_literal(key)  # validate before doing any work
         check_cipher(cipher)
+    remove_abandoned_restores(dest)
     temp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}.restoring"
+    # Held for as long as this restore runs: a later one that can take it knows this one is gone.
+    owner = os.open(f"{temp}.lock", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(owner, fcntl.LOCK_EX)
     try:
         expected = None
         if key is None:
@@ -339,6 +345,31 @@ def write_database(
         _fsync_path(dest.parent, directory=True)
     finally:
         remove_database_files(temp)
+        os.unlink(f"{temp}.lock")
+        os.close(owner)
+
+
+def remove_abandoned_restores(dest: Path) -> list[Path]:
+    """Remove the temp files of restores into ``dest`` that were killed: those whose lock no process
+    holds any more (a restore running now holds its own). Returns the temp files removed."""
+    removed = []
+    for lock in dest.parent.glob(f".{glob.escape(dest.name)}.*.restoring.lock"):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except FileNotFoundError:
+            continue  # finished meanwhile
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its restore is still running
+            temp = Path(str(lock).removesuffix(".lock"))
+            remove_database_files(temp)
+            lock.unlink(missing_ok=True)
+            removed.append(temp)
+        finally:
+            os.close(fd)
+    return removed
 
 
 # -- table-level restore ---------------------------------------------------------------------------
