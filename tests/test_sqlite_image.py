@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,7 +231,7 @@ def test_write_database_errors_never_show_the_key(tmp_path: Path, source: tuple[
     class Vanishing(BytesImage):
         def read(self, offset: int, length: int) -> bytes:
             if gone.exists():
-                gone.rmdir()  # VACUUM INTO can no longer create its output
+                shutil.rmtree(gone)  # VACUUM INTO can no longer create its output
             return super().read(offset, length)
 
     with pytest.raises(StrongroomError) as caught:

@@ -16,6 +16,7 @@ import urllib.parse
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Protocol
 
@@ -344,8 +345,10 @@ def write_database(
         os.unlink(temp)
         _fsync_path(dest.parent, directory=True)
     finally:
-        remove_database_files(temp)
-        os.unlink(f"{temp}.lock")
+        with suppress(OSError):  # cleanup must never hide the error that got us here
+            remove_database_files(temp)
+        with suppress(OSError):
+            os.unlink(f"{temp}.lock")
         os.close(owner)
 
 
