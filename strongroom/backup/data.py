@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import zstandard
 
 from ..crypto import SealedReader, SealedWriter, sealed_size
-from ..errors import IntegrityError, NotFoundError
+from ..errors import EncryptionError, IntegrityError, NotFoundError
 from ..storage import ExternalStorage, ObjectWriter, RandomReader
 from .keys import BackupKeys
 from .manifest import FileRef
@@ -207,9 +207,14 @@ class IndexWriter:
 
 
 class StoredFile:
-    """Random access to one stored file of a backup, checked against its FileRef before use."""
+    """Random access to one stored file of a backup, checked against its FileRef before use.
+
+    Every file read here is named by a manifest that the backup's key has already opened, so a
+    chunk that fails to authenticate is a tampered or corrupt file, never a wrong key: the error
+    says so, and names the file."""
 
     def __init__(self, storage: ExternalStorage, ref: FileRef, keys: BackupKeys) -> None:
+        self._path = ref.path
         try:
             self._raw: RandomReader = storage.open_random(ref.path)
         except NotFoundError:
@@ -221,7 +226,11 @@ class StoredFile:
             )
         self._sealed: SealedReader | None = None
         if keys.key is not None:
-            self._sealed = SealedReader(keys.key, self._raw.read_at, ref.size)
+            try:
+                self._sealed = SealedReader(keys.key, self._raw.read_at, ref.size)
+            except EncryptionError:
+                self._raw.close()
+                raise self._tampered() from None
             if self._sealed.iv.hex() != ref.iv:
                 self._raw.close()
                 raise IntegrityError(f"backup file /{ref.path} is not the file the manifest names: swapped or replaced")
@@ -231,11 +240,17 @@ class StoredFile:
     def read(self, offset: int, length: int) -> bytes:
         with self._lock:  # the sealed reader caches its last chunk
             if self._sealed is not None:
-                return self._sealed.read(offset, length)
+                try:
+                    return self._sealed.read(offset, length)
+                except EncryptionError:
+                    raise self._tampered() from None
             data = self._raw.read_at(offset, length)
         if len(data) != length:
-            raise IntegrityError("backup file is shorter than its manifest says")
+            raise IntegrityError(f"backup file /{self._path} is shorter than its manifest says")
         return data
+
+    def _tampered(self) -> IntegrityError:
+        return IntegrityError(f"backup file /{self._path} failed authentication: tampered or corrupt")
 
     def close(self) -> None:
         self._raw.close()
