@@ -77,11 +77,13 @@ def restore_file(
     database: str | None = None,
     encryption: Encryption | None = None,
     key: bytes | None = None,
+    verify: bool = False,
     progress: Progress | None = None,
 ) -> JobResult:
     """Restore a database from a backup to ``dest`` (refused if it exists).
 
-    A backup of several databases needs ``database`` to say which one.
+    A backup of several databases needs ``database`` to say which one; ``verify`` adds SQLite's
+    full integrity_check.
     """
     d = Path(dest).absolute()
     enc = encryption or Encryption()
@@ -91,6 +93,6 @@ def restore_file(
         if len(names) != 1:
             raise UsageError(f"the backup holds {len(names)} databases ({', '.join(names)}): say which to restore")
         database = names[0]
-    request = RestoreRequest(from_=(from_,), subdir=subdir, databases=(database,), encryption=enc)
+    request = RestoreRequest(from_=(from_,), subdir=subdir, databases=(database,), encryption=enc, verify=verify)
     result = engine.restore(request, _FileTarget(d, key), progress=progress)
     return replace(result, encryption=enc.kind)

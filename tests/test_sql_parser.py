@@ -479,6 +479,7 @@ def test_options_fields_are_exactly_the_registry() -> None:
         "check_files",
         "detached",
         "include_unencrypted_data",
+        "verify",
     ]
 
 
@@ -635,7 +636,7 @@ def test_repr_redacts_passphrase_and_uri_secrets() -> None:
     assert stmts[4].new_kms == ("aws:///n?AWS_SECRET_ACCESS_KEY=newsecret",)
     assert repr(Options()) == (
         "Options(kms=(), encryption_passphrase=None, new_db_name=None, into_db=None, check_files=False, "
-        "detached=False, include_unencrypted_data=False)"
+        "detached=False, include_unencrypted_data=False, verify=False)"
     )
 
 

@@ -264,8 +264,20 @@ def test_write_database_detects_corrupt_image(
     out = tmp_path / "restore"
     out.mkdir()
     with pytest.raises(IntegrityError, match="restored database failed integrity_check"):
-        write_database(BytesImage(bad), out / "broken.db", key=key)
+        write_database(BytesImage(bad), out / "broken.db", key=key, verify=True)
     assert files_in(out) == set()  # temp file removed, nothing left behind
+    # Without verify only the structure is checked: a backup's chunks are authenticated and
+    # hash-checked, so a corrupt page here was corrupt in the database that was backed up.
+    write_database(BytesImage(bad), out / "as-backed-up.db", key=key)
+    assert files_in(out) == {"as-backed-up.db"}
+
+
+def test_write_database_checks_the_page_count_against_the_file(out: Path, source: tuple[Path, bytes, dict]) -> None:
+    _, image, _ = source
+    page_size = int.from_bytes(image[16:18], "big")
+    with pytest.raises(IntegrityError, match=r"failed its structural check: .* pages of"):
+        write_database(BytesImage(image + bytes(page_size)), out / "longer.db")
+    assert files_in(out) == set()
 
 
 def test_write_database_truncated_image(out: Path, source: tuple[Path, bytes, dict]) -> None:

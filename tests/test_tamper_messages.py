@@ -30,3 +30,20 @@ def test_a_wrong_passphrase_is_still_called_a_wrong_key(store: Store) -> None:
     store.backup(COLL, encryption=Encryption(passphrase="right-one"))
     with pytest.raises(EncryptionError, match="failed to decrypt"):
         store.restore(COLL, encryption=Encryption(passphrase="wrong-one"), databases=["bank"], new_db_name="x")
+
+
+def test_restore_with_verify_runs_the_full_integrity_check(store: Store) -> None:
+    """The option is accepted from SQL and Python and shown in the job (what it detects that the
+    default structural check does not: tests/test_sqlite_image.py)."""
+    fill_bank(store, accounts=200)
+    store.backup(COLL, encryption=Encryption(passphrase="verify-test"))
+    r = store.execute(
+        f"RESTORE DATABASE bank FROM LATEST IN '{COLL}' "
+        "WITH encryption_passphrase = 'verify-test', new_db_name = 'checked', verify"
+    )
+    assert r.rows[0][1] == "succeeded"
+    assert store.execute("SHOW JOBS").rows[-1][2].endswith("new_db_name = 'checked', verify)")
+    restored = store.restore(
+        COLL, encryption=Encryption(passphrase="verify-test"), databases=["bank"], new_db_name="b3", verify=True
+    )
+    assert restored.status == "succeeded"

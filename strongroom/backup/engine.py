@@ -573,7 +573,7 @@ def restore(
                     image.check_files()
                     prepared.append(name)
                     key = target.prepare_database(name, entry.region)
-                    write_database(image, path, key=key)
+                    write_database(image, path, key=key, verify=request.verify)
                 finally:
                     image.close()
                 done += entry.size

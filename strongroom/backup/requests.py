@@ -118,6 +118,9 @@ class RestoreRequest:
     encryption: Encryption = field(default_factory=Encryption)
     as_of: datetime | None = None
     detached: bool = False
+    #: Strongroom's addition (``WITH verify``): SQLite's full integrity_check of every restored
+    #: database. Off by default: every chunk is already authenticated and hash-checked.
+    verify: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "from_", collection_uris(self.from_))
@@ -137,8 +140,7 @@ class RestoreRequest:
     def describe(self) -> str:
         opts = _encryption_options(self.encryption)
         opts += [f"{n} = '{v}'" for n, v in (("new_db_name", self.new_db_name), ("into_db", self.into_db)) if v]
-        if self.detached:
-            opts.append("detached")
+        opts += [name for name in ("detached", "verify") if getattr(self, name)]
         where = _where("FROM", self.from_, self.subdir)
         as_of = f" AS OF SYSTEM TIME '{self.as_of.isoformat()}'" if self.as_of else ""
         return f"RESTORE{_targets(self.databases, self.tables)} {where}{as_of}" + _with(opts)

@@ -55,6 +55,7 @@ class Options:
     check_files: bool = False
     detached: bool = False
     include_unencrypted_data: bool = False  # Strongroom's addition: consent to a plaintext backup
+    verify: bool = False  # Strongroom's addition: RESTORE runs SQLite's full integrity_check
 
     def __repr__(self) -> str:
         return _repr(

@@ -254,6 +254,7 @@ class Session:
             encryption=_encryption(stmt.options),
             as_of=_as_of(stmt.as_of),
             detached=stmt.options.detached,
+            verify=stmt.options.verify,
         )
         for name in (request.new_db_name, request.into_db):
             if name is not None:

@@ -455,13 +455,13 @@ def _parse_tree(toks: list[_Tok], sql: str) -> Tree:
 
 _STRING_OPTIONS = frozenset({"encryption_passphrase"})
 _NAME_OPTIONS = frozenset({"new_db_name", "into_db"})
-_FLAG_OPTIONS = frozenset({"check_files", "detached", "include_unencrypted_data"})
+_FLAG_OPTIONS = frozenset({"check_files", "detached", "include_unencrypted_data", "verify"})
 # flags that also accept ``= true|false``
-_BOOL_VALUE_OPTIONS = frozenset({"detached", "include_unencrypted_data"})
+_BOOL_VALUE_OPTIONS = frozenset({"detached", "include_unencrypted_data", "verify"})
 _KNOWN_OPTIONS = frozenset({"kms"}) | _STRING_OPTIONS | _NAME_OPTIONS | _FLAG_OPTIONS
 _ALLOWED_OPTIONS = {
     "BACKUP": frozenset({"kms", "encryption_passphrase", "detached", "include_unencrypted_data"}),
-    "RESTORE": frozenset({"kms", "encryption_passphrase", "new_db_name", "into_db", "detached"}),
+    "RESTORE": frozenset({"kms", "encryption_passphrase", "new_db_name", "into_db", "detached", "verify"}),
     "SHOW BACKUP": frozenset({"kms", "encryption_passphrase", "check_files"}),
 }
 

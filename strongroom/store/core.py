@@ -337,9 +337,11 @@ class Store:
         into_db: str | None = None,
         encryption: Encryption | None = None,
         as_of: datetime | None = None,
+        verify: bool = False,
         progress: Progress | None = None,
     ) -> JobResult:
-        """RESTORE [DATABASE ... | TABLE ...] FROM LATEST | '<subdir>' IN ..."""
+        """RESTORE [DATABASE ... | TABLE ...] FROM LATEST | '<subdir>' IN ...; ``verify`` adds SQLite's
+        full integrity_check of each restored database (every chunk is authenticated regardless)."""
         request = RestoreRequest(
             from_=tuple([from_] if isinstance(from_, str) else from_),
             subdir=subdir,
@@ -349,6 +351,7 @@ class Store:
             into_db=into_db,
             encryption=encryption or Encryption(),
             as_of=as_of,
+            verify=verify,
         )
         return self.backups.restore(request, progress)
 
