@@ -102,7 +102,15 @@ def open_store(store: str | None, *, unlock: bool = True, name_path: bool = True
     except StrongroomError as exc:
         if not name_path or str(path) in str(exc) or str(Path(path).absolute()) in str(exc):
             raise
-        raise type(exc)(f"store {path}: {exc}") from exc
+        try:
+            named = type(exc)(f"store {path}: {exc}")
+        except TypeError:  # an error class with its own constructor: keep the kind of exit, lose the class
+            named = (
+                UsageError(f"store {path}: {exc}")
+                if isinstance(exc, UsageError)
+                else StrongroomError(f"store {path}: {exc}")
+            )
+        raise named from exc
 
 
 def maybe_store(store: str | None) -> Store | None:
