@@ -157,10 +157,10 @@ def test_init_regions_cmek_and_db_regions(tmp_path: Path, _keyring: Path) -> Non
     )
     bad = runner.invoke(main, ["db", "create", "x", "--region", "mars", "--store", store])
     assert (
-        bad.exit_code == 1
+        bad.exit_code == 2
         and bad.output == 'ERROR: region "mars" does not exist\nHINT: valid regions: us-east1, us-west1\n'
     )
     period = runner.invoke(main, ["init", str(tmp_path / "t"), "--rotation-period", "1 month"])
-    assert period.exit_code == 1
+    assert period.exit_code == 2
     assert period.output == "ERROR: invalid duration '1 month': use a positive number with s, m, h or d, e.g. 30d\n"
     assert open_store(store).encryption_status()[0].rotation_period_s == 7 * 86400

@@ -32,9 +32,10 @@ def ok(*args: str, input: str | None = None) -> str:
     return result.output
 
 
-def fails(*args: str, input: str | None = None) -> str:
+def fails(*args: str, input: str | None = None, code: int = 1) -> str:
+    """The output of a failing command; ``code`` 2 for a usage error (the user must change what they asked)."""
     result = run(*args, input=input)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == code, result.output
     return result.output
 
 
@@ -58,16 +59,17 @@ def test_enable_one_uri_for_every_region_or_one_per_region(two_regions: Path) ->
 
 
 def test_enable_errors(two_regions: Path) -> None:
-    assert fails("cmek", "enable", "--cmek", "us=local:///east") == (
+    assert fails("cmek", "enable", "--cmek", "us=local:///east", code=2) == (
         "ERROR: enabling CMEK needs a key for every region of the store; missing: eu\n"
     )
-    assert fails("cmek", "enable", "--cmek", "us=local:///east", "--cmek", "mars=local:///west") == (
+    assert fails("cmek", "enable", "--cmek", "us=local:///east", "--cmek", "mars=local:///west", code=2) == (
         'ERROR: region "mars" does not exist\nHINT: valid regions: us, eu\n'
     )
     assert (
-        fails("cmek", "enable", "--cmek", "vault:///k") == "ERROR: no KMS found for scheme \"vault\" in 'vault:///k'\n"
+        fails("cmek", "enable", "--cmek", "vault:///k", code=2)
+        == "ERROR: no KMS found for scheme \"vault\" in 'vault:///k'\n"
     )
-    assert fails("cmek", "enable", "--cmek", "local:///east", "--cmek", "local:///west") == (
+    assert fails("cmek", "enable", "--cmek", "local:///east", "--cmek", "local:///west", code=2) == (
         "ERROR: with several --cmek options, write each as REGION=URI (got 'local:///east')\n"
     )
     assert "Missing option '--cmek'" in run("cmek", "enable").output
@@ -75,10 +77,10 @@ def test_enable_errors(two_regions: Path) -> None:
 
 
 def test_rotate_makes_a_new_version_or_moves_to_a_new_key(two_regions: Path) -> None:
-    assert fails("cmek", "rotate") == (
+    assert fails("cmek", "rotate", code=2) == (
         "ERROR: CMEK is not enabled on this store: there is nothing to rotate (strongroom cmek enable)\n"
     )
-    assert fails("cmek", "rotate", "--region", "eu") == (
+    assert fails("cmek", "rotate", "--region", "eu", code=2) == (
         'ERROR: region "eu" has no CMEK to rotate: give a key URI to enable one\n'
     )
     ok("cmek", "enable", "--cmek", "us=local:///east", "--cmek", "eu=local:///west")
@@ -137,7 +139,10 @@ def test_status_per_region_and_data_key(two_regions: Path) -> None:
 
 
 def test_revoke_asks_then_the_store_stops_until_enabled_again(two_regions: Path) -> None:
-    assert fails("cmek", "revoke", "--yes") == "ERROR: CMEK is not enabled on this store: there is nothing to revoke\n"
+    assert (
+        fails("cmek", "revoke", "--yes", code=2)
+        == "ERROR: CMEK is not enabled on this store: there is nothing to revoke\n"
+    )
     ok("cmek", "enable", "--cmek", "us=local:///east", "--cmek", "eu=local:///west")
 
     out = fails("cmek", "revoke", input="n\n")
@@ -148,7 +153,9 @@ def test_revoke_asks_then_the_store_stops_until_enabled_again(two_regions: Path)
     out = ok("cmek", "revoke", input="y\n")
     assert out.endswith("revoked CMEK: the store will not open until CMEK is enabled again (strongroom cmek enable)\n")
     revoked = fails("db", "list")
-    assert revoked.startswith('ERROR: region "us" cannot start: its CMEK local:///east was revoked (')
+    assert revoked.startswith(
+        f'ERROR: store {two_regions}: region "us" cannot start: its CMEK local:///east was revoked ('
+    )
     assert revoked.endswith(
         "); after restoring the store's access to the key, enable it again (strongroom cmek enable)\n"
     )
@@ -183,7 +190,7 @@ def test_rotate_data_keys_and_store_keys(two_regions: Path) -> None:
     assert out == [f"region us: new data key {row['data_key_id'][:16]}; re-keyed 1 database(s): bank"]  # type: ignore[index]
     assert row["data_key_id"] != first["us"]
     assert ok("rotate", "data-keys").splitlines()[1].startswith("region eu: new data key ")
-    assert fails("rotate", "data-keys", "--region", "mars") == (
+    assert fails("rotate", "data-keys", "--region", "mars", code=2) == (
         'ERROR: region "mars" does not exist\nHINT: valid regions: us, eu\n'
     )
 
@@ -198,9 +205,9 @@ def test_rotate_data_keys_and_store_keys(two_regions: Path) -> None:
 def test_serve_refuses_what_it_cannot_use(two_regions: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty-token"
     empty.write_text("\n")
-    assert fails("serve", "--token-file", str(empty)) == f"ERROR: the token file {empty} is empty\n"
+    assert fails("serve", "--token-file", str(empty), code=2) == f"ERROR: the token file {empty} is empty\n"
     (two_regions / "api-token").write_text("")
-    assert fails("serve") == (
+    assert fails("serve", code=2) == (
         f"ERROR: the token file {two_regions / 'api-token'} is empty: delete it to have a new token made\n"
     )
     nowhere = tmp_path / "nowhere"

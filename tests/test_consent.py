@@ -91,3 +91,36 @@ def test_store_files_that_hold_jobs_or_errors_are_the_owners_alone(store: Store)
         path = store.path / name
         if path.exists() or name == "system.db":
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+
+
+def test_the_cli_refuses_a_plaintext_store_backup_unless_told(store: Store) -> None:
+    from click.testing import CliRunner
+
+    from strongroom.cli import main
+
+    fill_bank(store, accounts=20)
+    runner = CliRunner()
+    refused = runner.invoke(main, ["backup", "nodelocal://1/cli", "--store", str(store.path)])
+    assert (refused.exit_code, refused.output) == (2, f"ERROR: {REFUSED}\n")
+    done = runner.invoke(
+        main,
+        ["backup", "nodelocal://1/cli", "--store", str(store.path), "--include-unencrypted-data", "--format", "csv"],
+    )
+    assert done.exit_code == 0, done.output
+    assert done.output.splitlines()[0].endswith(",encryption") and done.output.splitlines()[1].endswith(",none")
+    restored = runner.invoke(
+        main,
+        [
+            "restore",
+            "nodelocal://1/cli",
+            "--store",
+            str(store.path),
+            "--database",
+            "bank",
+            "--new-db-name",
+            "b2",
+            "--verify",
+        ],
+    )
+    assert restored.exit_code == 0, restored.output
+    assert store.execute("SHOW JOBS").rows[-1][2].endswith("new_db_name = 'b2', verify)")

@@ -545,9 +545,9 @@ def test_cli_run_once_list_set_and_restore(bank: Store) -> None:
     out = runner.invoke(main, ["backup-schedule", "restore", *store_opt, "--database", "shop"])
     assert (out.exit_code, out.output) == (1, 'ERROR: database "shop" already exists\n')
     out = runner.invoke(main, ["backup-schedule", "run-once", *store_opt, "--full", "--incremental"])
-    assert (out.exit_code, out.output) == (1, "ERROR: use --full or --incremental, not both\n")
+    assert (out.exit_code, out.output) == (2, "ERROR: use --full or --incremental, not both\n")
     out = runner.invoke(main, ["backup-schedule", "set", *store_opt, "--interval", "soon"])
-    assert out.exit_code == 1
+    assert out.exit_code == 2
     assert out.output == "ERROR: invalid duration 'soon': use a positive number with s, m, h or d, e.g. 30d\n"
 
 

@@ -1,0 +1,198 @@
+"""``strongroom backup``, ``restore``, ``show`` and ``alter-backup``: each builds the request every other
+surface builds and hands it to the store (which runs it as a job), or, with no store, to the engine."""
+
+from __future__ import annotations
+
+import click
+
+from ..backup import engine as backup_engine
+from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
+from ..errors import UsageError
+from ..files import backup_file, restore_file
+from .common import (
+    FORMAT,
+    STORE,
+    echo_table,
+    encryption,
+    encryption_options,
+    maybe_store,
+    open_store,
+    progress_bar,
+    resolve_collection,
+    show_job,
+)
+
+
+@click.command()
+@click.argument("collection")
+@STORE
+@click.option("--database", "databases", multiple=True, help="Back up only this database (repeatable).")
+@click.option("--table", "tables", multiple=True, metavar="DB.TABLE", help="Back up only this table (repeatable).")
+@click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False), help="Back up a plain SQLite file.")
+@click.option("--incremental", is_flag=True, help="Add an incremental backup onto LATEST.")
+@click.option("--onto", metavar="SUBDIR", help="Add an incremental backup onto this full backup.")
+@click.option(
+    "--include-unencrypted-data",
+    is_flag=True,
+    help="Write the store's encrypted databases into a backup without encryption (refused without this).",
+)
+@encryption_options("Encrypt")
+@FORMAT
+def backup(
+    collection: str,
+    store: str | None,
+    databases: tuple[str, ...],
+    tables: tuple[str, ...],
+    file_: str | None,
+    incremental: bool,
+    onto: str | None,
+    include_unencrypted_data: bool,
+    kms: tuple[str, ...],
+    passphrase: bool,
+    passphrase_file: str | None,
+    fmt: str,
+) -> None:
+    """BACKUP INTO COLLECTION (a URI such as nodelocal://1/backups, or a path such as /srv/backups or ./backups)."""
+    if incremental and onto:
+        raise UsageError("use --incremental (onto LATEST) or --onto SUBDIR, not both")
+    if file_ and (databases or tables):
+        raise UsageError("--file backs up one file: drop --database/--table")
+    collection = resolve_collection(collection)
+    inc = onto if onto else ("LATEST" if incremental else None)
+    enc = encryption(kms, passphrase, passphrase_file, confirm=inc is None)
+    with progress_bar("backing up") as progress:
+        if file_:
+            result = backup_file(file_, collection, encryption=enc, incremental=inc, progress=progress)
+        else:
+            request = BackupRequest(
+                into=(collection,),
+                databases=databases or None,
+                tables=tables or None,
+                encryption=enc,
+                incremental=inc,
+                include_unencrypted_data=include_unencrypted_data,
+            )
+            result = open_store(store).backups.backup(request, progress)
+    show_job(result, fmt)
+
+
+@click.command()
+@click.argument("collection")
+@STORE
+@click.option("--from", "subdir", default="LATEST", show_default=True, help="LATEST or a full backup's subdir.")
+@click.option("--database", "databases", multiple=True, help="Restore only this database (repeatable).")
+@click.option("--table", "tables", multiple=True, metavar="DB.TABLE", help="Restore only this table (repeatable).")
+@click.option("--new-db-name", help="Restore the one database under a new name.")
+@click.option("--into-db", help="Restore tables into this existing database.")
+@click.option("--file", "file_", type=click.Path(dir_okay=False), help="Restore to a plain SQLite file at this path.")
+@click.option(
+    "--verify", is_flag=True, help="Also run SQLite's full integrity_check on each restored database (slower)."
+)
+@encryption_options("Decrypt the backup")
+@FORMAT
+def restore(
+    collection: str,
+    store: str | None,
+    subdir: str,
+    databases: tuple[str, ...],
+    tables: tuple[str, ...],
+    new_db_name: str | None,
+    into_db: str | None,
+    file_: str | None,
+    verify: bool,
+    kms: tuple[str, ...],
+    passphrase: bool,
+    passphrase_file: str | None,
+    fmt: str,
+) -> None:
+    """RESTORE FROM LATEST IN COLLECTION (or --from SUBDIR)."""
+    if file_ and (tables or new_db_name or into_db or len(databases) > 1):
+        raise UsageError("--file restores one database: use at most one --database")
+    collection = resolve_collection(collection)
+    enc = encryption(kms, passphrase, passphrase_file)
+    with progress_bar("restoring") as progress:
+        if file_:
+            result = restore_file(
+                collection,
+                file_,
+                subdir=subdir,
+                database=databases[0] if databases else None,
+                encryption=enc,
+                verify=verify,
+                progress=progress,
+            )
+        else:
+            request = RestoreRequest(
+                from_=(collection,),
+                subdir=subdir,
+                databases=databases or None,
+                tables=tables or None,
+                new_db_name=new_db_name,
+                into_db=into_db,
+                encryption=enc,
+                verify=verify,
+            )
+            result = open_store(store).backups.restore(request, progress)
+    show_job(result, fmt)
+
+
+@click.group()
+def show() -> None:
+    """SHOW BACKUPS / SHOW BACKUP."""
+
+
+@show.command("backups")
+@click.argument("collection")
+@STORE
+@FORMAT
+def show_backups(collection: str, store: str | None, fmt: str) -> None:
+    """List the full backups of COLLECTION (SHOW BACKUPS IN)."""
+    collection = resolve_collection(collection)
+    s = maybe_store(store)
+    paths = s.backups.show_backups(collection) if s else backup_engine.show_backups(collection)
+    echo_table(("path",), [(p,) for p in paths], fmt)
+
+
+@show.command("backup")
+@click.argument("collection")
+@STORE
+@click.option("--from", "subdir", default="LATEST", show_default=True, help="LATEST or a full backup's subdir.")
+@click.option("--check-files", is_flag=True, help="Verify every file's presence, size and SHA-256.")
+@encryption_options("Open the backup (decrypt it)")
+@FORMAT
+def show_backup(
+    collection: str,
+    store: str | None,
+    subdir: str,
+    check_files: bool,
+    kms: tuple[str, ...],
+    passphrase: bool,
+    passphrase_file: str | None,
+    fmt: str,
+) -> None:
+    """Describe a backup chain (SHOW BACKUP ... IN)."""
+    collection = resolve_collection(collection)
+    enc = encryption(kms, passphrase, passphrase_file)
+    s = maybe_store(store)
+    request = ShowBackupRequest(in_=(collection,), subdir=subdir, encryption=enc, check_files=check_files)
+    result = s.backups.show_backup(request) if s else backup_engine.show_backup(request)
+    echo_table(result.columns, result.rows, fmt)
+
+
+@click.command("alter-backup")
+@click.argument("collection")
+@STORE
+@click.option("--from", "subdir", default="LATEST", show_default=True, help="LATEST or a full backup's subdir.")
+@click.option("--new-kms", multiple=True, required=True, metavar="URI", help="A KMS key to add (repeatable).")
+@click.option(
+    "--old-kms", multiple=True, required=True, metavar="URI", help="A KMS key that opens the backup now (repeatable)."
+)
+def alter_backup(
+    collection: str, store: str | None, subdir: str, new_kms: tuple[str, ...], old_kms: tuple[str, ...]
+) -> None:
+    """ALTER BACKUP ... ADD NEW_KMS = ... WITH OLD_KMS = ...: let new keys open an existing chain."""
+    collection = resolve_collection(collection)
+    s = maybe_store(store)
+    request = AlterBackupRequest(in_=(collection,), subdir=subdir, new_kms=new_kms, old_kms=old_kms)
+    name = s.backups.alter_backup(request) if s else backup_engine.alter_backup(request)
+    click.echo(f"wrote {name}")

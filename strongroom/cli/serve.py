@@ -1,0 +1,42 @@
+"""``strongroom serve``: the CMEK API and the store's schedule (the server concerns live in ``server/``)."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from .common import STORE, open_store
+
+
+@click.command()
+@STORE
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8787, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The API token (default $STRONGROOM_API_TOKEN, else <store>/api-token, made on first use).",
+)
+@click.option(
+    "--schedule-interval",
+    default=60,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Seconds between scheduler runs (due data key rotations, managed backups).",
+)
+def serve(store: str | None, host: str, port: int, token_file: str | None, schedule_interval: int) -> None:
+    """Serve CockroachDB Cloud's CMEK API for the store (/api/v1/clusters/<store id>/cmek) and run its schedule."""
+    import uvicorn
+
+    from ..server import create_app
+    from ..server.auth import api_token
+
+    s = open_store(store, unlock=False)  # not a store: say so before anything else
+    token, message = api_token(s.path, token_file)
+    if message:
+        click.echo(message, err=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(s.path, token, schedule_interval=schedule_interval)
+    click.echo(f"serving http://{host}:{port}/api/v1/clusters/{s.id}/cmek (OpenAPI: /openapi.json)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")

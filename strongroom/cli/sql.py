@@ -1,0 +1,112 @@
+"""``strongroom sql``: the SQL shell."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import sys
+from contextlib import suppress
+from pathlib import Path
+
+import apsw
+import click
+
+from ..errors import StrongroomError, UsageError
+from ..sql import Use, parse
+from ..sql.executor import Session
+from .common import FORMAT, STORE, open_store
+
+_MISSING_PARAM = re.compile(r"no value provided for placeholder: \$(\d+)")
+
+
+def _run_statements(session: Session, text: str, params: list[str], fmt: str, interactive: bool) -> bool:
+    """Run ``text``; print each result. In the shell, ask (hidden) for any ``$n`` not given. True if ok."""
+    values = list(params)
+    while True:
+        try:
+            statements = parse(text, values)
+            break
+        except UsageError as exc:
+            m = _MISSING_PARAM.fullmatch(str(exc))
+            if not (interactive and m):
+                click.echo(f"ERROR: {exc}", err=True)
+                return False
+            while len(values) < int(m.group(1)):
+                values.append(getpass.getpass(f"${len(values) + 1}: "))
+    for stmt in statements:
+        try:
+            result = session.run(stmt, values)
+        except StrongroomError as exc:
+            click.echo(f"ERROR: {exc}", err=True)
+            return False
+        click.echo(result.render(fmt))
+        if interactive and result.columns and fmt == "table":
+            click.echo()
+    return True
+
+
+def _shell(session: Session, fmt: str) -> None:
+    import readline
+
+    history = Path.home() / ".strongroom" / "sql_history"
+    history.parent.mkdir(parents=True, exist_ok=True)
+    with suppress(OSError):
+        readline.read_history_file(history)
+    click.echo("# Strongroom SQL shell. Statements end with ';'. \\q quits. $1, $2... prompt for hidden values.")
+    buffer: list[str] = []
+    while True:
+        prompt = f"{session.database or ''}> " if not buffer else "  -> "
+        try:
+            line = input(prompt)
+        except EOFError:
+            click.echo()
+            break
+        except KeyboardInterrupt:
+            click.echo()
+            buffer.clear()
+            continue
+        if not buffer and line.strip() in ("\\q", "quit", "exit"):
+            break
+        buffer.append(line)
+        text = "\n".join(buffer)
+        if not text.strip():
+            buffer.clear()
+        elif apsw.complete(text):  # SQLite's own "is this a whole statement" (quotes, triggers)
+            buffer.clear()
+            _run_statements(session, text, [], fmt, interactive=True)
+    with suppress(OSError):
+        readline.write_history_file(history)
+
+
+@click.command()
+@STORE
+@click.option("-e", "--execute", "statements", multiple=True, help="Run these statements and exit (repeatable).")
+@click.option("-d", "--database", help="Start with this current database (USE).")
+@click.option(
+    "--param-env",
+    "param_env",
+    multiple=True,
+    metavar="VAR",
+    help="Take $1, $2... from these environment variables (keeps passphrases out of history).",
+)
+@FORMAT
+def sql(
+    store: str | None, statements: tuple[str, ...], database: str | None, param_env: tuple[str, ...], fmt: str
+) -> None:
+    """The SQL shell: BACKUP, RESTORE, SHOW BACKUP(S), ALTER BACKUP, and SQLite for everything else."""
+    params = []
+    for var in param_env:
+        if var not in os.environ:
+            raise UsageError(f"--param-env {var}: no such environment variable")
+        params.append(os.environ[var])
+    s = open_store(store)
+    with Session(s) as session:
+        if database is not None:
+            session.run(Use(database))
+        if not statements:
+            _shell(session, fmt)
+            return
+        for text in statements:
+            if not _run_statements(session, text, params, fmt, interactive=False):
+                sys.exit(1)
