@@ -3,6 +3,9 @@ never a traceback, a panic from a library, or a secret in the message."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,3 +170,66 @@ def test_bad_statement_text_names_the_problem(sql: str, message: str) -> None:
 def test_a_passphrase_that_is_not_text_is_refused() -> None:
     with pytest.raises(StrongroomError, match="encryption_passphrase must be valid UTF-8 text"):
         Encryption(passphrase="pw\udcff")
+
+
+@pytest.fixture(scope="module")
+def cli_store(bare_store: Store) -> str:
+    return str(bare_store.path)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sql=STATEMENTS, passphrase=st.text(NASTY, min_size=1, max_size=12))
+def test_strongroom_sql_answers_any_statement_with_one_error_line_at_most(
+    cli_store: str, sql: str, passphrase: str
+) -> None:
+    """``strongroom sql -e`` (in-process, click's runner): exit 0, or 1/2 with exactly one ERROR: line;
+    never a traceback; never the passphrase the statement carries."""
+    from click.testing import CliRunner
+
+    from strongroom.cli import main
+
+    secret = f"{SECRET}-{passphrase}"
+    statement = sql.replace("$1", f"'{secret}'")
+    result = CliRunner().invoke(main, ["sql", "--store", cli_store, "-e", statement])
+    assert result.exit_code in (0, 1, 2), result.output
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    if result.exit_code:
+        assert sum(line.startswith("ERROR:") for line in result.output.splitlines()) == 1, result.output
+    assert SECRET not in result.output or "encryption_passphrase" not in statement
+
+
+def _cli(args: list[str], env: dict[str, str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "strongroom.cli", *args],
+        input=stdin,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **env},
+        timeout=60,
+    )
+
+
+def test_undecodable_bytes_from_stdin_files_and_environment_are_named(tmp_path: Path) -> None:
+    """The ways bytes reach the CLI without going through Python strings we made: argv, stdin, a
+    passphrase file, the environment. Each gets one ERROR: line naming the input, never a traceback."""
+    env = {"STRONGROOM_KEYRING": str(tmp_path / "ring"), "STRONGROOM_STORE": str(tmp_path / "store")}
+    (tmp_path / "ring").mkdir()
+    assert _cli(["init", str(tmp_path / "store")], env).returncode == 0
+    assert _cli(["db", "create", "d"], env).returncode == 0
+    (tmp_path / "pw").write_bytes(b"\xff\xfe")
+    cases = [
+        (["sql", "-d", "d"], {}, b"SELECT 1\xff;\n", "the statement is not valid UTF-8 text"),
+        (["sql", "-d", "d"], {}, b"SELECT 1\x00;\n", "the statement has a NUL character"),
+        (["sql", "-d", "d", "-e", "SELECT \udcff"], {}, b"", "the statement is not valid UTF-8 text"),
+        (["sql", "-d", "d", "-e", "SELECT $1", "--param-env", "P"], {"P": "a\udcffb"}, b"", "--param-env P"),
+        (["backup", "nodelocal://1/q", "--passphrase-file", str(tmp_path / "pw")], {}, b"", "not UTF-8 text"),
+        (["backup", "nodelocal://1/q", "--passphrase"], {"STRONGROOM_PASSPHRASE": "a\udcffb"}, b"", "UTF-8"),
+        (["backup", "nodelocal://1/\udcff", "--passphrase"], {"STRONGROOM_PASSPHRASE": "pw"}, b"", "UTF-8"),
+    ]
+    for args, extra, stdin, message in cases:
+        encoded_env = {k: os.fsdecode(os.fsencode(v)) for k, v in extra.items()}
+        done = _cli([os.fsdecode(os.fsencode(a)) for a in args], {**env, **encoded_env}, stdin)
+        err = done.stderr.decode(errors="replace")
+        assert b"Traceback" not in done.stderr + done.stdout, (args, err)
+        errors = [line for line in err.splitlines() if line.startswith("ERROR:")]
+        assert len(errors) == 1 and message in errors[0], (args, err)

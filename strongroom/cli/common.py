@@ -134,7 +134,10 @@ def encryption(kms: Sequence[str], passphrase: bool, passphrase_file: str | None
     """A passphrase never comes from the command line itself (shell history, ps): prompt, file or env."""
     phrase = None
     if passphrase_file:
-        phrase = Path(passphrase_file).read_text().rstrip("\n")
+        try:
+            phrase = Path(passphrase_file).read_bytes().decode().rstrip("\n")
+        except UnicodeDecodeError:
+            raise UsageError(f"--passphrase-file {passphrase_file}: the passphrase is not UTF-8 text") from None
     elif passphrase:
         phrase = os.environ.get("STRONGROOM_PASSPHRASE") or click.prompt(
             "Passphrase", hide_input=True, confirmation_prompt=confirm, err=True

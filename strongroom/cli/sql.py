@@ -15,9 +15,19 @@ import click
 from ..errors import StrongroomError, UsageError
 from ..sql import Use, parse
 from ..sql.executor import Session
+from ..sql.parser import check_sql_text
 from .common import FORMAT, STORE, open_store
 
 _MISSING_PARAM = re.compile(r"no value provided for placeholder: \$(\d+)")
+
+
+def _is_text(value: str) -> bool:
+    """Does ``value`` (from the environment or argv, decoded with surrogateescape) hold real text?"""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _run_statements(session: Session, text: str, params: list[str], fmt: str, interactive: bool) -> bool:
@@ -72,7 +82,14 @@ def _shell(session: Session, fmt: str) -> None:
         text = "\n".join(buffer)
         if not text.strip():
             buffer.clear()
-        elif apsw.complete(text):  # SQLite's own "is this a whole statement" (quotes, triggers)
+            continue
+        try:
+            check_sql_text(text)  # before apsw.complete, which cannot take NUL or undecodable bytes
+        except UsageError as exc:
+            click.echo(f"ERROR: {exc}", err=True)
+            buffer.clear()
+            continue
+        if apsw.complete(text):  # SQLite's own "is this a whole statement" (quotes, triggers)
             buffer.clear()
             _run_statements(session, text, [], fmt, interactive=True)
     with suppress(OSError):
@@ -99,7 +116,10 @@ def sql(
     for var in param_env:
         if var not in os.environ:
             raise UsageError(f"--param-env {var}: no such environment variable")
-        params.append(os.environ[var])
+        value = os.environ[var]
+        if not _is_text(value):
+            raise UsageError(f"--param-env {var}: the value is not valid UTF-8 text")
+        params.append(value)
     s = open_store(store)
     with Session(s) as session:
         if database is not None:
