@@ -8,6 +8,7 @@ SHA-256 and sealed-file IV, a swapped, truncated or replaced file is caught befo
 
 from __future__ import annotations
 
+import builtins  # Manifest.bytes (CockroachDB's field name) shadows the type in the class body
 import gzip
 import hashlib
 import json
@@ -101,11 +102,11 @@ class Manifest:
     def database(self, name: str) -> DatabaseEntry | None:
         return next((d for d in self.databases if d.name == name), None)
 
-    def to_json(self) -> bytes:
+    def to_json(self) -> builtins.bytes:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> Manifest:
+    def from_json(cls, data: builtins.bytes) -> Manifest:
         raw: dict[str, Any] = json.loads(data)
         if raw.get("format") != FORMAT:
             raise IntegrityError(f"unsupported backup manifest format {raw.get('format')!r}")

@@ -80,7 +80,7 @@ class EncryptionInfo:
         msg = _EncryptionInfoProto(salt=self.salt)  # scheme stays 0 (AES256GCM): omitted, as CockroachDB
         for key in sorted(self.encrypted_data_keys):
             msg.encryptedDataKeyByKMSMasterKeyID.add(key=key, value=self.encrypted_data_keys[key])
-        return msg.SerializeToString(deterministic=True)  # type: ignore[no-any-return]
+        return msg.SerializeToString(deterministic=True)
 
     @classmethod
     def decode(cls, data: bytes) -> EncryptionInfo:

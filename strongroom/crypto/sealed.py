@@ -349,7 +349,7 @@ class SealedStreamReader:
             if len(head) == HEADER_SIZE:
                 after_head = view[need:]  # a view: a large first piece is not copied
                 break
-        version, iv = _parse_header(head)
+        version, iv = _parse_header(bytes(head))
         cipher = _ChunkCipher(self._key, iv)
         rest = chain([after_head], pieces)
         if version == VERSION_IV_PREFIX:
@@ -359,8 +359,8 @@ class SealedStreamReader:
             return
         index = count()
         blocks = _Blocks(SEALED_CHUNK_SIZE)
-        for piece in rest:
-            for sealed in blocks.feed(piece):
+        for part in rest:
+            for sealed in blocks.feed(part):
                 # A full-size sealed chunk is never the last one (the writer ends with a short one).
                 yield cipher.open(next(index), sealed)
         # What is left must be the final short chunk. Nothing left means a cut at a chunk boundary:

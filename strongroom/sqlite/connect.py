@@ -100,3 +100,11 @@ def connect(
         conn.close()
         raise
     return conn
+
+
+def scalar_int(conn: apsw.Connection, sql: str, bindings: tuple[object, ...] = ()) -> int:
+    """The one integer a query such as ``PRAGMA page_count`` returns (apsw types values loosely)."""
+    value = conn.execute(sql, bindings).fetchall()[0][0]
+    if not isinstance(value, int):
+        raise TypeError(f"{sql!r} returned {value!r}, not an integer")
+    return value

@@ -23,7 +23,7 @@ from typing import Protocol
 import apsw
 
 from ..errors import AlreadyExistsError, IntegrityError, NotFoundError, StrongroomError, UsageError
-from .connect import CIPHER_VFS, DEFAULT_CIPHER, check_cipher, connect, key_literal, remove_database_files
+from .connect import CIPHER_VFS, DEFAULT_CIPHER, check_cipher, connect, key_literal, remove_database_files, scalar_int
 from .snapshot import fold_name
 
 _CACHE_BLOCK = 64 * 1024  # a multiple of every page size up to 64 KiB
@@ -172,12 +172,12 @@ class ImageVFS(apsw.VFS):
         self.filename = f"/{self.vfs_name}.db"
         super().__init__(self.vfs_name, "")
 
-    def xOpen(self, name: str | apsw.URIFilename | None, flags: list[int]) -> _ImageFile:
+    def xOpen(self, name: str | apsw.URIFilename | None, flags: list[int]) -> apsw.VFSFile:
         filename = name.filename() if isinstance(name, apsw.URIFilename) else name
         if filename != self.filename or not flags[0] & apsw.SQLITE_OPEN_MAIN_DB:
             raise apsw.CantOpenError(f"backup image VFS has no file {filename!r}")
         flags[1] = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_MAIN_DB
-        return _ImageFile(self.source)
+        return _ImageFile(self.source)  # type: ignore[return-value]  # apsw takes any object with VFSFile's methods
 
     def xAccess(self, pathname: str, flags: int) -> bool:
         # No journal or WAL exists beside the image; SQLite asks before looking for a hot journal.
@@ -256,8 +256,8 @@ def _fsync_path(path: str | os.PathLike[str], directory: bool = False) -> None:
 def _structural_check(conn: apsw.Connection, plain_file: Path | None) -> None:
     """The cheap check of a restored database: a header SQLite accepts, a page count that matches
     the file (plain files; a keyed file was just written by SQLite itself), a schema it can read."""
-    page_size = int(conn.execute("PRAGMA page_size").fetchall()[0][0])
-    pages = int(conn.execute("PRAGMA page_count").fetchall()[0][0])
+    page_size = scalar_int(conn, "PRAGMA page_size")
+    pages = scalar_int(conn, "PRAGMA page_count")
     if plain_file is not None and pages * page_size != plain_file.stat().st_size:
         raise IntegrityError(
             f"restored database failed its structural check: {pages} pages of {page_size} bytes "
@@ -495,8 +495,7 @@ def copy_table(image: apsw.Connection, table: str, dest: apsw.Connection) -> tup
         ]
         index_entries = 0
         for idx in index_names:
-            (cells,) = dest.execute(
-                "SELECT coalesce(sum(ncell), 0) FROM dbstat('main') WHERE name = ?", (idx,)
-            ).fetchall()[0]
-            index_entries += int(cells)
+            index_entries += scalar_int(
+                dest, "SELECT coalesce(sum(ncell), 0) FROM dbstat('main') WHERE name = ?", (idx,)
+            )
     return n_rows, index_entries

@@ -50,7 +50,7 @@ from typing import Self
 import apsw
 
 from ..errors import StrongroomError
-from .connect import DEFAULT_CIPHER, connect
+from .connect import DEFAULT_CIPHER, connect, scalar_int
 
 DEFAULT_BLOCK_SIZE = 1 << 20  # a multiple of every legal page size
 
@@ -208,8 +208,8 @@ class Snapshot:
             counter.execute("BEGIN")
             counter.execute("SELECT count(*) FROM main.sqlite_schema").fetchall()
             journal_mode = str(reader.execute("PRAGMA main.journal_mode").fetchall()[0][0]).lower()
-            page_size = int(reader.execute("PRAGMA main.page_size").fetchall()[0][0])
-            page_count = int(reader.execute("PRAGMA main.page_count").fetchall()[0][0])
+            page_size = scalar_int(reader, "PRAGMA main.page_size")
+            page_count = scalar_int(reader, "PRAGMA main.page_count")
             wal_index = None
             if journal_mode == "wal":
                 # Still under A's write lock, so this header is B's snapshot (see module docstring).
@@ -419,16 +419,16 @@ def compute_stats(
     if chunks is None or chunks:  # with no chunk at all there is nothing to count: skip the walk
         for name in trees:
             leaf, cells, payload = conn.execute(query, (name, *args)).fetchall()[0]
-            per_tree[fold_name(name)] = (int(leaf), int(cells), int(payload))
+            per_tree[fold_name(name)] = (_int(leaf), _int(cells), _int(payload))
 
     indexes: dict[str, list[str]] = {}
-    for type_, name, tbl_name, _sql in entries:
+    for type_, index_name, tbl_name, _sql in entries:
         if type_ == "index":
-            indexes.setdefault(fold_name(str(tbl_name)), []).append(fold_name(str(name)))
+            indexes.setdefault(fold_name(str(tbl_name)), []).append(fold_name(str(index_name)))
 
     result = DatabaseStats()
-    for type_, name, _tbl, sql in entries:
-        name = str(name)
+    for type_, raw_name, _tbl, raw_sql in entries:
+        name, sql = str(raw_name), None if raw_sql is None else str(raw_sql)
         if type_ == "view":
             result.objects.append(ObjectStats(name, "view", 0, 0, 0, sql))
             continue
@@ -448,3 +448,9 @@ def compute_stats(
         result.index_entries += index_entries
         result.bytes += nbytes
     return result
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int):
+        raise TypeError(f"expected an integer from SQLite, got {value!r}")
+    return value
