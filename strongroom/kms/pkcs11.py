@@ -137,6 +137,7 @@ class Pkcs11KMS:
                 raise KMSError(f"{self._id}: cannot load PKCS#11 module {self._module}: {exc}") from None
 
     def encrypt(self, plaintext: bytes) -> bytes:
+        _import_pkcs11()  # first: a missing [hsm] extra is a hint, not an ImportError below
         from pkcs11 import Mechanism
         from pkcs11.mechanisms import GCMParams
 
@@ -148,6 +149,7 @@ class Pkcs11KMS:
         return _FORMAT + iv + bytes(body)
 
     def decrypt(self, ciphertext: bytes) -> bytes:
+        _import_pkcs11()  # first: a missing [hsm] extra is a hint, not an ImportError below
         from pkcs11 import Mechanism
         from pkcs11 import exceptions as p11e
         from pkcs11.mechanisms import GCMParams
