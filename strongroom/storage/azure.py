@@ -18,7 +18,7 @@ atomic and create-only writes work.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..cloud.azure import AzureAuth, azure_environment
 from ..errors import UsageError
@@ -26,6 +26,9 @@ from ..uri import parse_uri, redact
 from .base import StorageContext, register_storage
 from .cloud import backend_detail
 from .objectstore import RETRY_CONFIG, ObjectStoreStorage, client_options_for, import_obstore
+
+if TYPE_CHECKING:  # obstore's config types exist only in its stubs
+    from obstore.store import AzureConfig
 
 AZURE_PARAMS = (
     "AZURE_ACCOUNT_NAME",
@@ -56,11 +59,13 @@ def open_azure(uri: str, context: StorageContext | None = None) -> ObjectStoreSt
     cloud = azure_environment(params)
     endpoint = params.get("AZURE_ENDPOINT") or f"https://{account}.{cloud.blob_suffix}"
     auth = AzureAuth.from_params(params, account_key_allowed=True)
-    config: dict[str, Any] = {"account_name": account, "endpoint": endpoint, "authority_host": cloud.authority_host}
+    config: AzureConfig = {"account_name": account, "endpoint": endpoint, "authority_host": cloud.authority_host}
     if auth.account_key:
         config["account_key"] = auth.account_key
     elif not auth.implicit:
-        config.update(client_id=auth.client_id, client_secret=auth.client_secret, tenant_id=auth.tenant_id)
+        config["client_id"] = auth.client_id
+        config["client_secret"] = auth.client_secret
+        config["tenant_id"] = auth.tenant_id
     secrets = auth.secrets
     prefix = parsed.path.strip("/") or None
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Literal
 
 from ..cloud.scrub import scrub
 from ..errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
@@ -59,7 +60,7 @@ class BackendErrorMap:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> Literal[False]:
         if exc is None or not isinstance(exc, Exception):
             return False
         if isinstance(exc, StorageError | NotFoundError | AlreadyExistsError | UsageError):

@@ -163,7 +163,7 @@ class GCSStorage:
     """Objects under ``<prefix>/`` in one bucket, through the GCS JSON API."""
 
     def __init__(self, client: Any, bucket: str, prefix: str, display_uri: str, secrets: Sequence[str]) -> None:
-        from google.cloud.storage.retry import DEFAULT_RETRY
+        from google.cloud.storage.retry import DEFAULT_RETRY  # type: ignore[import-untyped]  # no types shipped
 
         self._client = client
         self._bucket = client.bucket(bucket)

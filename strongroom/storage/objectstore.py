@@ -14,14 +14,17 @@ import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cloud.extras import import_extra
 from ..errors import AlreadyExistsError, NotFoundError, StorageError
 from .base import TMP_SUFFIX, WriterBase, clean_name
 from .cloud import PART_SIZE, BackendErrorMap
 
-RETRY_CONFIG: dict[str, Any] = {
+if TYPE_CHECKING:  # obstore's config types exist only in its stubs
+    from obstore.store import ClientConfig, RetryConfig
+
+RETRY_CONFIG: RetryConfig = {
     "max_retries": 3,
     "backoff": {"init_backoff": dt.timedelta(milliseconds=100), "max_backoff": dt.timedelta(seconds=2), "base": 2},
     "retry_timeout": dt.timedelta(seconds=60),
@@ -214,6 +217,6 @@ class ObjectStoreStorage:
         pass
 
 
-def client_options_for(endpoint: str | None) -> dict[str, Any]:
+def client_options_for(endpoint: str | None) -> ClientConfig:
     # Plain HTTP only when the user named an http:// endpoint (a local test server), never by default.
     return {"allow_http": True} if endpoint and endpoint.lower().startswith("http://") else {}

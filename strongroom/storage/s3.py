@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..cloud.aws import AUTH_SPECIFIED, AwsAuth
 from ..cloud.extras import import_extra
@@ -23,6 +23,9 @@ from ..uri import parse_uri, redact
 from .base import StorageContext, register_storage
 from .cloud import backend_detail, parse_bool
 from .objectstore import RETRY_CONFIG, ObjectStoreStorage, client_options_for, import_obstore
+
+if TYPE_CHECKING:  # obstore's config types exist only in its stubs
+    from obstore.store import S3Config, S3Credential
 
 S3_PARAMS = (
     "AWS_ACCESS_KEY_ID",
@@ -37,11 +40,9 @@ S3_PARAMS = (
 # obstore asks the provider again this long before temporary credentials expire.
 _REFRESH_MARGIN = dt.timedelta(minutes=5)
 
-Credentials = dict[str, Any]
 
-
-def _static_provider(auth: AwsAuth) -> Callable[[], Credentials]:
-    def provide() -> Credentials:
+def _static_provider(auth: AwsAuth) -> Callable[[], S3Credential]:
+    def provide() -> S3Credential:
         return {
             "access_key_id": auth.access_key_id,
             "secret_access_key": auth.secret_access_key,
@@ -52,11 +53,11 @@ def _static_provider(auth: AwsAuth) -> Callable[[], Credentials]:
     return provide
 
 
-def _session_provider(auth: AwsAuth, endpoint: str | None, display: str) -> Callable[[], Credentials]:
+def _session_provider(auth: AwsAuth, endpoint: str | None, display: str) -> Callable[[], S3Credential]:
     """Credentials from boto3: its default chain (AUTH=implicit) and/or the ASSUME_ROLE chain through STS."""
     import_extra("boto3", "aws", "AUTH=implicit and ASSUME_ROLE on s3://")  # fail at open, not at first request
 
-    def provide() -> Credentials:
+    def provide() -> S3Credential:
         try:
             session, expires = auth.session("s3://", sts_endpoint=endpoint)
             creds = session.get_credentials()
@@ -100,7 +101,7 @@ def open_s3(uri: str, context: StorageContext | None = None) -> ObjectStoreStora
         if "AWS_USE_PATH_STYLE" in params
         else endpoint is not None
     )
-    config: dict[str, Any] = {
+    config: S3Config = {
         "region": auth.region,
         "virtual_hosted_style_request": not path_style,
         "copy_if_not_exists": "multipart",
