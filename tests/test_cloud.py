@@ -23,7 +23,7 @@ import strongroom.kms.aws  # noqa: E402  (registers the schemes)
 import strongroom.kms.gcp  # noqa: E402
 import strongroom.storage.gcs  # noqa: E402
 import strongroom.storage.s3  # noqa: E402, F401
-from strongroom.cloud.scrub import register_secret, scrub  # noqa: E402
+from strongroom.cloud.scrub import forget_secret, register_secret, scrub  # noqa: E402
 from strongroom.errors import UsageError  # noqa: E402
 from strongroom.kms import open_kms  # noqa: E402
 from strongroom.storage import open_storage  # noqa: E402
@@ -108,7 +108,11 @@ def test_scrub_by_position() -> None:
 def test_scrub_by_registered_value() -> None:
     secret = f"registered-{uuid.uuid4().hex}"
     register_secret(secret)
-    assert scrub(f"backend said: {secret}!") == f"backend said: {REDACTED}!"
+    try:
+        assert scrub(f"backend said: {secret}!") == f"backend said: {REDACTED}!"
+    finally:
+        forget_secret(secret)
+    assert secret in scrub(secret)
 
 
 @given(
@@ -121,7 +125,10 @@ def test_a_registered_secret_never_survives_scrubbing(secret: str, others: list[
     assume(secret not in REDACTED and not any(o in REDACTED for o in others))
     register_secret(secret)
     text = secret.join(parts) + "".join(others) + secret[: len(secret) // 2]
-    out = scrub(text, others)
+    try:
+        out = scrub(text, others)
+    finally:
+        forget_secret(secret)  # random values must not stay registered for the rest of the suite
     assert secret not in out
     assert not any(o in out for o in others)
 

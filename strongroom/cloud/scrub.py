@@ -38,6 +38,12 @@ def register_secret(value: str) -> None:
             _registered.add(value)
 
 
+def forget_secret(value: str) -> None:
+    """Stop removing ``value`` (a revoked or test credential); scrubbing it by position is unaffected."""
+    with _lock:
+        _registered.discard(value)
+
+
 def _by_value(text: str, secrets: list[str]) -> str:
     """Replace every (possibly overlapping) occurrence of every secret by one marker per merged span."""
     spans: list[tuple[int, int]] = []
