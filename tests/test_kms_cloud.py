@@ -173,7 +173,7 @@ def test_gcp_parameter_errors() -> None:
         f"gs:///{path}": 'CREDENTIALS or BEARER_TOKEN must be set if "AUTH" is "specified"',
         f"gs:///{path}?CREDENTIALS=%25%25notbase64": "decoding value of CREDENTIALS: not base64 of a credentials JSON",
         f"gs:///{path}?AUTH=implicit&ASSUME_ROLE=sa@p.iam": (
-            "ASSUME_ROLE is not supported for gs:// KMS in Strongroom yet"
+            "ASSUME_ROLE is not supported for Google Cloud in Strongroom yet"
         ),
     }
     for uri, message in cases.items():

@@ -19,6 +19,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from ..cloud.aws import AwsAuth, boto3_module
+from ..cloud.scrub import scrub
 from ..errors import KMSError, NotFoundError, UsageError
 from ..uri import parse_uri
 from .base import register_kms
@@ -33,36 +35,10 @@ PARAMS = (
     "AWS_ENDPOINT",
     "ASSUME_ROLE",
 )
-AUTH_SPECIFIED, AUTH_IMPLICIT = "specified", "implicit"
 # Error codes that mean "this key does not exist (here)": reported as NotFoundError.
 _NOT_FOUND = frozenset({"NotFoundException"})
 # Connect and read timeouts and attempts: a dead KMS must fail a backup in seconds, not minutes.
 _CONNECT_TIMEOUT, _READ_TIMEOUT, _ATTEMPTS = 5, 20, 2
-
-
-def _import_boto3() -> Any:
-    try:
-        import boto3
-    except ImportError:
-        raise UsageError("aws:// KMS needs boto3: pip install 'strongroom[aws]'") from None
-    return boto3
-
-
-def parse_role_chain(value: str) -> list[tuple[str, str | None]]:
-    """``ASSUME_ROLE`` as (role ARN, external id) pairs, delegates first and the target role last."""
-    chain: list[tuple[str, str | None]] = []
-    for entry in value.split(","):
-        arn, *opts = (p.strip() for p in entry.split(";"))
-        external_id = None
-        for opt in opts:
-            name, sep, val = opt.partition("=")
-            if not sep or name != "external_id":
-                raise UsageError(f"unknown ASSUME_ROLE option {name!r} (only external_id=<id> is supported)")
-            external_id = val
-        if not arn:
-            raise UsageError("ASSUME_ROLE has an empty role ARN")
-        chain.append((arn, external_id))
-    return chain
 
 
 class AwsKMS:
@@ -79,19 +55,8 @@ class AwsKMS:
         self._region = p.get("REGION", "")
         if not self._region:
             raise UsageError("aws kms REGION parameter not specified")
-        self._auth = p.get("AUTH", "") or AUTH_SPECIFIED
-        self._access_key = p.get("AWS_ACCESS_KEY_ID", "")
-        # Query decoding turns '+' into ' '; AWS secrets often contain '+', so turn it back (as CockroachDB does).
-        self._secret = p.get("AWS_SECRET_ACCESS_KEY", "").replace(" ", "+")
-        self._token = p.get("AWS_SESSION_TOKEN", "")
         self._endpoint = p.get("AWS_ENDPOINT") or None
-        if self._auth == AUTH_SPECIFIED:
-            for name, val in (("AWS_ACCESS_KEY_ID", self._access_key), ("AWS_SECRET_ACCESS_KEY", self._secret)):
-                if not val:
-                    raise UsageError(f"AUTH is set to '{AUTH_SPECIFIED}', but {name} is not set")
-        elif self._auth != AUTH_IMPLICIT:
-            raise UsageError(f"unsupported value {self._auth} for AUTH")
-        self._roles = parse_role_chain(p["ASSUME_ROLE"]) if p.get("ASSUME_ROLE") else []
+        self._auth = AwsAuth.from_params(p, region=self._region)
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -107,18 +72,8 @@ class AwsKMS:
         return self._key_id
 
     # -- client ---------------------------------------------------------------------------------
-    def _session(self) -> Any:
-        boto3 = _import_boto3()
-        if self._auth == AUTH_SPECIFIED:
-            return boto3.session.Session(
-                aws_access_key_id=self._access_key,
-                aws_secret_access_key=self._secret,
-                aws_session_token=self._token or None,
-                region_name=self._region,
-            )
-        return boto3.session.Session(region_name=self._region)
-
     def _config(self) -> Any:
+        boto3_module("aws:// KMS")
         from botocore.config import Config
 
         return Config(
@@ -127,38 +82,14 @@ class AwsKMS:
             retries={"max_attempts": _ATTEMPTS, "mode": "standard"},
         )
 
-    def _assume_roles(self, session: Any) -> Any:
-        """Walk the ASSUME_ROLE chain, each hop signed with the previous hop's temporary credentials."""
-        boto3 = _import_boto3()
-        for arn, external_id in self._roles:
-            sts = session.client("sts", config=self._config())
-            args: dict[str, Any] = {"RoleArn": arn, "RoleSessionName": "strongroom-kms"}
-            if external_id:
-                args["ExternalId"] = external_id
-            creds = self._call(lambda sts=sts, args=args: sts.assume_role(**args), "AssumeRole")["Credentials"]
-            session = boto3.session.Session(
-                aws_access_key_id=creds["AccessKeyId"],
-                aws_secret_access_key=creds["SecretAccessKey"],
-                aws_session_token=creds["SessionToken"],
-                region_name=self._region,
-            )
-        return session
-
     def _kms(self) -> Any:
         with self._lock:
             if self._client is None:
-                session = self._session()
-                if self._roles:
-                    session = self._assume_roles(session)
+                # STS's own endpoint follows boto3's configuration (AWS_ENDPOINT_URL_STS), not AWS_ENDPOINT.
+                config = self._config()
+                session, _expires = self._call(lambda: self._auth.session("aws:// KMS", config=config), "AssumeRole")
                 self._client = session.client("kms", endpoint_url=self._endpoint, config=self._config())
             return self._client
-
-    def _scrub(self, text: str) -> str:
-        """AWS messages never echo secrets today; make sure of it anyway."""
-        for secret in (self._secret, self._token):
-            if secret:
-                text = text.replace(secret, "redacted")
-        return text
 
     def _call(self, fn: Any, op: str) -> Any:
         from botocore.exceptions import (
@@ -175,7 +106,7 @@ class AwsKMS:
         except ClientError as exc:
             err = exc.response.get("Error", {})
             code = err.get("Code", "Unknown")
-            msg = self._scrub(err.get("Message", ""))
+            msg = scrub(err.get("Message", ""), self._auth.secrets)
             cls = NotFoundError if code in _NOT_FOUND else KMSError
             raise cls(f"{where}: {op}: {code}: {msg}".rstrip(": ")) from None
         except (EndpointConnectionError, ConnectionError) as exc:
@@ -183,7 +114,7 @@ class AwsKMS:
         except NoCredentialsError:
             raise KMSError(f"{where}: {op}: no AWS credentials found in the environment (AUTH=implicit)") from None
         except BotoCoreError as exc:
-            raise KMSError(f"{where}: {op}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
+            raise KMSError(f"{where}: {op}: {type(exc).__name__}: {scrub(str(exc), self._auth.secrets)}") from None
 
     # -- KMS interface --------------------------------------------------------------------------
     def encrypt(self, plaintext: bytes) -> bytes:

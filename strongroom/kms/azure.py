@@ -17,6 +17,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from ..cloud.azure import AzureAuth, azure_environment
+from ..cloud.extras import import_extra
+from ..cloud.scrub import scrub
 from ..errors import KMSError, NotFoundError, UsageError
 from ..uri import parse_uri
 from .base import register_kms
@@ -32,12 +35,6 @@ PARAMS = (
     "AZURE_VAULT_URL",
     "AZURE_AUTHORITY_HOST",
 )
-# Environment name -> (Key Vault DNS suffix, Entra ID authority host), as the Go SDK's cloud configs.
-ENVIRONMENTS = {
-    "AzurePublicCloud": ("vault.azure.net", "login.microsoftonline.com"),
-    "AzureUSGovernmentCloud": ("vault.usgovcloudapi.net", "login.microsoftonline.us"),
-    "AzureChinaCloud": ("vault.azure.cn", "login.chinacloudapi.cn"),
-}
 KEY_FORM = "azure kms key must be of form 'id/version'"
 
 
@@ -53,33 +50,16 @@ class AzureKMS:
             raise UsageError(KEY_FORM)
         self._name, self._version = parts
         self._uri = uri
-        env = p.get("AZURE_ENVIRONMENT") or "AzurePublicCloud"
-        if env not in ENVIRONMENTS:
-            raise UsageError(f"unknown AZURE_ENVIRONMENT {env!r} (one of {', '.join(ENVIRONMENTS)})")
-        suffix, authority = ENVIRONMENTS[env]
+        cloud = azure_environment(p)
         vault = p.get("AZURE_VAULT_NAME", "")
         self._vault_url = (p.get("AZURE_VAULT_URL") or "").rstrip("/")
         self._custom_vault = bool(self._vault_url)
         if not self._vault_url:
             if not vault:
                 raise UsageError("azure kms AZURE_VAULT_NAME parameter not specified")
-            self._vault_url = f"https://{vault}.{suffix}"
-        self._authority = p.get("AZURE_AUTHORITY_HOST") or authority
-        auth = (p.get("AUTH") or "specified").lower()
-        self._implicit = auth == "implicit"
-        if auth not in ("specified", "explicit", "implicit"):
-            raise UsageError(f"unsupported value {p.get('AUTH')} for AUTH")
-        self._client_id = p.get("AZURE_CLIENT_ID", "")
-        self._secret = p.get("AZURE_CLIENT_SECRET", "")
-        self._tenant = p.get("AZURE_TENANT_ID", "")
-        if not self._implicit:
-            for name, val in (
-                ("AZURE_CLIENT_ID", self._client_id),
-                ("AZURE_CLIENT_SECRET", self._secret),
-                ("AZURE_TENANT_ID", self._tenant),
-            ):
-                if not val:
-                    raise UsageError(f"AUTH is set to 'specified', but {name} is not set")
+            self._vault_url = f"https://{vault}.{cloud.vault_suffix}"
+        self._authority = p.get("AZURE_AUTHORITY_HOST") or cloud.authority_host
+        self._auth = AzureAuth.from_params(p, account_key_allowed=False)
         self._client: Any = None
         self._credential: Any = None
         self._lock = threading.Lock()
@@ -98,27 +78,22 @@ class AzureKMS:
     def _crypto(self) -> Any:
         with self._lock:
             if self._client is None:
-                try:
-                    from azure.identity import ClientSecretCredential, DefaultAzureCredential
-                    from azure.keyvault.keys.crypto import CryptographyClient
-                except ImportError:
-                    raise UsageError(
-                        "azure-kms:// needs azure-keyvault-keys: pip install 'strongroom[azure]'"
-                    ) from None
+                identity = import_extra("azure.identity", "azure", "azure-kms://")
+                crypto = import_extra("azure.keyvault.keys.crypto", "azure", "azure-kms://")
                 host = self._authority if "://" in self._authority else f"https://{self._authority}"
-                if self._implicit:
-                    self._credential = DefaultAzureCredential(authority=host, retry_total=1)
+                if self._auth.implicit:
+                    self._credential = identity.DefaultAzureCredential(authority=host, retry_total=1)
                 else:
                     # A private authority is not in Microsoft's instance list, so skip that look-up.
-                    self._credential = ClientSecretCredential(
-                        self._tenant,
-                        self._client_id,
-                        self._secret,
+                    self._credential = identity.ClientSecretCredential(
+                        self._auth.tenant_id,
+                        self._auth.client_id,
+                        self._auth.client_secret,
                         authority=host,
                         disable_instance_discovery=host != "https://login.microsoftonline.com",
                         retry_total=1,  # an unreachable authority must fail in seconds, not ten
                     )
-                self._client = CryptographyClient(
+                self._client = crypto.CryptographyClient(
                     f"{self._vault_url}/keys/{self._name}/{self._version}",
                     self._credential,
                     # The challenge names the vault's resource; a private vault URL cannot match it.
@@ -141,22 +116,21 @@ class AzureKMS:
         try:
             return fn(self._crypto())
         except ResourceNotFoundError as exc:
-            raise NotFoundError(f"{where}: {op}: {self._scrub(_error_text(exc))}") from None
+            raise NotFoundError(f"{where}: {op}: {scrub(_error_text(exc), self._auth.secrets)}") from None
         except ClientAuthenticationError as exc:
             if _caused_by(exc, ServiceRequestError):
                 raise KMSError(
                     f"{where}: {op}: KMS unreachable: cannot reach the authority {self._authority}"
                 ) from None
-            raise KMSError(f"{where}: {op}: authentication failed: {self._scrub(_error_text(exc))}") from None
+            raise KMSError(
+                f"{where}: {op}: authentication failed: {scrub(_error_text(exc), self._auth.secrets)}"
+            ) from None
         except HttpResponseError as exc:
-            raise KMSError(f"{where}: {op}: {self._scrub(_error_text(exc))}") from None
+            raise KMSError(f"{where}: {op}: {scrub(_error_text(exc), self._auth.secrets)}") from None
         except ServiceRequestError as exc:
             raise KMSError(f"{where}: {op}: KMS unreachable: {type(exc).__name__}") from None
         except ValueError as exc:  # the SDK's own checks, e.g. a key that cannot encrypt
-            raise KMSError(f"{where}: {op}: {self._scrub(str(exc))}") from None
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "redacted") if self._secret else text
+            raise KMSError(f"{where}: {op}: {scrub(str(exc), self._auth.secrets)}") from None
 
     def encrypt(self, plaintext: bytes) -> bytes:
         from azure.keyvault.keys.crypto import EncryptionAlgorithm

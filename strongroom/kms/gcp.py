@@ -16,19 +16,18 @@ google-cloud-kms is imported on first use so ``import strongroom`` works without
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import threading
 from typing import Any
 
+from ..cloud.extras import import_extra
+from ..cloud.gcp import GcpAuth
+from ..cloud.scrub import scrub
 from ..errors import KMSError, NotFoundError, UsageError
 from ..uri import parse_uri
 from .base import register_kms
 
 SCHEMES = ("gs", "gcp-kms")
 PARAMS = ("AUTH", "CREDENTIALS", "BEARER_TOKEN", "ASSUME_ROLE", "GCP_ENDPOINT")
-AUTH_SPECIFIED, AUTH_IMPLICIT = "specified", "implicit"
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 EMPTY_PATH = "path component of the KMS cannot be empty; must contain the Customer Managed Key"
 # Per-call deadline and retry budget: a KMS outage must fail a backup within seconds, not the
@@ -40,20 +39,6 @@ def _crc32c(data: bytes) -> int:
     import google_crc32c
 
     return int(google_crc32c.value(data))
-
-
-def _decode_credentials(value: str) -> dict[str, Any]:
-    # '+' in unencoded base64 arrives as ' ' after query decoding; padding may have been dropped.
-    text = value.replace(" ", "+").strip()
-    text += "=" * (-len(text) % 4)
-    try:
-        raw = base64.b64decode(text, altchars=b"-_" if ("-" in text or "_" in text) else None, validate=True)
-        info = json.loads(raw)
-    except (binascii.Error, ValueError):
-        raise UsageError("decoding value of CREDENTIALS: not base64 of a credentials JSON") from None
-    if not isinstance(info, dict):
-        raise UsageError("decoding value of CREDENTIALS: not a credentials JSON object")
-    return info
 
 
 class GcpKMS:
@@ -70,23 +55,8 @@ class GcpKMS:
             raise UsageError(f"GCP KMS URI must look like {parsed.scheme}:///projects/.../cryptoKeys/<key>")
         self._name = name.split("/cryptoKeyVersions/", 1)[0].rstrip("/")
         self._uri = uri
-        self._auth = p.get("AUTH", "") or AUTH_SPECIFIED
-        self._credentials = p.get("CREDENTIALS", "")
-        self._bearer = p.get("BEARER_TOKEN", "")
         self._endpoint = p.get("GCP_ENDPOINT") or None
-        if p.get("ASSUME_ROLE"):
-            raise UsageError("ASSUME_ROLE is not supported for gs:// KMS in Strongroom yet")
-        if self._auth == AUTH_SPECIFIED:
-            if not self._credentials and not self._bearer:
-                raise UsageError(f'CREDENTIALS or BEARER_TOKEN must be set if "AUTH" is "{AUTH_SPECIFIED}"')
-        elif self._auth != AUTH_IMPLICIT:
-            raise UsageError(f"unsupported value {self._auth} for AUTH")
-        self._info = _decode_credentials(self._credentials) if self._credentials else None
-        if self._info is not None and self._info.get("type") not in ("service_account", "authorized_user"):
-            raise UsageError(
-                f"CREDENTIALS of type {self._info.get('type')!r} are not supported "
-                "(use a service_account or authorized_user JSON)"
-            )
+        self._auth = GcpAuth.from_params(p)
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -102,55 +72,32 @@ class GcpKMS:
         return self._name
 
     def _creds(self) -> Any:
-        import google.auth
         from google.auth import exceptions as gae
 
         try:
-            if self._auth == AUTH_IMPLICIT:
-                creds, _project = google.auth.default(scopes=SCOPES)
-                return creds
-            if self._info is not None:
-                return self._from_info(self._info)
+            return self._auth.credentials(SCOPES)
         except (gae.DefaultCredentialsError, ValueError) as exc:
-            raise KMSError(f'GCP KMS key "{self._name}": cannot load credentials: {exc}') from None
-        from google.oauth2.credentials import Credentials
-
-        return Credentials(token=self._bearer)
-
-    @staticmethod
-    def _from_info(info: dict[str, Any]) -> Any:
-        # Only key types that cannot make us fetch arbitrary URLs: external_account configs can name any
-        # token or credential-source URL, which is why google-auth deprecated loading arbitrary JSON.
-        kind = info.get("type")
-        if kind == "service_account":
-            from google.oauth2 import service_account
-
-            return service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
-        if kind == "authorized_user":
-            from google.oauth2 import credentials
-
-            return credentials.Credentials.from_authorized_user_info(info, scopes=SCOPES)
-        raise UsageError(f"CREDENTIALS of type {kind!r} are not supported")  # refused in __init__ already
+            raise KMSError(f'GCP KMS key "{self._name}": cannot load credentials: {scrub(str(exc))}') from None
 
     def _kms(self) -> Any:
         with self._lock:
             if self._client is None:
-                try:
-                    from google.cloud.kms_v1 import KeyManagementServiceClient
-                    from google.cloud.kms_v1.services.key_management_service.transports.rest import (
-                        KeyManagementServiceRestTransport,
-                    )
-                except ImportError:
-                    raise UsageError("gs:// KMS needs google-cloud-kms: pip install 'strongroom[gcp]'") from None
+                kms_v1 = import_extra("google.cloud.kms_v1", "gcp", "gs:// KMS")
+                rest = import_extra(
+                    "google.cloud.kms_v1.services.key_management_service.transports.rest", "gcp", "gs:// KMS"
+                )
                 # We build the REST transport ourselves: the client's default makes service accounts sign
                 # their own JWTs, whereas CockroachDB (and private endpoints) use the OAuth token flow.
                 kwargs: dict[str, Any] = {"credentials": self._creds()}
                 if self._endpoint:
                     kwargs["host"] = self._endpoint
-                self._client = KeyManagementServiceClient(transport=KeyManagementServiceRestTransport(**kwargs))
+                self._client = kms_v1.KeyManagementServiceClient(
+                    transport=rest.KeyManagementServiceRestTransport(**kwargs)
+                )
             return self._client
 
     def _call(self, op: str, request: dict[str, Any]) -> Any:
+        client = self._kms()  # first: it names the missing extra before google.api_core is imported
         from google.api_core import exceptions as gexc
         from google.api_core import retry as gretry
         from google.auth import exceptions as gae
@@ -162,7 +109,6 @@ class GcpKMS:
             maximum=2.0,
             timeout=_RETRY_DEADLINE,
         )
-        client = self._kms()
         try:
             method = client.encrypt if op == "Encrypt" else client.decrypt
             return method(request=request, retry=retry, timeout=_TIMEOUT)

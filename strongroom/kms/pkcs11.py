@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+from ..cloud.extras import import_extra
 from ..errors import KMSError, NotFoundError, UsageError
 from ..uri import parse_uri
 from .base import register_kms
@@ -34,11 +35,7 @@ _SAFE = "-._~:[]@!$'()*+,="
 
 
 def _import_pkcs11() -> Any:
-    try:
-        import pkcs11
-    except ImportError:
-        raise UsageError("pkcs11: KMS needs python-pkcs11: pip install 'strongroom[hsm]'") from None
-    return pkcs11
+    return import_extra("pkcs11", "hsm", "pkcs11: KMS")
 
 
 def _parse_path(path: str) -> dict[str, str]:
@@ -140,6 +137,7 @@ class Pkcs11KMS:
                 raise KMSError(f"{self._id}: cannot load PKCS#11 module {self._module}: {exc}") from None
 
     def encrypt(self, plaintext: bytes) -> bytes:
+        _import_pkcs11()  # first: a missing [hsm] extra is a hint, not an ImportError below
         from pkcs11 import Mechanism
         from pkcs11.mechanisms import GCMParams
 
@@ -151,6 +149,7 @@ class Pkcs11KMS:
         return _FORMAT + iv + bytes(body)
 
     def decrypt(self, ciphertext: bytes) -> bytes:
+        _import_pkcs11()  # first: a missing [hsm] extra is a hint, not an ImportError below
         from pkcs11 import Mechanism
         from pkcs11 import exceptions as p11e
         from pkcs11.mechanisms import GCMParams

@@ -1,23 +1,17 @@
-"""What the cloud backends (s3.py, azure.py, gcs.py) share: part size, AUTH, secret-safe error messages."""
+"""What the cloud backends (s3.py, azure.py, gcs.py) share: part size, secret-safe error messages."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Literal
 
+from ..cloud.scrub import scrub
 from ..errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
 
 # A streamed object is uploaded in parts of this size once it outgrows one part (S3 needs parts >= 5 MiB).
 PART_SIZE = 8 * 1024 * 1024
 _MAX_DETAIL = 400
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Replace every known secret value in ``text``: backend messages are not ours and might echo one."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "redacted")
-    return text
 
 
 def backend_detail(exc: BaseException, secrets: Iterable[str]) -> str:
@@ -46,14 +40,6 @@ def parse_bool(value: str, param: str) -> bool:
     raise UsageError(f"invalid value {value!r} for {param}: expected true or false")
 
 
-def auth_mode(params: dict[str, str]) -> str:
-    """``AUTH``: ``specified`` (the default, as in CockroachDB) or ``implicit``."""
-    auth = params.get("AUTH", "") or "specified"
-    if auth not in ("specified", "implicit"):
-        raise UsageError(f"unsupported value {auth} for AUTH")
-    return auth
-
-
 class BackendErrorMap:
     """Context manager turning a backend's exceptions into ours, naming the redacted location, never a secret.
 
@@ -74,7 +60,7 @@ class BackendErrorMap:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> Literal[False]:
         if exc is None or not isinstance(exc, Exception):
             return False
         if isinstance(exc, StorageError | NotFoundError | AlreadyExistsError | UsageError):

@@ -3,7 +3,8 @@
 Query parameters are CockroachDB's: ``AUTH=specified|implicit`` (default ``specified``), ``CREDENTIALS`` (the
 service account's JSON key file, base64-encoded) or ``BEARER_TOKEN`` (an OAuth2 access token, used as is and never
 refreshed). ``implicit`` uses Application Default Credentials (``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's login,
-the metadata server). ``ASSUME_ROLE`` (service-account impersonation) is not supported yet and is refused.
+the metadata server). Credentials are read by :mod:`strongroom.cloud.gcp`, exactly as the GCP KMS reads
+them (``external_account`` key files and ``ASSUME_ROLE`` are refused).
 
 Strongroom extension: ``GCS_ENDPOINT=<JSON API root URL>`` replaces ``https://storage.googleapis.com``, the way
 ``AWS_ENDPOINT`` does for S3 (tests use it to reach gcp-storage-emulator). Credentials are used exactly as with
@@ -18,17 +19,16 @@ session; nothing becomes visible either way.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ..cloud.extras import import_extra
+from ..cloud.gcp import AUTH_IMPLICIT, GcpAuth
 from ..errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
 from ..uri import parse_uri, redact
 from .base import TMP_SUFFIX, StorageContext, WriterBase, clean_name, register_storage
-from .cloud import PART_SIZE, BackendErrorMap, auth_mode, backend_detail
+from .cloud import PART_SIZE, BackendErrorMap, backend_detail
 
 GCS_PARAMS = ("AUTH", "CREDENTIALS", "BEARER_TOKEN", "ASSUME_ROLE", "GCS_ENDPOINT")
 SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
@@ -41,55 +41,15 @@ CHUNK_SIZE = PART_SIZE
 assert CHUNK_SIZE % (256 * 1024) == 0
 
 
-def _decode_credentials(value: str) -> dict[str, Any]:
-    # A '+' that was not URL-encoded arrives as a space; base64 has no spaces, so put it back.
-    text = value.replace(" ", "+").strip()
-    padded = text + "=" * (-len(text) % 4)
-    for decode in (base64.b64decode, base64.urlsafe_b64decode):
-        try:
-            info = json.loads(decode(padded))
-        except (binascii.Error, ValueError, UnicodeDecodeError):
-            continue
-        if isinstance(info, dict):
-            return info
-    # Never quote the value: it is the private key.
-    raise UsageError("CREDENTIALS must be a base64-encoded JSON key file (the value did not decode)")
-
-
-def _credentials(params: dict[str, str]) -> tuple[Any, list[str]]:
-    """google-auth credentials for the URI, and the secret strings that must never appear in messages."""
-    auth = auth_mode(params)
-    creds_param = params.get("CREDENTIALS", "")
-    token = params.get("BEARER_TOKEN", "")
-    if auth == "implicit":
-        import google.auth
-
-        try:
-            creds, _project = google.auth.default(scopes=list(SCOPES))
-        except Exception as exc:
+def _credentials(params: dict[str, str]) -> tuple[Any, tuple[str, ...]]:
+    """google-auth credentials for the URI (checked by :mod:`strongroom.cloud.gcp`), and its secrets."""
+    auth = GcpAuth.from_params(params)
+    try:
+        return auth.credentials(SCOPES), auth.secrets
+    except Exception as exc:
+        if auth.auth == AUTH_IMPLICIT:
             raise StorageError(f"AUTH=implicit: no Google credentials found: {backend_detail(exc, [])}") from None
-        return creds, []
-    if creds_param:
-        from google.oauth2 import service_account
-
-        info = _decode_credentials(creds_param)
-        secrets = [creds_param, str(info.get("private_key", ""))]
-        try:
-            if info.get("type", "service_account") != "service_account":
-                # Other key types (authorized_user, external_account) go through google.auth's generic loader.
-                import google.auth
-
-                creds, _project = google.auth.load_credentials_from_dict(info, scopes=list(SCOPES))
-            else:
-                creds = service_account.Credentials.from_service_account_info(info, scopes=list(SCOPES))
-        except Exception as exc:
-            raise UsageError(f"CREDENTIALS is not a usable key file: {backend_detail(exc, secrets)}") from None
-        return creds, secrets
-    if token:
-        from google.oauth2.credentials import Credentials
-
-        return Credentials(token=token), [token]
-    raise UsageError("AUTH is set to 'specified', but CREDENTIALS is not set")
+        raise UsageError(f"CREDENTIALS is not a usable key file: {backend_detail(exc, auth.secrets)}") from None
 
 
 class _GCSReader:
@@ -202,8 +162,8 @@ class _ErrorMap(BackendErrorMap):
 class GCSStorage:
     """Objects under ``<prefix>/`` in one bucket, through the GCS JSON API."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str, display_uri: str, secrets: list[str]) -> None:
-        from google.cloud.storage.retry import DEFAULT_RETRY
+    def __init__(self, client: Any, bucket: str, prefix: str, display_uri: str, secrets: Sequence[str]) -> None:
+        from google.cloud.storage.retry import DEFAULT_RETRY  # type: ignore[import-untyped]  # no types shipped
 
         self._client = client
         self._bucket = client.bucket(bucket)
@@ -282,7 +242,7 @@ class GCSStorage:
 
 
 def open_gcs(uri: str, context: StorageContext | None = None) -> GCSStorage:
-    from google.cloud import storage  # lazy: keep import errors inside the scheme that needs it
+    storage = import_extra("google.cloud.storage", "gcp", "gs://")
 
     parsed = parse_uri(uri)
     parsed.check_params(GCS_PARAMS, what="gs")
@@ -290,8 +250,6 @@ def open_gcs(uri: str, context: StorageContext | None = None) -> GCSStorage:
     display = redact(uri)
     if not parsed.host:
         raise UsageError(f"gs URI must name a bucket, like gs://bucket/path (got {display!r})")
-    if params.get("ASSUME_ROLE"):
-        raise UsageError("ASSUME_ROLE is not supported yet")
     creds, secrets = _credentials(params)
     options = {"api_endpoint": params["GCS_ENDPOINT"].rstrip("/")} if params.get("GCS_ENDPOINT") else None
     # project=None: we only use bucket-level calls, and it stops the client probing the environment for a project.
