@@ -14,7 +14,8 @@ The map (dependencies point down the list; ``lint-imports`` checks it, see pypro
     kms/      key management services by URI scheme: local:// (the embedded default), aws, gs/gcp-kms,
               azure-kms, pkcs11
     storage/  where backups go, by URI scheme: nodelocal:// and paths, s3://, gs://, azure://
-    cloud/    credentials per cloud (AWS, GCP, Azure) and the one secret scrubber, for kms/ and storage/
+    cloud/    credentials per cloud (AWS, GCP, Azure) from URI parameters, hints for missing extras, and
+              the one secret scrubber (by position, and by value through errors.register_secret)
     crypto/   sealed-file format (CockroachDB's chunked AES-256-GCM), PBKDF2, ENCRYPTION-INFO, chunk hashes
     output.py result tables as CockroachDB prints them, CSV, JSON; uri.py, errors.py: shared by all
 

@@ -35,11 +35,22 @@ def register_secret(value: str | None) -> None:
             del _secrets[next(iter(_secrets))]
 
 
+def forget_secret(value: str) -> None:
+    """Stop removing ``value`` by value (a revoked or test credential)."""
+    with _secrets_lock:
+        for form in {value, quote(value, safe=""), quote_plus(value, safe="")}:
+            _secrets.pop(form, None)
+
+
+def registered_secrets() -> list[str]:
+    """Every registered secret (and percent-encoded form), longest first."""
+    with _secrets_lock:
+        return sorted(_secrets, key=len, reverse=True)
+
+
 def scrub(text: str) -> str:
     """``text`` with every registered secret (and its percent-encoded forms) replaced by ``redacted``."""
-    with _secrets_lock:
-        known = sorted(_secrets, key=len, reverse=True)  # a secret containing another goes first
-    for secret in known:
+    for secret in registered_secrets():  # a secret containing another goes first
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text

@@ -24,7 +24,7 @@ import strongroom.kms.gcp  # noqa: E402
 import strongroom.storage.gcs  # noqa: E402
 import strongroom.storage.s3  # noqa: E402, F401
 from strongroom.cloud.scrub import forget_secret, register_secret, scrub  # noqa: E402
-from strongroom.errors import UsageError  # noqa: E402
+from strongroom.errors import MIN_SECRET_LENGTH, UsageError  # noqa: E402
 from strongroom.kms import open_kms  # noqa: E402
 from strongroom.storage import open_storage  # noqa: E402
 from strongroom.uri import REDACTED, SECRET_PARAMS  # noqa: E402
@@ -116,7 +116,7 @@ def test_scrub_by_registered_value() -> None:
 
 
 @given(
-    secret=st.text(min_size=4, max_size=20),
+    secret=st.text(min_size=MIN_SECRET_LENGTH, max_size=24),
     others=st.lists(st.text(min_size=4, max_size=8), max_size=3),
     parts=st.lists(st.text(max_size=20), max_size=5),
 )

@@ -11,12 +11,12 @@ Secrets are removed two ways:
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterable
 
+from ..errors import forget_secret, register_secret, registered_secrets
 from ..uri import REDACTED, SECRET_PARAMS
 
-# Shorter values would redact ordinary words; no real credential is this short.
+# For secrets passed to one call (the registry keeps errors.MIN_SECRET_LENGTH and longer).
 MIN_SECRET_LENGTH = 4
 _PARAM_VALUE = re.compile(
     r"(?<![A-Za-z0-9_-])("
@@ -27,21 +27,9 @@ _USERINFO_PASSWORD = re.compile(r"(://[^:/?#@\s]*):[^@/?#\s]*@")
 # Replacing one secret can make another appear (the marker next to a secret's tail): rescan a few times.
 _MAX_PASSES = 4
 
-_registered: set[str] = set()
-_lock = threading.Lock()
-
-
-def register_secret(value: str) -> None:
-    """Remember ``value`` so every later :func:`scrub` removes it, whatever position it turns up in."""
-    if value and len(value) >= MIN_SECRET_LENGTH:
-        with _lock:
-            _registered.add(value)
-
-
-def forget_secret(value: str) -> None:
-    """Stop removing ``value`` (a revoked or test credential); scrubbing it by position is unaffected."""
-    with _lock:
-        _registered.discard(value)
+# The registry itself lives with the exception root (errors.py), the bottom layer, so that every
+# StrongroomError's text is scrubbed by value too; these are its names for cloud code.
+__all__ = ["forget_secret", "register_secret", "scrub"]
 
 
 def _by_value(text: str, secrets: list[str]) -> str:
@@ -73,8 +61,7 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` without secret parameter values, userinfo passwords, registered secrets or ``secrets``."""
     text = _PARAM_VALUE.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
     text = _USERINFO_PASSWORD.sub(lambda m: f"{m.group(1)}:{REDACTED}@", text)
-    with _lock:
-        values = [s for s in {*_registered, *secrets} if s and len(s) >= MIN_SECRET_LENGTH]
+    values = [s for s in {*registered_secrets(), *secrets} if s and len(s) >= MIN_SECRET_LENGTH]
     for _ in range(_MAX_PASSES):
         if not any(s in text for s in values):
             return text
