@@ -1,11 +1,20 @@
 """The README runs as written (issue #9 item 7).
 
 Every fenced block of README.md is either run here or explicitly marked ``<!-- not run: reason -->``
-on the line before it. Shell blocks run with ``bash -euo pipefail`` in one folder per ``##`` section
-(tmp_path as HOME and cwd, keyring and store isolated), in README order. The quick start is special:
-``pip install . && strongroom demo`` runs only ``strongroom demo`` (no pip install), and
-``./scripts/test.sh`` is not run (that would recurse into the suite): the test asserts it exists and is
-what CI (.ci/run) calls.
+on the line before it. The blocks run in README order in one folder (tmp_path as HOME and cwd,
+keyring and store isolated), as a new user would type them: shell blocks with ``bash -euo
+pipefail``, Python snippets with the interpreter, the ``strongroom sql`` transcript through
+``strongroom sql -e`` (its ``$1`` from ``--param-env``), and a ``sql`` block marked
+``<!-- readme-test: strongroom sql --store DIR -->`` through that, after the ``strongroom init``
+its paragraph names.
+
+Cloud lines run against the test servers: the README writes CockroachDB's placeholders (``aws:///...``,
+``s3://main?...&...``), and :func:`cloud_substitutions` maps each of those exact strings to a URI of a
+server the test started (the AWS and GCP KMS protocol servers, moto's S3); nothing else is changed.
+
+The quick start is special: ``pip install . && strongroom demo`` runs only ``strongroom demo`` (no
+pip install), and ``./scripts/test.sh`` is not run (that would recurse into the suite): the test
+asserts it exists and is what CI (.ci/run) calls.
 """
 
 from __future__ import annotations
@@ -14,19 +23,26 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+pytest.register_assert_rewrite("cloud_servers", "kms_servers")
+
+from cloud_servers import CloudTarget  # noqa: E402
+from kms_servers import AwsKmsServer, GcpKmsServer  # noqa: E402
+
+pytest_plugins = ("cloud_servers", "kms_servers")
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-RUN = {"bash", "sh", "python", "console", "sql"}
-#: The ``##`` sections whose blocks the tests below run; a block anywhere else must be marked not run.
-RUN_SECTIONS = {"Quick start", "Use", "SQL", "Managed backups"}
+RUN = {"bash", "python", "console", "sql"}
 
 
-def blocks() -> list[tuple[str, str, str, str | None, int]]:
-    """(section, lang, body, mark, line) for every fenced block; mark is the HTML comment before it."""
+def blocks() -> list[tuple[str, str, str, str | None, int, str]]:
+    """(section, lang, body, mark, line, paragraph) for every fenced block; mark is the HTML comment
+    right before it, paragraph the prose before that."""
     out, section, lines, i = [], "", README.read_text().splitlines(), 0
     while i < len(lines):
         line = lines[i]
@@ -34,12 +50,14 @@ def blocks() -> list[tuple[str, str, str, str | None, int]]:
             section = line.lstrip("#").strip()
         if line.startswith("```"):
             lang, start = line[3:].strip(), i + 1
-            prev = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+            before = [j for j in range(i - 1, -1, -1) if lines[j].strip()]
+            prev = lines[before[0]] if before else ""
             mark = prev.strip() if prev.strip().startswith("<!--") else None
+            paragraph = lines[before[1]] if mark and len(before) > 1 else prev
             i += 1
             while not lines[i].startswith("```"):
                 i += 1
-            out.append((section, lang, "\n".join(lines[start:i]), mark, start))
+            out.append((section, lang, "\n".join(lines[start:i]), mark, start, paragraph))
         i += 1
     return out
 
@@ -47,28 +65,37 @@ def blocks() -> list[tuple[str, str, str, str | None, int]]:
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
-    e.update(HOME=str(tmp_path), STRONGROOM_KEYRING=str(tmp_path / "keyring"), PYTHONPATH=str(ROOT),
-             STRONGROOM_PASSPHRASE="correct horse battery staple")
+    e.update(
+        HOME=str(tmp_path),
+        STRONGROOM_KEYRING=str(tmp_path / "keyring"),
+        PYTHONPATH=str(ROOT),
+        STRONGROOM_PASSPHRASE="correct horse battery staple",
+    )
     return e
 
 
 def sh(body: str, cwd: Path, env: dict[str, str], where: str) -> str:
-    r = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=cwd, env=env, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", body], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, f"README {where} failed:\n{body}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
     return r.stdout
 
 
 def test_every_block_is_run_or_marked() -> None:
-    for section, lang, _body, mark, line in blocks():
-        if not (mark or "").startswith("<!-- not run:"):
-            assert lang in RUN and section in RUN_SECTIONS, f"README line {line} ({section}): neither run nor marked"
-        else:
+    for section, lang, _body, mark, line, _paragraph in blocks():
+        if (mark or "").startswith("<!-- not run:"):
             assert len(mark or "") > len("<!-- not run:  -->"), f"README line {line}: give a reason"
+        elif lang == "text":
+            continue  # a diagram or a sample: nothing to run, said by its tag
+        else:
+            assert lang in RUN, f"README line {line} ({section}): ```{lang} is neither run nor marked"
+            if lang == "sql":
+                assert (mark or "").startswith("<!-- readme-test: strongroom sql"), f"README line {line}: say where"
 
 
 def test_quick_start(tmp_path: Path, env: dict[str, str]) -> None:
-    [(_, _lang, body, _, line)] = [b for b in blocks() if b[0] == "Quick start"]
+    [(_, _lang, body, _, line, _p)] = [b for b in blocks() if b[0] == "Quick start"]
     cmds = [c.split("#")[0].strip() for c in body.splitlines() if c.strip()]
     assert cmds == ["pip install . && strongroom demo", "./scripts/test.sh"], "the quick start is two commands"
     sh("strongroom demo --dir ./demo", tmp_path, env, f"line {line}")
@@ -91,30 +118,72 @@ def _transcript(body: str) -> tuple[list[str], list[str]]:
     return stmts, headers
 
 
-@pytest.mark.parametrize("sections", [("Use", "SQL"), ("Managed backups",)], ids=str)
-def test_section(sections: tuple[str, ...], tmp_path: Path, env: dict[str, str]) -> None:
-    """A section's blocks in README order in one folder (``## Use``: CLI, SQL transcript, Python)."""
-    if sections == ("Managed backups",):  # its commands act on a store with a database in it
-        sh("strongroom init ./strongroom-data && strongroom db create bank", tmp_path, env, "setup")
-    run = [b for b in blocks() if b[0] in sections and not b[3]]
-    assert run, f"no blocks in {sections}"
-    for _section, lang, body, _mark, line in run:
-        where = f"line {line}"
+@pytest.fixture
+def cloud_substitutions(aws_kms: AwsKmsServer, gcp_kms: GcpKmsServer, moto_s3: CloudTarget) -> Iterator[dict[str, str]]:
+    """The README's placeholders, each to a URI of a server this test runs (exact strings only)."""
+    first, second = aws_kms.create_key("us-east-1"), aws_kms.create_key("us-east-1")
+    west = gcp_kms.create_key(location="us-west1")
+    yield {
+        "aws:///arn:aws:kms:us-east-1:111122223333:key/...?AUTH=implicit&REGION=us-east-1": aws_kms.uri(first.arn),
+        "gs:///projects/p/locations/us-west1/keyRings/r/cryptoKeys/k?AUTH=implicit": gcp_kms.uri(west),
+        "aws:///new-key...": aws_kms.uri(second.key_id),
+        "aws:///new...": aws_kms.uri(second.key_id),
+        "aws:///...": aws_kms.uri(first.key_id),
+        "gs:///...": gcp_kms.uri(west),
+        "s3://main?COCKROACH_LOCALITY=default&...": moto_s3.uri("readme/main", COCKROACH_LOCALITY="default"),
+        "s3://west?COCKROACH_LOCALITY=region%3Dus-west1&...": moto_s3.uri(
+            "readme/west", COCKROACH_LOCALITY="region=us-west1"
+        ),
+    }
+
+
+def _substitute(body: str, table: dict[str, str]) -> str:
+    for placeholder in sorted(table, key=len, reverse=True):
+        body = body.replace(placeholder, table[placeholder])
+    return body
+
+
+def _sql(args: list[str], cwd: Path, env: dict[str, str], where: str) -> str:
+    r = subprocess.run(["strongroom", "sql", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"README {where}: {r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def test_every_block_runs_in_readme_order(
+    tmp_path: Path, env: dict[str, str], cloud_substitutions: dict[str, str]
+) -> None:
+    ran = 0
+    for section, lang, raw, mark, line, paragraph in blocks():
+        if section == "Quick start" or lang == "text" or (mark or "").startswith("<!-- not run:"):
+            continue
+        body, where = _substitute(raw, cloud_substitutions), f"line {line} ({section})"
         if lang == "bash":
             sh(body, tmp_path, env, where)
         elif lang == "console":
             stmts, headers = _transcript(body)
-            e = {**env, "PW": "another passphrase"}
-            args = [a for s in stmts for a in ("-e", s)]
-            r = subprocess.run(["strongroom", "sql", *args, "--param-env", "PW"], cwd=tmp_path, env=e,
-                               capture_output=True, text=True, timeout=120)
-            assert r.returncode == 0, f"README {where}: {r.stdout}\n{r.stderr}"
-            shown = [[c.strip() for c in out.split("|")] for out in r.stdout.splitlines()]
+            out = _sql(
+                [a for s in stmts for a in ("-e", s)] + ["--param-env", "PW"],
+                tmp_path,
+                {**env, "PW": "another passphrase"},
+                where,
+            )
+            shown = [[c.strip() for c in row.split("|")] for row in out.splitlines()]
             for h in headers:  # the shown result's shape: its column headers come back
-                assert [c.strip() for c in h.split("|")] in shown, f"README {where}: {h!r} not in {r.stdout}"
+                assert [c.strip() for c in h.split("|")] in shown, f"README {where}: {h!r} not in {out}"
         elif lang == "python":
-            r = subprocess.run([sys.executable, "-c", body], cwd=tmp_path, env=env, capture_output=True, text=True,
-                               timeout=120)
+            r = subprocess.run(
+                [sys.executable, "-c", body], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+            )
             assert r.returncode == 0, f"README {where}: {r.stderr}"
+        elif lang == "sql":
+            store = re.fullmatch(r"<!-- readme-test: strongroom sql --store (\S+) -->", mark or "")
+            assert store, f"README {where}: a sql block says where it runs"
+            setup = re.search(r"`(strongroom init [^`]+)`", paragraph)
+            if setup:
+                sh(setup.group(1), tmp_path, env, f"{where}, the init its paragraph names")
+            stmts = [s.strip() for s in body.split(";\n") if s.strip()]
+            _sql(["--store", store.group(1), *[a for s in stmts for a in ("-e", s.rstrip(";"))]], tmp_path, env, where)
         else:
             raise AssertionError(f"README {where}: no runner for ```{lang}")
+        ran += 1
+    assert ran >= 8, f"only {ran} README blocks ran"  # a floor: blocks must not go quietly unrun
