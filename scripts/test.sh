@@ -21,4 +21,6 @@ fi
 
 python3 -m pip install --quiet -e '.[test]'
 ruff check .
+mypy strongroom      # types are a gate, not a hope
+lint-imports         # the package map's layers (pyproject.toml [tool.importlinter])
 python3 -m pytest -q "$@"
