@@ -1,0 +1,127 @@
+"""The KMS contract: one suite every key management service passes (the local key file, AWS KMS,
+GCP Cloud KMS, Azure Key Vault on their protocol servers, PKCS#11 on SoftHSM). A new KMS scheme is
+done when it passes this file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+pytest.register_assert_rewrite("kms_servers")
+
+from kms_servers import SOFTHSM_MODULE, AwsKmsServer, AzureKeyVaultServer, GcpKmsServer, SoftHSM  # noqa: E402
+
+from strongroom.errors import StrongroomError, UsageError  # noqa: E402
+from strongroom.kms import create_key, open_kms  # noqa: E402
+
+pytest_plugins = ("kms_servers",)
+
+
+@dataclass
+class Key:
+    """A KMS key under test: its URI, the id CockroachDB derives from it, how to make it unusable."""
+
+    uri: str
+    master_key_id: str
+    disable: Callable[[], None]
+    secret: str  # a credential the URI carries ('' if none)
+    randomized: bool = True  # every encryption of the same plaintext differs
+
+
+@pytest.fixture(params=["local", "aws", "gcp", "azure", "pkcs11"])
+def key(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Key]:
+    kind = request.param
+    if kind == "local":
+        path = create_key("contract")
+        yield Key("local:///contract", "contract", lambda: os.unlink(path), "")
+    elif kind == "aws":
+        aws: AwsKmsServer = request.getfixturevalue("aws_kms")
+        k = aws.create_key()
+        yield Key(aws.uri(k.arn), k.arn, lambda: setattr(k, "state", "Disabled"), aws.secret.replace("+", " "))
+    elif kind == "gcp":
+        gcp: GcpKmsServer = request.getfixturevalue("gcp_kms")
+        name = gcp.create_key(key="contract")
+        yield Key(gcp.uri(name), name, lambda: setattr(gcp.keys[name], "state", "DISABLED"), "test-bearer-token")
+    elif kind == "azure":
+        vault: AzureKeyVaultServer = request.getfixturevalue("azure_kv")
+        ak = vault.create_key("contract")
+        yield Key(vault.uri(ak), ak.name, lambda: setattr(ak, "enabled", False), vault.SECRET)
+    else:
+        hsm: SoftHSM = request.getfixturevalue("softhsm")
+        label = f"contract-{os.urandom(4).hex()}"
+        hsm.create_key(label)
+        yield Key(hsm.uri(label), hsm.uri(label).split("?")[0], lambda: _delete_hsm_key(hsm, label), hsm.pin)
+
+
+def _delete_hsm_key(hsm: SoftHSM, label: str) -> None:
+    import pkcs11
+
+    lib = pkcs11.lib(SOFTHSM_MODULE)
+    with lib.get_token(token_label=hsm.token).open(user_pin=hsm.pin, rw=True) as session:
+        session.get_key(label=label).destroy()
+
+
+def test_a_data_key_round_trips(key: Key) -> None:
+    kms = open_kms(key.uri)
+    try:
+        data_key = os.urandom(32)
+        wrapped = kms.encrypt(data_key)
+        assert wrapped != data_key and data_key not in wrapped
+        assert kms.decrypt(wrapped) == data_key
+        assert key.randomized is False or kms.encrypt(data_key) != wrapped
+    finally:
+        kms.close()
+
+
+def test_the_master_key_id_is_the_one_cockroachdb_derives(key: Key) -> None:
+    kms = open_kms(key.uri)
+    try:
+        assert kms.master_key_id == key.master_key_id
+        assert open_kms(key.uri).master_key_id == kms.master_key_id  # stable across openings
+    finally:
+        kms.close()
+
+
+def test_tampered_ciphertext_is_refused(key: Key) -> None:
+    kms = open_kms(key.uri)
+    try:
+        wrapped = bytearray(kms.encrypt(os.urandom(32)))
+        wrapped[len(wrapped) // 2] ^= 0x01
+        with pytest.raises(StrongroomError) as exc:
+            kms.decrypt(bytes(wrapped))
+        assert not key.secret or key.secret not in str(exc.value)
+    finally:
+        kms.close()
+
+
+def test_an_unknown_parameter_is_refused(key: Key) -> None:
+    joiner = "&" if "?" in key.uri else "?"
+    with pytest.raises(UsageError, match=r"unknown .*query parameters: NOT_A_PARAMETER"):
+        open_kms(f"{key.uri}{joiner}NOT_A_PARAMETER=1")
+
+
+def test_an_unusable_key_gives_a_clear_error_without_secrets(key: Key) -> None:
+    kms = open_kms(key.uri)
+    try:
+        wrapped = kms.encrypt(os.urandom(32))
+    finally:
+        kms.close()
+    key.disable()
+    with pytest.raises(StrongroomError) as exc:  # at opening, or at the first call: the KMS decides
+        again = open_kms(key.uri)
+        try:
+            again.decrypt(wrapped)
+        finally:
+            again.close()
+    message = str(exc.value)
+    assert message and "Traceback" not in message
+    assert not key.secret or key.secret not in message
+
+
+def test_close_can_be_called_twice(key: Key) -> None:
+    kms = open_kms(key.uri)
+    kms.close()
+    kms.close()
