@@ -144,3 +144,23 @@ def test_the_registry_draws_again_when_an_id_is_taken(store: Store) -> None:
     job_id = registry.start("BACKUP", "mine")
     assert job_id > taken[-1][0]
     assert [j.description for j in registry.list(job_id)] == ["mine"]
+
+
+def test_the_public_surface_is_documented() -> None:
+    """What a user needs is exported from ``strongroom`` with a docstring, and so is every public
+    method of Store (issue 9: a tiny curated surface, one exception root)."""
+    import inspect
+
+    import strongroom
+
+    for name in strongroom.__all__:
+        if not name.startswith("_"):
+            assert (getattr(strongroom, name).__doc__ or "").strip(), name
+    for name, member in inspect.getmembers(strongroom.Store):
+        if not name.startswith("_") and callable(member):
+            assert (member.__doc__ or "").strip(), f"Store.{name}"
+    assert all(
+        issubclass(getattr(strongroom, n), strongroom.StrongroomError)
+        for n in strongroom.__all__
+        if n.endswith("Error")
+    )

@@ -219,6 +219,7 @@ class Store:
         return self.meta.home_region(name)
 
     def region_keys(self, region: str) -> RegionKeys:
+        """An open region's keys (for the store's own parts and tests; apps never need keys)."""
         return self.keys.region_keys(region)
 
     # -- SQL --------------------------------------------------------------------------------------
@@ -240,12 +241,15 @@ class Store:
 
     # -- databases --------------------------------------------------------------------------------
     def databases(self) -> list[str]:
+        """The names of the store's databases, sorted."""
         return self.dbs.names()
 
     def database_path(self, name: str) -> Path:
+        """The file of database ``name`` (a ciphertext file: open it with :meth:`connect`)."""
         return self.dbs.database_path(name)
 
     def has_database(self, name: str) -> bool:
+        """Does database ``name`` exist?"""
         return self.dbs.exists(name)
 
     def database_key(self, name: str) -> bytes:
@@ -253,9 +257,11 @@ class Store:
         return self.dbs.database_key(name)
 
     def create_database(self, name: str, *, if_not_exists: bool = False, region: str | None = None) -> None:
+        """CREATE DATABASE [IF NOT EXISTS] name [PRIMARY REGION region], under a data key of its region."""
         self.dbs.create(name, if_not_exists=if_not_exists, region=region)
 
     def drop_database(self, name: str, *, if_exists: bool = False) -> None:
+        """DROP DATABASE [IF EXISTS] name: its files and its entry in the region's key registry."""
         self.dbs.drop(name, if_exists=if_exists)
 
     def connect(self, name: str) -> apsw.Connection:
@@ -268,6 +274,7 @@ class Store:
         return self.rotation.rotate_data_keys(region, if_due=if_due)
 
     def rotate_store_key(self, region: str | None = None) -> None:
+        """New store keys (wrapped by the same CMEK or key file), each with a new data key for new data."""
         self.rotation.rotate_store_key(region)
 
     def enable_cmek(self, specs: Mapping[str, str], *, auth_principal: str | None = None) -> None:
@@ -279,6 +286,7 @@ class Store:
         self.keys.rotate_cmek(specs, auth_principal=auth_principal)
 
     def check_cmek_specs(self, specs: Mapping[str, str], *, every_region: bool = False) -> None:
+        """Refuse a CMEK change before anything is touched (unknown region, missing region, bad URI)."""
         self.keys.check_cmek_specs(specs, every_region=every_region)
 
     def revoke_cmek(self) -> None:
@@ -290,6 +298,7 @@ class Store:
         return encryption_status(self.keys, self.dbs)
 
     def audit_records(self) -> list[AuditRecord]:
+        """Every use of a CMEK or key file, oldest first (``<store>/audit.log``)."""
         return self.audit.records()
 
     def _rewrap_managed_backups(self, keys: RegionKeys, old_uri: str) -> None:
@@ -356,6 +365,7 @@ class Store:
         return self.backups.restore(request, progress)
 
     def show_backups(self, in_: str | Sequence[str]) -> list[str]:
+        """SHOW BACKUPS IN ...: the full backups of a collection, oldest first."""
         return self.backups.show_backups(in_ if isinstance(in_, str) else tuple(in_))
 
     def show_backup(
@@ -366,6 +376,7 @@ class Store:
         encryption: Encryption | None = None,
         check_files: bool = False,
     ) -> ShowBackupResult:
+        """SHOW BACKUP LATEST | '<subdir>' IN ... [WITH ..., check_files]: one row per object and layer."""
         request = ShowBackupRequest(
             in_=tuple([in_] if isinstance(in_, str) else in_),
             subdir=subdir,
@@ -383,11 +394,13 @@ class Store:
     # -- managed backups ----------------------------------------------------------------------------
     @property
     def managed_backup_schedule(self) -> Schedule:
+        """How often managed backups are taken, and full ones."""
         return self.managed.schedule()
 
     def set_managed_backup_schedule(
         self, *, interval: timedelta | None = None, full_every: timedelta | None = None
     ) -> Schedule:
+        """Change how often managed backups are taken (unchanged parts keep their value)."""
         return self.managed.set_schedule(interval=interval, full_every=full_every)
 
     def run_due_managed_backups(self, now: datetime | None = None) -> list[TakenBackup]:
@@ -399,6 +412,7 @@ class Store:
         return self.managed.take_now(full)
 
     def managed_backups(self) -> list[ManagedBackup]:
+        """Every managed backup layer of every region, and whether it can be restored (and why not)."""
         return self.managed.list_backups()
 
     def restore_managed(
@@ -409,6 +423,7 @@ class Store:
         region: str | None = None,
         as_of: datetime | None = None,
     ) -> JobResult:
+        """Restore managed backups into this store (all or nothing; only the store that took them)."""
         return self.managed.restore(subdir, databases, new_db_name, region, as_of)
 
 
