@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 from ..errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
@@ -40,7 +41,15 @@ class _FileWriter(WriterBase):
         self._done = False
 
     def write(self, data: bytes | memoryview) -> None:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> StorageError:
+        """``no space left on device while writing <name>``: the file system's words, and which file."""
+        what = (exc.strerror or str(exc)).lower()
+        return StorageError(f"{self._storage.display_uri}: {what} while writing {self._name}")
 
     def commit(self) -> None:
         if self._done:
@@ -60,15 +69,23 @@ class _FileWriter(WriterBase):
             else:
                 os.replace(self._tmp, self._final)
             _fsync_dir(self._final.parent)
-        except BaseException:
-            self._tmp.unlink(missing_ok=True)
+        except BaseException as exc:
+            with suppress(OSError):  # cleanup must never replace the error that got us here
+                self._file.close()
+                self._tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and not isinstance(exc, FileExistsError):
+                raise self._failed(exc) from None
             raise
 
     def abort(self) -> None:
         if not self._done:
             self._done = True
-            self._file.close()
-            self._tmp.unlink(missing_ok=True)
+            # Closing flushes what is buffered, which fails again on a full disk: the temp file goes
+            # all the same, and the error that made us abort is the one the user sees.
+            with suppress(OSError):
+                self._file.close()
+            with suppress(OSError):
+                self._tmp.unlink(missing_ok=True)
 
 
 class _FileReader:
