@@ -6,7 +6,11 @@ revokes. Requests are checked at once (a bad one gets 400 and changes nothing); 
 runs in a background thread, so the answer carries the transient status (ENABLING, ROTATING,
 REVOKING) that GET keeps showing until it finishes: ENABLED, or a failure status with the reason.
 
-Every API request needs ``Authorization: Bearer <token>``; KMS calls made for a request are audited as
+Every API request needs ``Authorization: Bearer <token>``, checked on the headers alone before any
+of the body is read (a pure ASGI guard in front of FastAPI); bodies are capped at 1 MiB (413). An
+OPTIONS request, or a method a path does not have, is 405 with ``Allow`` listing the path's methods:
+OPTIONS before authentication (the methods are public in /openapi.json; nothing else is shown), any
+other method after it. /openapi.json and /docs are public. KMS calls made for a request are audited as
 ``api:<first 12 hex of sha256(token)>``, which names the token without revealing it.
 """
 
@@ -18,13 +22,15 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import AlreadyExistsError, EncryptionError, KMSError, NotFoundError, StrongroomError, UsageError
 from ..store import RegionStatus, Store
@@ -211,6 +217,94 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
     return JSONResponse(ErrorBody(code=status, message=message).model_dump(), status_code=status, headers=headers)
 
 
+MAX_BODY = 1 << 20  # 1 MiB: the largest CMEK request is a few KiB
+MISSING_TOKEN = "missing API token: send Authorization: Bearer <token>"
+
+
+class Guard:
+    """Authentication, method and size checks before FastAPI reads (parses, validates) any body.
+
+    Under /api/: OPTIONS is 405 with Allow at once; everything else needs the bearer token (401
+    otherwise, from the headers alone); then a method the path lacks is 405 with Allow. Every request:
+    a Content-Length over ``max_body`` is 413 at once; a body of unknown length is read up to
+    ``max_body`` (413 beyond, without reading further) and handed on whole.
+    """
+
+    def __init__(self, app: ASGIApp, *, token: bytes, routes: list[Any], max_body: int = MAX_BODY) -> None:
+        self.app, self.token, self.routes, self.max_body = app, token, routes, max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self.check(scope)
+        if refusal is None:
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and not length.strip().isdigit():
+                refusal = _error(400, "invalid Content-Length")
+            elif length is not None and int(length) > self.max_body:
+                refusal = self.too_large()
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            size += len(message.get("body", b""))
+            if size > self.max_body:
+                await self.too_large()(scope, receive, send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay() -> Message:
+            nonlocal body
+            if body is not None:
+                message, body = body, None
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def too_large(self) -> JSONResponse:
+        return _error(413, f"the request body is larger than {self.max_body} bytes", {"Connection": "close"})
+
+    def check(self, scope: Scope) -> JSONResponse | None:
+        if not scope["path"].startswith("/api/"):
+            return None
+        method = scope["method"]
+        allowed = self.allowed(scope)
+        if method == "OPTIONS" and allowed:
+            return self.not_allowed(method, allowed)
+        headers = dict(scope["headers"])
+        scheme, _, credentials = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            return _error(401, MISSING_TOKEN, {"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(credentials.strip().encode("latin-1"), self.token):
+            return _error(401, "invalid API token", {"WWW-Authenticate": "Bearer"})
+        if allowed and method not in allowed:
+            return self.not_allowed(method, allowed)
+        return None
+
+    def allowed(self, scope: Scope) -> list[str]:
+        """Every method of the routes whose path matches (empty: no such path)."""
+        methods: set[str] = set()
+        for route in self.routes:
+            if isinstance(route, Route) and route.methods and route.matches(scope)[0] != Match.NONE:
+                methods |= route.methods
+        order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+        return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
+
+    @staticmethod
+    def not_allowed(method: str, allowed: list[str]) -> JSONResponse:
+        listed = ", ".join(allowed)
+        return _error(405, f"method {method} is not allowed here; allowed: {listed}", {"Allow": listed})
+
+
 def create_app(store_path: str | Path, token: str, *, schedule_interval: float | None = None) -> FastAPI:
     """The API over the store at ``store_path``, for bearers of ``token``; with ``schedule_interval``
     (seconds) the scheduler runs while the app does."""
@@ -270,7 +364,11 @@ def create_app(store_path: str | Path, token: str, *, schedule_interval: float |
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         # loc and msg only: pydantic's "input" would echo the request, credentials and all.
-        problems = [".".join(str(p) for p in e["loc"] if p != "body") + f": {e['msg']}" for e in exc.errors()]
+        problems = [
+            ".".join(str(p) for p in e["loc"] if p != "body")
+            + (": unknown field" if e["type"] == "extra_forbidden" else f": {e['msg']}")
+            for e in exc.errors()
+        ]
         return _error(400, "invalid request: " + "; ".join(problems))
 
     @app.post(cmek, response_model=CMEKClusterInfo, summary="Enable CMEK (every region)")
@@ -303,4 +401,5 @@ def create_app(store_path: str | Path, token: str, *, schedule_interval: float |
         with service.lock, acting_as(who):
             return service.store.encryption_status()
 
+    app.add_middleware(Guard, token=expected, routes=app.router.routes)
     return app

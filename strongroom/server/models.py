@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UsageError
 from ..store.keys import key_type
@@ -48,7 +48,13 @@ class CMEKCustomerAction(StrEnum):
     REVOKE = "REVOKE"
 
 
-class CMEKKeySpecification(BaseModel):
+class Request(BaseModel):
+    """A request body: a field the API does not define is refused (400), never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CMEKKeySpecification(Request):
     type: CMEKKeyType
     uri: str = Field(
         "",
@@ -59,16 +65,16 @@ class CMEKKeySpecification(BaseModel):
     auth_principal: str = Field("", description="Who the store acts as at the KMS (an IAM role, a service account)")
 
 
-class CMEKRegionSpecification(BaseModel):
+class CMEKRegionSpecification(Request):
     region: str
     key_spec: CMEKKeySpecification
 
 
-class CMEKClusterSpecification(BaseModel):
+class CMEKClusterSpecification(Request):
     region_specs: list[CMEKRegionSpecification]
 
 
-class UpdateCMEKStatusRequest(BaseModel):
+class UpdateCMEKStatusRequest(Request):
     action: str = Field(description="REVOKE, the only action", json_schema_extra={"enum": ["REVOKE"]})
 
 
