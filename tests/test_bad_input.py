@@ -233,3 +233,14 @@ def test_undecodable_bytes_from_stdin_files_and_environment_are_named(tmp_path: 
         assert b"Traceback" not in done.stderr + done.stdout, (args, err)
         errors = [line for line in err.splitlines() if line.startswith("ERROR:")]
         assert len(errors) == 1 and message in errors[0], (args, err)
+
+
+def test_the_api_error_for_an_arn_without_a_region_hides_its_secret() -> None:
+    from strongroom.server.models import CMEKKeySpecification, CMEKKeyType, kms_uri
+
+    spec = CMEKKeySpecification(
+        type=CMEKKeyType.AWS_KMS, uri=f"arn:aws:kms::111122223333:key/k?AWS_SECRET_ACCESS_KEY={SECRET}"
+    )
+    with pytest.raises(StrongroomError) as exc:
+        kms_uri(spec)
+    assert "names no region" in str(exc.value) and SECRET not in str(exc.value)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UsageError
 from ..store.keys import key_type
-from ..uri import redact
+from ..uri import redact, redact_loose
 
 
 class CMEKKeyType(StrEnum):
@@ -121,7 +121,7 @@ def kms_uri(spec: CMEKKeySpecification) -> str:
     if given.startswith(AWS_ARN_PREFIX):
         region = given.split(":")[3]
         if not region:
-            raise UsageError(f"AWS key ARN {given!r} names no region")
+            raise UsageError(f"AWS key ARN {redact_loose(given)!r} names no region")
         uri = f"aws:///{given}?AUTH=implicit&REGION={region}"
     elif given.startswith(GCP_RESOURCE_PREFIX):
         uri = f"gs:///{given}?AUTH=implicit"
