@@ -244,3 +244,34 @@ def test_the_api_error_for_an_arn_without_a_region_hides_its_secret() -> None:
     with pytest.raises(StrongroomError) as exc:
         kms_uri(spec)
     assert "names no region" in str(exc.value) and SECRET not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "azure://acct:{s}@container/x?AZURE_ACCOUNT_NAME=acct&AZURE_ACCOUNT_KEY=a2V5&AZURE_ENDPOINT=http://127.0.0.1:9",
+        "nodelocal://u:{s}@1/x",
+        "file://u:{s}@/tmp/x",
+        "s3://b/x?AWS_ACCESS_KEY_ID=a&AWS_SECRET_ACCESS_KEY={s}&AWS_ENDPOINT=http://127.0.0.1:9",
+    ],
+)
+def test_a_password_in_a_uri_is_in_no_output_and_no_file(tmp_path: Path, uri: str) -> None:
+    """Whatever fails (our parser, obstore's client with the URL in its message), neither the error
+    nor the job registry on disk, nor SHOW JOBS, holds the password."""
+    secret = f"pw-{os.urandom(6).hex()}"
+    ring = tmp_path / "ring"
+    ring.mkdir()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STRONGROOM_KEYRING", str(ring))
+    try:
+        store = init_store(tmp_path / "store")
+        store.create_database("d")
+        with pytest.raises(StrongroomError) as exc:
+            store.backup(uri.format(s=secret), encryption=Encryption(passphrase="uri-password-test"))
+        shown = str(exc.value) + repr(store.execute("SHOW JOBS").rows)
+        assert secret not in shown
+        for path in store.path.rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
+    finally:
+        mp.undo()

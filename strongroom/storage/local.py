@@ -17,7 +17,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from ..errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
-from ..uri import parse_uri
+from ..uri import parse_uri, redact
 from .base import TMP_SUFFIX, StorageContext, WriterBase, clean_name, register_storage
 
 
@@ -178,7 +178,9 @@ def _open_nodelocal(uri: str, context: StorageContext) -> LocalStorage:
     parsed = parse_uri(uri)
     parsed.check_params((), what="nodelocal")
     if not parsed.host:
-        raise UsageError(f"nodelocal URI must name a node, like nodelocal://1/backups (got {uri!r})")
+        raise UsageError(f"nodelocal URI must name a node, like nodelocal://1/backups (got {redact(uri)!r})")
+    if "@" in parsed.host:
+        raise UsageError(f"nodelocal URIs take no user or password (got {redact(uri)!r})")
     if context.extern_dir is None:
         raise UsageError(
             "nodelocal:// paths live in a store's extern directory: open a store (--store DIR) "
@@ -186,17 +188,17 @@ def _open_nodelocal(uri: str, context: StorageContext) -> LocalStorage:
         )
     path = parsed.path.strip("/")
     root = context.extern_dir / clean_name(path) if path else context.extern_dir
-    return LocalStorage(root, uri)
+    return LocalStorage(root, redact(uri))
 
 
 def _open_file(uri: str, context: StorageContext) -> LocalStorage:
     parsed = parse_uri(uri)
     parsed.check_params((), what="file")
     if parsed.host not in ("", "localhost"):
-        raise UsageError(f"file URIs must be absolute paths like file:///srv/backups (got {uri!r})")
+        raise UsageError(f"file URIs must be absolute paths like file:///srv/backups (got {redact(uri)!r})")
     if not parsed.path.startswith("/"):
-        raise UsageError(f"file URIs must be absolute paths (got {uri!r})")
-    return LocalStorage(Path(parsed.path), uri)
+        raise UsageError(f"file URIs must be absolute paths (got {redact(uri)!r})")
+    return LocalStorage(Path(parsed.path), redact(uri))
 
 
 register_storage("nodelocal", _open_nodelocal)
