@@ -16,7 +16,7 @@ import pytest
 from conftest import fill_bank
 
 from strongroom import Encryption, Store
-from strongroom.backup import layout
+from strongroom.backup import engine, layout
 from strongroom.errors import IntegrityError
 
 pytest_plugins = ("cloud_servers",)
@@ -134,6 +134,13 @@ def test_killed_backup_leftovers_are_neither_an_error_nor_a_backup(store: Store)
     (d / "BACKUP_MANIFEST").write_bytes(b"x")
     (d / "BACKUP-LOCK-99").write_bytes(b"lock")
     assert store.show_backups(COLL) == fulls
+    detail = engine.show_backups_detail(str(_root(store)))
+    assert detail == [
+        (fulls[0], "complete"),
+        (fulls[1], "complete"),
+        ("/2099/01/01-000000.00", "partial"),
+        ("/2099/02/01-000000.00", "partial"),
+    ]
     shown = store.show_backup(COLL, encryption=enc, check_files=True)
     assert [m.backup_type for m in shown.manifests] == ["full", "incremental"]
     store.backup(COLL, encryption=enc, incremental="LATEST")

@@ -3,6 +3,17 @@
 The engine knows nothing of stores or SQL: callers name the databases to read (``DatabaseSource``)
 and where restored databases go (``RestoreTarget``). Every statement and CLI command is a thin call
 into the functions here.
+
+Rollback and deletion (an attacker who can write the bucket but has no key): RESTORE, SHOW BACKUP and
+BACKUP INTO LATEST cross-check LATEST against the listing (a completed full newer than LATEST's is a
+rollback), check the full's sealed manifest names the LATEST file read (a copied LATEST does not
+verify), refuse a layer with files but neither manifest nor BACKUP-LOCK (a removed manifest), and
+check the newest manifest names exactly the layers listed before it. What the bucket alone cannot
+show: the newest full deleted together with its LATEST file, or the newest incremental deleted
+whole (or given a forged BACKUP-LOCK so it looks like a killed backup); both leave a consistent
+older collection, which only state kept outside the bucket (a store remembering the newest backup it
+wrote) can catch. Without a key (unencrypted) only the structural checks hold: manifests can be
+rewritten too.
 """
 
 from __future__ import annotations
@@ -766,6 +777,29 @@ def show_backups(collection: Collection, *, context: StorageContext | None = Non
         return layout.list_fulls(dests.default)
 
 
+SHOW_BACKUPS_DETAIL_COLUMNS = ("path", "status")
+
+
+def show_backups_detail(collection: Collection, *, context: StorageContext | None = None) -> list[tuple[str, str]]:
+    """Every full backup dir, oldest first, with its state: ``complete``; ``partial`` (a running or
+    killed backup left it: never used, never an error); ``manifest missing`` (files with neither a
+    manifest nor a lock: tampering). ``path`` stays the first column, as CockroachDB's SHOW BACKUPS."""
+    with _destinations(collection, context) as dests:
+        storage = dests.default
+        fulls = layout.scan_fulls(storage)
+        named = layout.latest_contents(storage) if any(st.lock for st in fulls.values()) else set()
+        out = []
+        for sub in sorted(fulls):
+            st = fulls[sub]
+            if layout.full_complete(storage, st, named):
+                out.append((sub, "complete"))
+            elif st.partial:
+                out.append((sub, "partial"))
+            elif st.manifest_removed:
+                out.append((sub, "manifest missing"))
+        return out
+
+
 @dataclass
 class ShowBackupResult:
     columns: tuple[str, ...]
@@ -869,5 +903,6 @@ __all__ = [
     "restore",
     "show_backup",
     "show_backups",
+    "show_backups_detail",
     "verify_files",
 ]
