@@ -3,6 +3,17 @@
 The engine knows nothing of stores or SQL: callers name the databases to read (``DatabaseSource``)
 and where restored databases go (``RestoreTarget``). Every statement and CLI command is a thin call
 into the functions here.
+
+Rollback and deletion (an attacker who can write the bucket but has no key): RESTORE, SHOW BACKUP and
+BACKUP INTO LATEST cross-check LATEST against the listing (a completed full newer than LATEST's is a
+rollback), check the full's sealed manifest names the LATEST file read (a copied LATEST does not
+verify), refuse a layer with files but neither manifest nor BACKUP-LOCK (a removed manifest), and
+check the newest manifest names exactly the layers listed before it. What the bucket alone cannot
+show: the newest full deleted together with its LATEST file, or the newest incremental deleted
+whole (or given a forged BACKUP-LOCK so it looks like a killed backup); both leave a consistent
+older collection, which only state kept outside the bucket (a store remembering the newest backup it
+wrote) can catch. Without a key (unencrypted) only the structural checks hold: manifests can be
+rewritten too.
 """
 
 from __future__ import annotations
@@ -96,18 +107,88 @@ def _destinations(collection: Collection, context: StorageContext | None) -> Ite
         dests.close()
 
 
-def _resolve_full(storage: ExternalStorage, subdir: str) -> str:
+def _resolve_full(storage: ExternalStorage, subdir: str) -> tuple[str, str | None]:
+    """The full subdir named, and (for LATEST) the LATEST file that named it.
+
+    LATEST is cross-checked against the listing: a completed full backup newer than the one LATEST
+    names means LATEST was rolled back (an older LATEST copied over the newest, or the newest
+    deleted). What this cannot see: the newest full backup deleted together with its LATEST file
+    leaves a consistent older collection; only trusted state outside the bucket could tell.
+    """
     if subdir.upper() == "LATEST":
-        return layout.read_latest(storage)
+        name, full = layout.read_latest_entry(storage)
+        fulls = layout.scan_fulls(storage)
+        named: set[str] | None = None
+        for sub in sorted(fulls):
+            st = fulls[sub]
+            if sub <= full:
+                continue
+            if st.manifest_removed:
+                raise IntegrityError(
+                    f"the collection has been tampered with: backup {sub}, newer than the {full} that LATEST "
+                    f"names, has files but no {layout.MANIFEST} (and no BACKUP-LOCK of a killed backup)"
+                )
+            if st.manifest and st.lock and named is None:
+                named = layout.latest_contents(storage)
+            if layout.full_complete(storage, st, named):
+                raise IntegrityError(
+                    f"the collection has been rolled back: LATEST names {full}, but a newer completed backup "
+                    f"{sub} exists"
+                )
+        if full not in fulls or not fulls[full].manifest:
+            raise NotFoundError(f"{storage.display_uri}: LATEST names {full}, which has no {layout.MANIFEST}")
+        return full, name
     full = layout.normalize_subdir(subdir)
     if not storage.exists(f"{full.strip('/')}/{layout.MANIFEST}"):
         raise NotFoundError(f"{storage.display_uri}: no full backup found at {full} (SHOW BACKUPS IN ... lists them)")
-    return full
+    return full, None
 
 
 def _chain(storage: ExternalStorage, full: str) -> list[str]:
-    """Layer dirs of a chain, full first."""
-    return [full.strip("/"), *layout.list_incrementals(storage, full)]
+    """Layer dirs of a chain, full first: its completed incrementals. A killed backup's layer (it
+    still holds its BACKUP-LOCK) is skipped; a layer with files but neither manifest nor lock lost
+    its manifest, which would silently end the chain one layer early, so it is an error."""
+    layers = [full.strip("/")]
+    for d, st in sorted(layout.scan_incrementals(storage, full).items()):
+        if st.partial:
+            continue
+        if st.manifest_removed:
+            raise IntegrityError(
+                f"the collection has been rolled back: incremental backup /{d} has files but its "
+                f"{layout.MANIFEST} is missing (and no BACKUP-LOCK of a killed backup is there)"
+            )
+        if st.manifest:
+            layers.append(d)
+    return layers
+
+
+def _check_chain(
+    storage: ExternalStorage, layers: list[str], first: Manifest, last: Manifest, latest: str | None
+) -> None:
+    """The sealed manifests agree with the listing: the full's own LATEST file is the one read (when
+    it recorded one), and the newest layer names exactly the layers before it."""
+    if latest is not None and first.latest_file and first.latest_file != latest:
+        raise IntegrityError(
+            f"the collection has been rolled back: {latest} names {first.full_subdir}, but that backup "
+            f"wrote {first.latest_file}: an older LATEST file was copied over a newer one"
+        )
+    if last.layer_dir != layers[-1] or (len(layers) > 1 and last.previous_layers != layers[:-1]):
+        missing = sorted(set(last.previous_layers) - set(layers))
+        raise IntegrityError(
+            f"the backup chain of {first.full_subdir} does not match its manifests: /{last.layer_dir} "
+            f"names earlier layers {last.previous_layers}"
+            + (f"; missing: {', '.join('/' + m for m in missing)}" if missing else "")
+        )
+
+
+def _open_chain(
+    storage: ExternalStorage, full: str, latest: str | None, keys: BackupKeys
+) -> tuple[list[str], Manifest, Manifest]:
+    layers = _chain(storage, full)
+    first = read_manifest(storage, layers[0], keys)
+    last = first if len(layers) == 1 else read_manifest(storage, layers[-1], keys)
+    _check_chain(storage, layers, first, last, latest)
+    return layers, first, last
 
 
 # ---------------------------------------------------------------------------------------------- BACKUP
@@ -301,10 +382,9 @@ def backup(
                 )
             backup_type = "full"
         else:
-            full = _resolve_full(storage, incremental)
+            full, latest = _resolve_full(storage, incremental)
             keys = existing_backup_keys(storage, full, enc)
-            previous_layers = _chain(storage, full)
-            prev_manifest = read_manifest(storage, previous_layers[-1], keys)
+            previous_layers, _first, prev_manifest = _open_chain(storage, full, latest, keys)
             _check_same_targets(prev_manifest, sources, is_full_cluster)
             info = None
             now = clock()
@@ -317,9 +397,11 @@ def backup(
             backup_type = "incremental"
 
         layer = _LayerWriter(dests, layer_dir, keys)
-        lock = f"{layer_dir}/BACKUP-LOCK-{job_id}"
+        # The lock is written first and removed last (after LATEST): a layer without a manifest and
+        # without a lock was not left by a killed backup (see layout.LayerState).
+        lock = f"{layer_dir}/{layout.LOCK_PREFIX}{job_id}"
         storage.put(lock, b"lock", create_only=True)
-        layer.written.append(("", lock))
+        latest_file = layout.latest_name(clock()) if incremental is None else ""
         try:
             if info is not None:
                 storage.put(f"{layer_dir}/{layout.ENCRYPTION_INFO}", info, create_only=True)
@@ -339,6 +421,7 @@ def backup(
                 packs=layer.table.final(),
                 databases=entries,
                 previous_layers=previous_layers,
+                latest_file=latest_file,
             )
             layer.written += _write_partitions(dests, manifest, keys)
             write_manifest(storage, layer_dir, manifest, keys)
@@ -346,14 +429,20 @@ def backup(
             layer.abort()
             # Best effort: a failed backup leaves no half-written layer behind (it has no manifest, so it
             # is never used either way; this just returns the space).
+            clean = True
             for locality, name in layer.written:
-                with suppress(Exception):  # cleanup must not mask the real error
+                try:
                     dests.storage_for(locality).delete(name)
+                except Exception:  # cleanup must not mask the real error
+                    clean = False
+            if clean:  # the lock goes last, and stays if anything is left: it marks the layer partial
+                with suppress(Exception):
+                    storage.delete(lock)
             raise
-        storage.delete(lock)
         if backup_type == "full":
             # Only now, with every file durable, may LATEST name the new backup.
-            layout.write_latest(storage, full, clock())
+            layout.write_latest(storage, full, latest_file)
+        storage.delete(lock)
     return JobResult(job_id, "succeeded", 1.0, manifest.rows, manifest.index_entries, manifest.bytes)
 
 
@@ -516,10 +605,12 @@ def _ident(name: str) -> str:
 # --------------------------------------------------------------------------------------------- RESTORE
 
 
-def _restore_layer(storage: ExternalStorage, full: str, keys: BackupKeys, as_of: datetime | None) -> Manifest:
-    layers = _chain(storage, full)
+def _restore_layer(
+    storage: ExternalStorage, full: str, latest: str | None, keys: BackupKeys, as_of: datetime | None
+) -> Manifest:
+    layers, _first, last = _open_chain(storage, full, latest, keys)
     if as_of is None:
-        return read_manifest(storage, layers[-1], keys)
+        return last
     for d in reversed(layers):
         m = read_manifest(storage, d, keys)
         if datetime.fromisoformat(m.end_time) <= as_of:
@@ -543,9 +634,9 @@ def restore(
     job_id = job_id or new_job_id()
     with _destinations(request.collection, context) as dests:
         storage = dests.default
-        full = _resolve_full(storage, request.subdir)
+        full, latest = _resolve_full(storage, request.subdir)
         keys = existing_backup_keys(storage, full, enc)
-        manifest = _restore_layer(storage, full, keys, as_of)
+        manifest = _restore_layer(storage, full, latest, keys, as_of)
         if tables:
             rows, index_entries, nbytes = _restore_tables(dests, manifest, keys, target, tables, into_db)
             return JobResult(job_id, "succeeded", 1.0, rows, index_entries, nbytes)
@@ -687,6 +778,29 @@ def show_backups(collection: Collection, *, context: StorageContext | None = Non
         return layout.list_fulls(dests.default)
 
 
+SHOW_BACKUPS_DETAIL_COLUMNS = ("path", "status")
+
+
+def show_backups_detail(collection: Collection, *, context: StorageContext | None = None) -> list[tuple[str, str]]:
+    """Every full backup dir, oldest first, with its state: ``complete``; ``partial`` (a running or
+    killed backup left it: never used, never an error); ``manifest missing`` (files with neither a
+    manifest nor a lock: tampering). ``path`` stays the first column, as CockroachDB's SHOW BACKUPS."""
+    with _destinations(collection, context) as dests:
+        storage = dests.default
+        fulls = layout.scan_fulls(storage)
+        named = layout.latest_contents(storage) if any(st.lock for st in fulls.values()) else set()
+        out = []
+        for sub in sorted(fulls):
+            st = fulls[sub]
+            if layout.full_complete(storage, st, named):
+                out.append((sub, "complete"))
+            elif st.partial:
+                out.append((sub, "partial"))
+            elif st.manifest_removed:
+                out.append((sub, "manifest missing"))
+        return out
+
+
 @dataclass
 class ShowBackupResult:
     columns: tuple[str, ...]
@@ -699,9 +813,11 @@ def show_backup(request: ShowBackupRequest, *, context: StorageContext | None = 
     check_files = request.check_files
     with _destinations(request.collection, context) as dests:
         storage = dests.default
-        full = _resolve_full(storage, request.subdir)
+        full, latest = _resolve_full(storage, request.subdir)
         keys = existing_backup_keys(storage, full, request.encryption)
-        manifests = [read_manifest(storage, d, keys) for d in _chain(storage, full)]
+        layers = _chain(storage, full)
+        manifests = [read_manifest(storage, d, keys) for d in layers]
+        _check_chain(storage, layers, manifests[0], manifests[-1], latest)
         if check_files:
             verify_files(dests, manifests, keys)
         columns = SHOW_BACKUP_COLUMNS + (("file_bytes",) if check_files else ())
@@ -778,7 +894,7 @@ def verify_files(dests: Destinations, manifests: list[Manifest], keys: BackupKey
 def alter_backup(request: AlterBackupRequest, *, context: StorageContext | None = None) -> str:
     """ALTER BACKUP ... ADD NEW_KMS = ... WITH OLD_KMS = ...; returns the ENCRYPTION-INFO file written."""
     with _destinations(request.collection, context) as dests:
-        full = _resolve_full(dests.default, request.subdir)
+        full, _latest = _resolve_full(dests.default, request.subdir)
         return add_kms(dests.default, full, request.new_kms, request.old_kms)
 
 
@@ -792,5 +908,6 @@ __all__ = [
     "restore",
     "show_backup",
     "show_backups",
+    "show_backups_detail",
     "verify_files",
 ]

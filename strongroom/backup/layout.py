@@ -10,6 +10,8 @@ Subdirs are written with a leading slash (``/2024/05/01-093257.93``) as Cockroac
 from __future__ import annotations
 
 import re
+from contextlib import suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ..errors import IntegrityError, NotFoundError, UsageError
@@ -21,6 +23,7 @@ ENCRYPTION_INFO = "ENCRYPTION-INFO"
 LATEST_DIR = "metadata/latest"
 LEGACY_LATEST = "LATEST"
 INCREMENTALS = "incrementals"
+LOCK_PREFIX = "BACKUP-LOCK-"
 
 _FULL_RE = re.compile(r"^/?(\d{4})/(\d{2})/(\d{2})-(\d{6})\.(\d{2})$")
 _INC_RE = re.compile(r"^(\d{8})/(\d{6})\.(\d{2})$")
@@ -68,16 +71,21 @@ def latest_name(now: datetime) -> str:
     return f"{LATEST_DIR}/LATEST-{_encode_descending(stamp).hex()}"
 
 
-def write_latest(storage: ExternalStorage, full: str, now: datetime) -> None:
-    storage.put(latest_name(now), full.encode(), create_only=True)
+def write_latest(storage: ExternalStorage, full: str, name: str) -> None:
+    storage.put(name, full.encode(), create_only=True)
 
 
 def read_latest(storage: ExternalStorage) -> str:
     """The newest full subdir; CockroachDB's errors when there is none."""
+    return read_latest_entry(storage)[1]
+
+
+def read_latest_entry(storage: ExternalStorage) -> tuple[str, str]:
+    """The newest LATEST file's name and the full subdir it holds."""
     for name, _size in storage.list(LATEST_DIR + "/LATEST-"):
-        return _parse_latest(storage.get(name))  # newest sorts first
+        return name, _parse_latest(storage.get(name))  # newest sorts first
     if storage.exists(LEGACY_LATEST):
-        return _parse_latest(storage.get(LEGACY_LATEST))
+        return LEGACY_LATEST, _parse_latest(storage.get(LEGACY_LATEST))
     raise NotFoundError(
         f"{storage.display_uri}: path does not contain a completed latest backup: "
         "no LATEST file found (is this a backup collection? SHOW BACKUPS IN ... lists its backups)"
@@ -91,26 +99,90 @@ def _parse_latest(data: bytes) -> str:
         raise IntegrityError("malformed LATEST file") from None
 
 
+@dataclass
+class LayerState:
+    """What a listing shows of one layer dir: a manifest, a BACKUP-LOCK (a backup running or killed),
+    other files. A backup writes its lock first and removes it last, so files without a manifest and
+    without a lock were not left by a killed backup: something removed the manifest."""
+
+    dir: str
+    manifest: bool = False
+    lock: bool = False
+    files: bool = False
+
+    @property
+    def partial(self) -> bool:
+        """Left by a running or killed backup: never used, never an error."""
+        return self.lock
+
+    @property
+    def manifest_removed(self) -> bool:
+        return self.files and not self.manifest and not self.lock
+
+
+def _scan(storage: ExternalStorage, prefix: str, pattern: re.Pattern[str], depth: int) -> dict[str, LayerState]:
+    out: dict[str, LayerState] = {}
+    for name, _size in storage.list(prefix):
+        parts = name[len(prefix) :].split("/")
+        sub = "/".join(parts[:depth])
+        if len(parts) <= depth or not pattern.match(sub):
+            continue
+        st = out.setdefault(prefix + sub, LayerState(prefix + sub))
+        leaf = "/".join(parts[depth:])
+        if leaf == MANIFEST:
+            st.manifest = True
+        elif leaf.startswith(LOCK_PREFIX):
+            st.lock = True
+        else:
+            st.files = True
+    return out
+
+
+def scan_fulls(storage: ExternalStorage) -> dict[str, LayerState]:
+    """Every full backup dir (``/YYYY/MM/DD-HHMMSS.ss``) with what it holds, whatever its state."""
+    found = _scan(storage, "", _FULL_RE, 3)
+    return {"/" + d: st for d, st in found.items() if not d.startswith(INCREMENTALS + "/")}
+
+
+def scan_incrementals(storage: ExternalStorage, full: str) -> dict[str, LayerState]:
+    """Every incremental layer dir of one full backup (collection-relative) with what it holds."""
+    return _scan(storage, incrementals_prefix(full), _INC_RE, 2)
+
+
+def latest_contents(storage: ExternalStorage) -> set[str]:
+    """Every full subdir some LATEST file names."""
+    out = set()
+    for name, _size in storage.list(LATEST_DIR + "/LATEST-"):
+        with suppress(IntegrityError):
+            out.add(_parse_latest(storage.get(name)))
+    return out
+
+
+def full_complete(storage: ExternalStorage, st: LayerState, named: set[str] | None = None) -> bool:
+    """A full backup completed: its manifest is there and its lock is gone, or (killed between
+    writing LATEST and removing its lock) a LATEST file names it."""
+    if not st.manifest:
+        return False
+    if not st.lock:
+        return True
+    return ("/" + st.dir.strip("/")) in (named if named is not None else latest_contents(storage))
+
+
 def list_fulls(storage: ExternalStorage) -> list[str]:
-    """Every completed full backup subdir (one whose manifest was written), oldest first."""
+    """Every completed full backup subdir, oldest first (a killed backup's dir is not one)."""
+    named: set[str] | None = None
     out = []
-    for name, _size in storage.list(""):
-        if name.endswith("/" + MANIFEST) and not name.startswith(INCREMENTALS + "/"):
-            sub = name[: -len(MANIFEST) - 1]
-            if _FULL_RE.match(sub):
-                out.append("/" + sub)
+    for sub, st in scan_fulls(storage).items():
+        if st.manifest and st.lock and named is None:
+            named = latest_contents(storage)
+        if full_complete(storage, st, named):
+            out.append(sub)
     return sorted(out)
 
 
 def list_incrementals(storage: ExternalStorage, full: str) -> list[str]:
     """Completed incremental layer dirs (collection-relative) of one full backup, oldest first."""
-    prefix = incrementals_prefix(full)
-    out = []
-    for name, _size in storage.list(prefix):
-        rest = name[len(prefix) :]
-        if rest.endswith("/" + MANIFEST) and _INC_RE.match(rest[: -len(MANIFEST) - 1]):
-            out.append(prefix + rest[: -len(MANIFEST) - 1])
-    return sorted(out)
+    return sorted(d for d, st in scan_incrementals(storage, full).items() if st.manifest and not st.lock)
 
 
 def layer_dir(subdir_or_path: str) -> str:

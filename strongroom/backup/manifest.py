@@ -82,6 +82,9 @@ class Manifest:
     databases: list[DatabaseEntry]
     previous_layers: list[str] = field(default_factory=list)
     format: str = FORMAT
+    # A full backup's own LATEST file name, sealed here so a LATEST file copied over another (a
+    # rollback) does not verify; LATEST itself stays the plain subdir CockroachDB reads.
+    latest_file: str = ""
 
     @property
     def rows(self) -> int:
