@@ -82,7 +82,8 @@ def test_seed_passphrase_statements(backend: str, request: pytest.FixtureRequest
     assert r.rows[0][1] == "succeeded"
     expected = rows(store)
 
-    [(subdir,)] = store.execute(f"SHOW BACKUPS IN '{uri}'").rows
+    [(subdir, status)] = store.execute(f"SHOW BACKUPS IN '{uri}'").rows
+    assert status == "complete"
     assert subdir.startswith("/")
     shown = store.execute(f"SHOW BACKUP LATEST IN '{uri}' WITH encryption_passphrase = 'password123', check_files")
     assert shown.columns[-1] == "file_bytes"

@@ -32,14 +32,15 @@ def _change(store: Store, n: int) -> None:
 
 def _collection(store: Store, enc: Encryption, coll: str = COLL) -> None:
     """Two full backups, each with an incremental on it."""
+    plain = not enc.enabled  # an unencrypted collection needs the consent to write one
     fill_bank(store, accounts=300)
-    store.backup(coll, encryption=enc)
+    store.backup(coll, encryption=enc, include_unencrypted_data=plain)
     _change(store, 1)
-    store.backup(coll, encryption=enc, incremental="LATEST")
+    store.backup(coll, encryption=enc, incremental="LATEST", include_unencrypted_data=plain)
     _change(store, 2)
-    store.backup(coll, encryption=enc)
+    store.backup(coll, encryption=enc, include_unencrypted_data=plain)
     _change(store, 3)
-    store.backup(coll, encryption=enc, incremental="LATEST")
+    store.backup(coll, encryption=enc, incremental="LATEST", include_unencrypted_data=plain)
 
 
 def _root(store: Store) -> Path:
@@ -185,3 +186,17 @@ def test_rollback_is_detected_on_s3(tmp_path: Path, request: pytest.FixtureReque
     with pytest.raises(IntegrityError, match="rolled back: LATEST names"):
         store.backup(uri, encryption=enc, incremental="LATEST")
     store.close()
+
+
+def test_show_backups_marks_a_killed_backups_dir(store: Store) -> None:
+    enc = Encryption(passphrase="show-partial")
+    fill_bank(store, accounts=50)
+    store.backup(COLL, encryption=enc)
+    killed = _root(store) / "2099" / "01" / "01-000000.00"
+    (killed / "data").mkdir(parents=True)
+    (killed / "BACKUP-LOCK-1").write_bytes(b"lock")  # what a backup killed at its start leaves
+    (killed / "data" / "000001.pack").write_bytes(b"partial")
+    rows = store.execute(f"SHOW BACKUPS IN '{COLL}'").rows
+    assert [status for _path, status in rows] == ["complete", "partial"]
+    assert rows[-1][0] == "/2099/01/01-000000.00"
+    assert store.show_backups(COLL) == [rows[0][0]]  # the Python list holds complete backups only

@@ -161,7 +161,8 @@ def test_cli_sql_shell_script_mode(store: Store, monkeypatch: pytest.MonkeyPatch
     )
     assert out.exit_code == 0 and "| succeeded |" in out.output and out.output.rstrip().endswith("(1 row)")
     out = runner.invoke(main, ["sql", "-e", "SHOW BACKUPS IN 'nodelocal://1/s'", "--format", "csv"])
-    assert out.output.splitlines()[0] == "path" and len(out.output.splitlines()) == 2
+    assert out.output.splitlines()[0] == "path,status" and out.output.splitlines()[1].endswith(",complete")
+    assert len(out.output.splitlines()) == 2
     out = runner.invoke(main, ["sql", "-d", "d", "-e", "SELECT x FROM t", "--format", "json"])
     assert json.loads(out.output) == [{"x": 1}]
     out = runner.invoke(main, ["sql", "-e", "BACKUP DATABASE INTO 'x'"])

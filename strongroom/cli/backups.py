@@ -149,8 +149,8 @@ def show_backups(collection: str, store: str | None, fmt: str) -> None:
     """List the full backups of COLLECTION (SHOW BACKUPS IN)."""
     collection = resolve_collection(collection)
     s = maybe_store(store)
-    paths = s.backups.show_backups(collection) if s else backup_engine.show_backups(collection)
-    echo_table(("path",), [(p,) for p in paths], fmt)
+    rows = s.backups.show_backups_detail(collection) if s else backup_engine.show_backups_detail(collection)
+    echo_table(("path", "status"), rows, fmt)
 
 
 @show.command("backup")

@@ -263,7 +263,9 @@ class Session:
 
     def _run_ShowBackups(self, stmt: ShowBackups, params: object) -> Result:
         dest = stmt.destinations[0] if len(stmt.destinations) == 1 else stmt.destinations
-        return Result(("path",), [(p,) for p in self.store.backups.show_backups(dest)])
+        # ``path`` first, as CockroachDB; ``status`` is Strongroom's: a killed backup's dir is shown
+        # as partial (never used), one whose manifest was removed as such (tampering).
+        return Result(("path", "status"), list(self.store.backups.show_backups_detail(dest)))
 
     def _run_ShowBackup(self, stmt: ShowBackup, params: object) -> Result:
         dest, subdir = _location(stmt.destinations, stmt.subdir, "SHOW BACKUP")

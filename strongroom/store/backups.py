@@ -56,7 +56,12 @@ class Backups:
 
     # -- reads ------------------------------------------------------------------------------------
     def show_backups(self, collection: str | tuple[str, ...]) -> list[str]:
+        """The complete full backups of a collection, oldest first."""
         return engine.show_backups(collection, context=self.context)
+
+    def show_backups_detail(self, collection: str | tuple[str, ...]) -> list[tuple[str, str]]:
+        """Every full backup dir with its state (complete, partial, manifest missing): SHOW BACKUPS."""
+        return engine.show_backups_detail(collection, context=self.context)
 
     def show_backup(self, request: ShowBackupRequest) -> ShowBackupResult:
         return engine.show_backup(request, context=self.context)
