@@ -155,3 +155,31 @@ def test_a_running_restores_temp_files_are_left_alone(tmp_path: Path) -> None:
         os.close(held)
     assert running.exists() and Path(f"{running}.lock").exists()
     assert not gone.exists() and not Path(f"{gone}.lock").exists()
+
+
+def test_the_next_backup_removes_what_a_killed_backup_left(store: Store) -> None:
+    """A backup killed with SIGKILL leaves its lock and partial files; the next backup on this host
+    proves the owner gone (same boot, no such process) and removes them. A lock of a process that
+    still runs, or of another host, is left alone."""
+    _big_db(store)
+    store.backup(COLL, encryption=PASS)
+    coll = store.extern_dir / "backups"
+    before = {p for p in coll.rglob("*") if p.is_file()}
+    assert _kill_after(store, "-", 0.05), "the child finished before it could be killed"
+    locks = [p for p in coll.rglob("BACKUP-LOCK-*")]
+    assert locks, "the killed backup left no lock"
+    alive = coll / "2099" / "01" / "01-000000.00" / "BACKUP-LOCK-7"
+    alive.parent.mkdir(parents=True)
+    from strongroom.backup.owners import lock_content
+
+    alive.write_bytes(lock_content())  # this very process: alive
+    foreign = coll / "2099" / "01" / "02-000000.00" / "BACKUP-LOCK-8"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b'{"host": "elsewhere", "boot_id": "x", "pid": 1, "started": "1"}')
+
+    store.backup(COLL, encryption=PASS, incremental="LATEST")
+    left = {p for p in coll.rglob("*") if p.is_file()} - before
+    assert not any(p in left for p in locks)
+    assert alive in left and foreign in left
+    killed_layer = locks[0].parent
+    assert not [p for p in killed_layer.rglob("*") if p.is_file()]  # temp files of its writers too

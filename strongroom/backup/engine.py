@@ -55,6 +55,7 @@ from .destinations import Destinations, open_destinations
 from .jobs import JobResult, Progress, new_job_id
 from .keys import BackupKeys, add_kms, existing_backup_keys, new_backup_keys
 from .manifest import DatabaseEntry, FileRef, Manifest, ObjectInfo, read_manifest, write_manifest
+from .owners import lock_content, remove_abandoned_layers
 from .requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 
 Clock = Callable[[], datetime]
@@ -367,6 +368,7 @@ def backup(
     job_id = job_id or new_job_id()
     with _destinations(request.collection, context) as dests:
         storage = dests.default
+        remove_abandoned_layers(storage)  # what backups killed on this host left behind
         start_time: str | None = None
         prev_manifest: Manifest | None = None
         previous_layers: list[str] = []
@@ -400,7 +402,7 @@ def backup(
         # The lock is written first and removed last (after LATEST): a layer without a manifest and
         # without a lock was not left by a killed backup (see layout.LayerState).
         lock = f"{layer_dir}/{layout.LOCK_PREFIX}{job_id}"
-        storage.put(lock, b"lock", create_only=True)
+        storage.put(lock, lock_content(), create_only=True)
         latest_file = layout.latest_name(clock()) if incremental is None else ""
         try:
             if info is not None:

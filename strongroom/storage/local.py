@@ -170,6 +170,15 @@ class LocalStorage:
     def delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
 
+    def remove_temp_files(self, prefix: str) -> int:
+        """Remove the temp files that killed writers left under ``prefix`` (listings never show them);
+        only for a prefix no live writer uses. Returns how many went."""
+        removed = 0
+        for path in (self.root / clean_name(prefix)).rglob(f"*{TMP_SUFFIX}"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def close(self) -> None:
         pass
 

@@ -1,0 +1,87 @@
+"""Who holds a BACKUP-LOCK, and whether that owner is provably gone.
+
+A backup writes its layer's lock first and removes it last, so a layer that still has one was left
+by a backup that is running or was killed. The lock names its owner: host, boot, process id and the
+process's start time. Another backup on the same host and boot can prove the owner gone (no such
+process, or another process under a reused id) and clean the layer up; a lock from another host or
+an earlier boot proves nothing either way, and stays for ``prune`` (the lifecycle issue).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from contextlib import suppress
+from pathlib import Path
+
+from ..storage import ExternalStorage
+from ..storage.local import LocalStorage
+from . import layout
+
+
+def _boot_id() -> str:
+    with suppress(OSError):
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return ""
+
+
+def _started(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def lock_content() -> bytes:
+    """What this process writes into a BACKUP-LOCK."""
+    me = os.getpid()
+    owner = {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": me, "started": _started(me)}
+    return json.dumps(owner).encode()
+
+
+def owner_gone(content: bytes) -> bool:
+    """True only if the lock's owner provably no longer runs (same host and boot, process gone)."""
+    try:
+        owner = json.loads(content)
+        host, boot, pid, started = owner["host"], owner["boot_id"], int(owner["pid"]), owner["started"]
+    except (ValueError, KeyError, TypeError):
+        return False  # a lock of an older Strongroom, or not ours: cannot tell
+    if host != socket.gethostname() or not boot or boot != _boot_id():
+        return False
+    return _started(pid) != started
+
+
+def remove_abandoned_layers(storage: ExternalStorage) -> list[str]:
+    """Delete what killed backups on this host left in the collection: the files of each layer whose
+    lock's owner is gone (a full backup that completed before its lock was removed keeps its files
+    and loses only the lock). The lock goes last, so a crash here leaves the layer still marked
+    partial. Files of a locality-aware backup at its other locations stay for ``prune``. Returns the
+    layer dirs cleaned."""
+    names = [name for name, _size in storage.list("")]
+    cleaned = []
+    for lock in [n for n in names if "/" in n and n.rsplit("/", 1)[1].startswith(layout.LOCK_PREFIX)]:
+        layer = lock.rsplit("/", 1)[0]
+        try:
+            if not owner_gone(storage.get(lock)):
+                continue
+        except Exception:  # vanished meanwhile, or unreadable: leave it
+            continue
+        files = [n for n in names if n.startswith(layer + "/") and n != lock]
+        # Only a full backup that LATEST already names completed before its lock went (layout's
+        # rule); an incremental that still has its lock is not in its chain, whatever it holds.
+        complete = (
+            f"{layer}/{layout.MANIFEST}" in files
+            and not layer.startswith(layout.INCREMENTALS + "/")
+            and "/" + layer in layout.latest_contents(storage)
+        )
+        if not complete:
+            for name in files:
+                storage.delete(name)
+            if isinstance(storage, LocalStorage):  # a file system also keeps killed writers' temp files
+                storage.remove_temp_files(layer)
+        storage.delete(lock)
+        cleaned.append(layer)
+    return cleaned
