@@ -35,6 +35,21 @@ MAX_PATH_BYTES = 900
 MAX_SEGMENT_BYTES = 255  # a file name, on every file system we write to
 
 
+_ENDPOINT = re.compile(r"https?://[^\s/?#]+(/[^\s]*)?")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+
+
+def check_bucket_name(bucket: str, uri: str) -> str:
+    """S3 and GCS bucket names: lowercase letters, digits, '.', '-' and '_', starting and ending
+    with a letter or digit (the SDKs raise ValueError or panic on anything else)."""
+    if not _BUCKET.fullmatch(bucket):
+        raise UsageError(
+            f"URI {redact(uri)!r}: {bucket!r} is not a valid bucket name (3-222 lowercase letters, digits, "
+            "'.', '-' or '_', starting and ending with a letter or digit)"
+        )
+    return bucket
+
+
 def is_secret_param(name: str) -> bool:
     """Is query parameter ``name`` a secret? Decoded and in any case, so that neither
     ``AWS%5FSECRET%5FACCESS%5FKEY`` nor ``aws_secret_access_key`` (nor ``0?AWS_SECRET_ACCESS_KEY``
@@ -61,7 +76,12 @@ def _check_text(uri: str) -> None:
                 f"URI {redact_loose(uri)!r}: the {where} holds a control character ({ord(bad):#04x}), "
                 "which no storage or KMS accepts"
             )
-    for key, _value in _raw_params(query):
+    for key, value in _raw_params(query):
+        if key.endswith(("ENDPOINT", "_URL", "AUTHORITY_HOST")) and value and not _ENDPOINT.fullmatch(value):
+            raise UsageError(
+                f"URI {redact_loose(uri)!r}: {key} must be an http(s) URL such as https://host:port, "
+                f"without spaces (got {value!r})"
+            )
         if "%" in key:
             raise UsageError(
                 f"URI {redact_loose(uri)!r}: write query parameter names as they are ({unquote(key)}), "

@@ -275,3 +275,19 @@ def test_a_password_in_a_uri_is_in_no_output_and_no_file(tmp_path: Path, uri: st
                 assert secret.encode() not in path.read_bytes(), path
     finally:
         mp.undo()
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("gs://-b-/x?AUTH=specified&BEARER_TOKEN=tok", "'-b-' is not a valid bucket name"),
+        ("s3://B_/x?AUTH=implicit", "'B_' is not a valid bucket name"),
+        ("s3://b/x?AWS_ENDPOINT=http://a b&AUTH=implicit", "AWS_ENDPOINT must be an http(s) URL"),
+        ("gs://b/x?AUTH=specified&BEARER_TOKEN=tok&GCS_ENDPOINT=nowhere", "GCS_ENDPOINT must be an http(s) URL"),
+    ],
+)
+def test_names_and_endpoints_the_sdks_choke_on_are_refused_first(bare_store: Store, uri: str, message: str) -> None:
+    """Before: ValueError from google-cloud-storage, a Rust panic from obstore (on a backup's first write)."""
+    with pytest.raises(StrongroomError) as exc:
+        bare_store.backups.plan(BackupRequest(into=(uri,), encryption=Encryption(passphrase="p")))
+    assert message in str(exc.value)

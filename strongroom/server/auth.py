@@ -6,12 +6,19 @@ import os
 import secrets
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, register_secret
 
 
 def api_token(store: Path, token_file: str | None) -> tuple[str, str | None]:
     """The token, and a message for the operator (or None): from a file, $STRONGROOM_API_TOKEN,
-    or the store's own ``<store>/api-token`` (made on first use, mode 0600)."""
+    or the store's own ``<store>/api-token`` (made on first use, mode 0600). The token is
+    registered as a secret, so no error message can show it."""
+    token, message = _find_token(store, token_file)
+    register_secret(token)
+    return token, message
+
+
+def _find_token(store: Path, token_file: str | None) -> tuple[str, str | None]:
     if token_file:
         token = Path(token_file).read_text().strip()
         if not token:

@@ -26,7 +26,7 @@ from typing import Any
 from ..cloud.extras import import_extra
 from ..cloud.gcp import AUTH_IMPLICIT, GcpAuth
 from ..errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
-from ..uri import parse_uri, redact
+from ..uri import check_bucket_name, parse_uri, redact
 from .base import TMP_SUFFIX, StorageContext, WriterBase, clean_name, register_storage
 from .cloud import PART_SIZE, BackendErrorMap, backend_detail
 
@@ -250,6 +250,7 @@ def open_gcs(uri: str, context: StorageContext | None = None) -> GCSStorage:
     display = redact(uri)
     if not parsed.host:
         raise UsageError(f"gs URI must name a bucket, like gs://bucket/path (got {display!r})")
+    check_bucket_name(parsed.host, uri)
     creds, secrets = _credentials(params)
     options = {"api_endpoint": params["GCS_ENDPOINT"].rstrip("/")} if params.get("GCS_ENDPOINT") else None
     # project=None: we only use bucket-level calls, and it stops the client probing the environment for a project.

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..cloud.aws import AUTH_SPECIFIED, AwsAuth
 from ..cloud.extras import import_extra
 from ..errors import StorageError, UsageError
-from ..uri import parse_uri, redact
+from ..uri import check_bucket_name, parse_uri, redact
 from .base import StorageContext, register_storage
 from .cloud import backend_detail, parse_bool
 from .objectstore import RETRY_CONFIG, ObjectStoreStorage, client_options_for, import_obstore
@@ -90,6 +90,7 @@ def open_s3(uri: str, context: StorageContext | None = None) -> ObjectStoreStora
     display = redact(uri)
     if not bucket:
         raise UsageError(f"s3 URI must name a bucket, like s3://bucket/path (got {display!r})")
+    check_bucket_name(bucket, uri)
     endpoint = params.get("AWS_ENDPOINT") or None
     auth = AwsAuth.from_params(params, region=params.get("AWS_REGION") or "us-east-1")
     if auth.auth == AUTH_SPECIFIED and not auth.roles:
