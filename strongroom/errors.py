@@ -15,9 +15,10 @@ import threading
 from urllib.parse import quote, quote_plus
 
 REDACTED = "redacted"
-#: Shorter values are not scrubbed by value (they would blot out ordinary words): positional
-#: redaction still covers them.
-MIN_SECRET_LENGTH = 8
+#: Shorter values are not scrubbed by value: the registry is process-wide, and a short value
+#: ("complete", a test's "password") would blot the same word out of every later message.
+#: Positional redaction still covers them; real keys and tokens are far longer.
+MIN_SECRET_LENGTH = 12
 _MAX_SECRETS = 4096  # a long-running server meets many; the oldest go first
 _secrets: dict[str, None] = {}  # insertion-ordered set
 _secrets_lock = threading.Lock()
@@ -40,6 +41,12 @@ def forget_secret(value: str) -> None:
     with _secrets_lock:
         for form in {value, quote(value, safe=""), quote_plus(value, safe="")}:
             _secrets.pop(form, None)
+
+
+def clear_secrets() -> None:
+    """Forget every registered secret (a test between cases; a server that reloads its keys)."""
+    with _secrets_lock:
+        _secrets.clear()
 
 
 def registered_secrets() -> list[str]:

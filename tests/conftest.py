@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from strongroom import Store, init_store
+from strongroom.errors import clear_secrets
 from strongroom.kms import create_key
 
 MARKER = "plaintext-marker-7f3a"
@@ -23,6 +24,15 @@ def _keyring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("STRONGROOM_PASSPHRASE", raising=False)
     monkeypatch.delenv("STRONGROOM_STORE", raising=False)
     return ring
+
+
+@pytest.fixture(autouse=True)
+def _fresh_secret_registry() -> Iterator[None]:
+    """Each test starts with no secret registered by value: one test's secret must neither garble
+    nor (worse) hide what another test's messages show."""
+    clear_secrets()
+    yield
+    clear_secrets()
 
 
 @pytest.fixture

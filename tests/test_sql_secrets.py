@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from strongroom import init_store
@@ -47,6 +47,9 @@ def _error_text(sql: str) -> str:
 @given(p=PASSPHRASES, form=st.sampled_from(FORMS), tail=st.sampled_from(TAILS))
 def test_no_passphrase_in_any_parse_error(p: str, form: str, tail: str) -> None:
     sql = "BACKUP INTO 'nodelocal://1/x' WITH encryption_passphrase " + form.format(p=p) + tail
+    # A passphrase that is one of the statement's or the message's own words cannot be told apart.
+    words = sql.replace(p, " ") + " at or near syntax error DETAIL: source SQL: redacted EOF lexical unterminated"
+    assume(p.lower() not in words.lower())
     assert p not in _error_text(sql)
 
 

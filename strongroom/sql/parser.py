@@ -338,12 +338,20 @@ def _passphrase_tokens(toks: list[_Tok]) -> set[int]:
         if j >= len(toks):
             continue
         if toks[j].kind == "PUNCT" and toks[j].text == "(":
-            depth = 0
-            for i in range(j, len(toks)):
-                secret.add(i)
-                depth += {"(": 1, ")": -1}.get(toks[i].text, 0) if toks[i].kind == "PUNCT" else 0
-                if depth == 0:
+            # A list of strings or placeholders ends at its closing parenthesis; anything else inside
+            # (an unquoted word that may itself hold a parenthesis) hides the rest of the statement.
+            end = len(toks) - 1
+            for i in range(j + 1, len(toks)):
+                tok = toks[i]
+                if tok.kind == "PUNCT" and tok.text == ")":
+                    end = i
                     break
+                if not (tok.kind in ("STRING", "PLACEHOLDER") or (tok.kind == "PUNCT" and tok.text == ",")):
+                    break
+            after = toks[end + 1] if end + 1 < len(toks) else None
+            if end == j + 1 or (after is not None and not (after.kind == "PUNCT" and after.text in ",;")):
+                end = len(toks) - 1  # an empty list, or something glued after it: where it ends is unknown
+            secret.update(range(j, end + 1))
         elif toks[j].kind in ("STRING", "PLACEHOLDER"):
             secret.add(j)
         else:
