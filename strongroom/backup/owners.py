@@ -62,6 +62,7 @@ def remove_abandoned_layers(storage: ExternalStorage) -> list[str]:
     layer dirs cleaned."""
     names = [name for name, _size in storage.list("")]
     cleaned = []
+    named: set[str] | None = None  # what LATEST files name: read once, and only if a lock is abandoned
     for lock in [n for n in names if "/" in n and n.rsplit("/", 1)[1].startswith(layout.LOCK_PREFIX)]:
         layer = lock.rsplit("/", 1)[0]
         try:
@@ -72,11 +73,10 @@ def remove_abandoned_layers(storage: ExternalStorage) -> list[str]:
         files = [n for n in names if n.startswith(layer + "/") and n != lock]
         # Only a full backup that LATEST already names completed before its lock went (layout's
         # rule); an incremental that still has its lock is not in its chain, whatever it holds.
-        complete = (
-            f"{layer}/{layout.MANIFEST}" in files
-            and not layer.startswith(layout.INCREMENTALS + "/")
-            and "/" + layer in layout.latest_contents(storage)
-        )
+        full_with_manifest = f"{layer}/{layout.MANIFEST}" in files and not layer.startswith(layout.INCREMENTALS + "/")
+        if full_with_manifest and named is None:
+            named = layout.latest_contents(storage)
+        complete = full_with_manifest and named is not None and "/" + layer in named
         if not complete:
             for name in files:
                 storage.delete(name)

@@ -70,8 +70,7 @@ class Backups:
         """Planning errors surface before a job starts, as CockroachDB reports them: a bad URI, an
         unknown scheme or parameter (every storage and KMS the request names is opened and closed,
         no object is read or written), and a plaintext backup of encrypted data without consent."""
-        uris = request.into if isinstance(request, BackupRequest) else request.from_
-        open_destinations(uris if len(uris) > 1 else uris[0], self.context).close()
+        open_destinations(request.collection, self.context).close()
         for uri in request.encryption.kms:
             open_kms(uri).close()
         if isinstance(request, BackupRequest):
