@@ -552,3 +552,27 @@ def test_random_access_does_not_hide_a_bad_final_chunk() -> None:
         reader.read(reader.plaintext_size - 1, 1)
     with pytest.raises(EncryptionError, match=DECRYPT_FAILED):
         list(reader.iter_chunks())
+
+
+@FAST
+@given(offset=st.integers(min_value=0, max_value=4 * CHUNK_SIZE + 777), length=st.integers(0, 3 * CHUNK_SIZE))
+def test_read_range_matches_read(offset: int, length: int) -> None:
+    length = min(length, SHARED_READER.plaintext_size - offset)
+    assert SHARED_READER.read_range(offset, length) == RANDOM_ACCESS_DATA[offset : offset + length]
+
+
+def test_read_range_from_many_threads_at_once() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    reader = SealedReader(KEY, read_at_of(RANDOM_ACCESS_BLOB), len(RANDOM_ACCESS_BLOB))
+    ranges = [(o, 70_000) for o in range(0, reader.plaintext_size - 70_000, 3001)] * 4
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda r: reader.read_range(*r), ranges))
+    assert got == [RANDOM_ACCESS_DATA[o : o + n] for o, n in ranges]
+    with pytest.raises(IntegrityError):
+        reader.read_range(reader.plaintext_size - 10, 11)
+    bad = bytearray(RANDOM_ACCESS_BLOB)
+    bad[HEADER_SIZE + SEALED_CHUNK + 5] ^= 1
+    tampered = SealedReader(KEY, read_at_of(bytes(bad)), len(bad))
+    with pytest.raises(EncryptionError, match=DECRYPT_FAILED):
+        tampered.read_range(CHUNK_SIZE - 10, 20)

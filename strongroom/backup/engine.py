@@ -35,7 +35,7 @@ import apsw
 import zstandard
 
 from ..errors import AlreadyExistsError, IntegrityError, NotFoundError, UsageError
-from ..sqlite import Snapshot, apply_key, copy_table, open_image, write_database
+from ..sqlite import Snapshot, apply_key, compute_stats, copy_table, open_image, write_database
 from ..storage import ExternalStorage, StorageContext
 from . import layout
 from .data import (
@@ -666,33 +666,39 @@ def restore(
                     image.check_files()
                     prepared.append(name)
                     key = target.prepare_database(name, entry.region)
-                    write_database(image, path, key=key, verify=request.verify)
+                    # A full layer's manifest counts the whole database exactly; an incremental's
+                    # counts only what changed in it, so then the restored file is counted (one
+                    # dbstat walk, overlapping the file's fsync).
+                    counted = write_database(
+                        image,
+                        path,
+                        key=key,
+                        verify=request.verify,
+                        inspect=None if manifest.backup_type == "full" else compute_stats,
+                    )
                 finally:
                     image.close()
                 done += entry.size
                 if progress:
                     progress(done, total, f"restored {name}")
-                counts = _restored_counts(manifest, entry, path, key)
-                rows, index_entries, nbytes = rows + counts[0], index_entries + counts[1], nbytes + counts[2]
+                if counted is None:
+                    rows, index_entries, nbytes = (
+                        rows + entry.rows,
+                        index_entries + entry.index_entries,
+                        nbytes + entry.bytes,
+                    )
+                else:
+                    rows, index_entries, nbytes = (
+                        rows + counted.rows,
+                        index_entries + counted.index_entries,
+                        nbytes + counted.bytes,
+                    )
         except BaseException:
             # All or nothing: a restore that fails part way removes the databases it already created.
             for name in prepared:
                 target.discard_database(name)
             raise
         return JobResult(job_id, "succeeded", 1.0, rows, index_entries, nbytes)
-
-
-def _restored_counts(manifest: Manifest, entry: DatabaseEntry, path: Path, key: bytes | None) -> tuple[int, int, int]:
-    """Rows, index entries and bytes of a restored database.
-
-    A full layer's manifest counts the whole database, exactly. An incremental layer counts only what
-    changed in it, so then the restored database itself is counted (one dbstat walk).
-    """
-    if manifest.backup_type == "full":
-        return entry.rows, entry.index_entries, entry.bytes
-    with Snapshot.open(path, key=key) as restored:
-        stats = restored.stats()
-    return stats.rows, stats.index_entries, stats.bytes
 
 
 def _pick_databases(manifest: Manifest, databases: list[str] | None) -> list[DatabaseEntry]:

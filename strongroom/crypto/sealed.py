@@ -241,7 +241,9 @@ class SealedReader:
     small reads decrypt each chunk once. The stored size must be the real one: any other size makes
     the final chunk fail to authenticate, which is how truncation and appended bytes are caught.
     ``read_at`` must return exactly the bytes asked for; fewer counts as truncation.
-    Not thread-safe (the cache).
+    ``read``, ``read_chunk`` and ``iter_chunks`` share that cache and are not thread-safe;
+    ``read_range`` touches no shared state, so any number of threads may call it at once (as long
+    as ``read_at`` allows that, as positional reads and ranged GETs do).
     """
 
     # Chunks fetched per read_at by iter_chunks: ~1 MiB, few round trips to object storage.
@@ -286,13 +288,8 @@ class SealedReader:
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` plaintext bytes from ``offset``; a range past the end is an IntegrityError."""
-        if offset < 0 or length < 0:
-            raise ValueError(f"bad range: offset {offset}, length {length}")
+        self._check_range(offset, length)
         end = offset + length
-        if end > self.plaintext_size:
-            raise IntegrityError(
-                f"read of {length} bytes at {offset} goes past the end of a {self.plaintext_size}-byte file"
-            )
         if length == 0:
             return b""
         first, last = offset // self._span, (end - 1) // self._span
@@ -305,19 +302,53 @@ class SealedReader:
         tail = memoryview(chunks[-1])[: end - last * self._span]
         return b"".join([head, *chunks[1:-1], tail])
 
+    def read_range(self, offset: int, length: int) -> bytes:
+        """What ``read`` returns, decrypted without the cache: safe to call from several threads."""
+        self._check_range(offset, length)
+        if length == 0:
+            return b""
+        end = offset + length
+        first, last = offset // self._span, (end - 1) // self._span
+        base = first * self._span
+        chunks = self._decrypt(first, last + 1)
+        if first == last:
+            return chunks[0][offset - base : end - base]
+        head = memoryview(chunks[0])[offset - base :]
+        tail = memoryview(chunks[-1])[: end - last * self._span]
+        return b"".join([head, *chunks[1:-1], tail])
+
     def iter_chunks(self) -> Iterator[bytes]:
         """The whole plaintext, chunk by chunk; every chunk including the final short one is checked."""
         for start in range(0, self.chunk_count, self._BATCH):
             yield from self._open_range(start, min(start + self._BATCH, self.chunk_count))
 
-    def _open_range(self, start: int, stop: int) -> Iterator[bytes]:
-        """Decrypt chunks [start, stop), fetched with one read_at call; the last one opened stays cached."""
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0:
+            raise ValueError(f"bad range: offset {offset}, length {length}")
+        if offset + length > self.plaintext_size:
+            raise IntegrityError(
+                f"read of {length} bytes at {offset} goes past the end of a {self.plaintext_size}-byte file"
+            )
+
+    def _fetch(self, start: int, stop: int) -> memoryview:
+        """The sealed bytes of chunks [start, stop), with one read_at call."""
         step = self._sealed_span
         first_byte = HEADER_SIZE + start * step
         last_byte = min(HEADER_SIZE + stop * step, self._sealed_size)
         sealed = memoryview(self._read_at(first_byte, last_byte - first_byte))
         if len(sealed) != last_byte - first_byte:
             raise EncryptionError(DECRYPT_FAILED)  # storage returned less: the same as a truncated file
+        return sealed
+
+    def _decrypt(self, start: int, stop: int) -> list[bytes]:
+        step = self._sealed_span
+        sealed = self._fetch(start, stop)
+        return [self._cipher.open(i, sealed[(i - start) * step : (i - start + 1) * step]) for i in range(start, stop)]
+
+    def _open_range(self, start: int, stop: int) -> Iterator[bytes]:
+        """Decrypt chunks [start, stop), fetched with one read_at call; the last one opened stays cached."""
+        step = self._sealed_span
+        sealed = self._fetch(start, stop)
         for i in range(start, stop):
             self._cached_index = -1  # while it is being replaced
             self._cached = self._cipher.open(i, sealed[(i - start) * step : (i - start + 1) * step])

@@ -15,10 +15,11 @@ import os
 import urllib.parse
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import apsw
 
@@ -29,6 +30,8 @@ from .snapshot import fold_name
 _CACHE_BLOCK = 64 * 1024  # a multiple of every page size up to 64 KiB
 _CACHE_BYTES = 8 * 1024 * 1024
 _BYTES_IMAGE_BLOCK = 1 << 20
+
+T = TypeVar("T")
 
 
 class ImageSource(Protocol):
@@ -305,7 +308,8 @@ def write_database(
     key: bytes | None = None,
     cipher: str = DEFAULT_CIPHER,
     verify: bool = False,
-) -> None:
+    inspect: Callable[[apsw.Connection], T] | None = None,
+) -> T | None:
     """Create database ``dest`` from ``source``: a plain copy, or a sqlite3mc file keyed with ``key``.
 
     Never overwrites: the result is built in a temp file beside ``dest`` and hard-linked into place,
@@ -317,6 +321,9 @@ def write_database(
     (which a keyed restore also compares with the backup's). ``verify`` adds SQLite's full
     ``PRAGMA integrity_check``, which reads every page and every index entry again and costs more
     than the restore itself.
+
+    ``inspect`` (for example counting rows) runs on the new file while its fsync is under way, so
+    the CPU work overlaps the disk's; its result is returned.
     """
     dest = Path(dest)
     if os.path.lexists(dest):
@@ -339,41 +346,59 @@ def write_database(
                 for block in source.iter_blocks():
                     f.write(block)
                     written += len(block)
-                f.flush()
-                os.fsync(f.fileno())
             if written != source.size:
                 raise IntegrityError(f"backup image is {written} bytes, expected {source.size}")
         else:
             expected = _vacuum_into_keyed(source, temp, key, cipher)
-        try:
-            conn = connect(temp, key=key, cipher=cipher)
-        except (StrongroomError, apsw.Error) as exc:
-            raise IntegrityError(f"restored database failed integrity_check: {exc}") from None
-        try:
-            if verify:
-                integrity_check(conn, label="restored database")
-            else:
-                _structural_check(conn, temp if key is None else None)
-            if expected is not None and _schema_rows(conn) != expected:
-                raise IntegrityError("restored database failed integrity_check: schema differs from backup")
-            conn.execute("PRAGMA journal_mode=WAL").fetchall()
-        except apsw.Error as exc:
-            raise IntegrityError(f"restored database failed integrity_check: {exc}") from None
-        finally:
-            conn.close()  # last connection: checkpoints and removes temp's -wal/-shm
-        _fsync_path(temp)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync") as fsync_pool:
+            # The page cache holds the whole file now: the checks below read it from memory while
+            # the disk writes it out.
+            synced = fsync_pool.submit(_fsync_path, temp)
+            result = _check_restored(temp, key, cipher, verify, expected, inspect)
+            synced.result()
+        _fsync_path(temp)  # the switch to WAL rewrote the header
         try:
             os.link(temp, dest)
         except FileExistsError:
             raise AlreadyExistsError(f'database file "{dest}" already exists') from None
         os.unlink(temp)
         _fsync_path(dest.parent, directory=True)
+        return result
     finally:
         with suppress(OSError):  # cleanup must never hide the error that got us here
             remove_database_files(temp)
         with suppress(OSError):
             os.unlink(f"{temp}.lock")
         os.close(owner)
+
+
+def _check_restored(
+    temp: Path,
+    key: bytes | None,
+    cipher: str,
+    verify: bool,
+    expected: list[tuple[object, ...]] | None,
+    inspect: Callable[[apsw.Connection], T] | None,
+) -> T | None:
+    """Open the restored file, check it (structurally or fully), run ``inspect``, switch it to WAL."""
+    try:
+        conn = connect(temp, key=key, cipher=cipher)
+    except (StrongroomError, apsw.Error) as exc:
+        raise IntegrityError(f"restored database failed integrity_check: {exc}") from None
+    try:
+        if verify:
+            integrity_check(conn, label="restored database")
+        else:
+            _structural_check(conn, temp if key is None else None)
+        if expected is not None and _schema_rows(conn) != expected:
+            raise IntegrityError("restored database failed integrity_check: schema differs from backup")
+        result = inspect(conn) if inspect is not None else None
+        conn.execute("PRAGMA journal_mode=WAL").fetchall()
+        return result
+    except apsw.Error as exc:
+        raise IntegrityError(f"restored database failed integrity_check: {exc}") from None
+    finally:
+        conn.close()  # last connection: checkpoints and removes temp's -wal/-shm
 
 
 def remove_abandoned_restores(dest: Path) -> list[Path]:

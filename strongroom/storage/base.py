@@ -47,7 +47,11 @@ class WriterBase:
 
 
 class RandomReader(Protocol):
-    """Random access to one object, for restore's ranged reads."""
+    """Random access to one object, for restore's ranged reads.
+
+    ``read_at`` may be called from several threads at once (restore decodes packs in parallel):
+    a positional read of a file, or one ranged GET.
+    """
 
     size: int
 
