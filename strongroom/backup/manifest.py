@@ -61,6 +61,11 @@ class DatabaseEntry:
     region: str | None = None  # the database's home region (where a locality-aware backup put it)
     chunks_written: int = 0
     stored_bytes: int = 0  # bytes of new chunk data this layer wrote for the database
+    # The whole database as of this layer. A full layer's counts above are that already; an
+    # incremental's count what changed (CockroachDB's meaning), so it carries these for RESTORE.
+    total_rows: int | None = None
+    total_index_entries: int | None = None
+    total_bytes: int | None = None
 
     @property
     def size(self) -> int:

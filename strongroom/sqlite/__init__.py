@@ -2,7 +2,7 @@
 
 from .connect import DEFAULT_CIPHER, apply_key, connect, remove_database_files
 from .image import BytesImage, ImageSource, ImageVFS, copy_table, integrity_check, open_image, write_database
-from .snapshot import DatabaseStats, ObjectStats, SchemaEntry, Snapshot, compute_stats
+from .snapshot import DatabaseStats, ObjectStats, SchemaEntry, Snapshot, census_stats, compute_stats
 
 __all__ = [
     "DEFAULT_CIPHER",
@@ -14,6 +14,7 @@ __all__ = [
     "SchemaEntry",
     "Snapshot",
     "apply_key",
+    "census_stats",
     "compute_stats",
     "connect",
     "copy_table",

@@ -43,13 +43,14 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Self
 
 import apsw
 
 from ..errors import StrongroomError
+from .census import PageReader, count_trees
 from .connect import DEFAULT_CIPHER, connect, scalar_int
 
 DEFAULT_BLOCK_SIZE = 1 << 20  # a multiple of every legal page size
@@ -73,6 +74,7 @@ class SchemaEntry:
     name: str
     tbl_name: str
     sql: str | None
+    rootpage: int = 0  # 0 for views, triggers and virtual tables
 
 
 @dataclass
@@ -286,8 +288,8 @@ class Snapshot:
     def _frame_offset(self, frame: int) -> int:
         return WAL_HEADER_SIZE + (frame - 1) * (WAL_FRAME_HEADER_SIZE + self.page_size) + WAL_FRAME_HEADER_SIZE
 
-    def _page(self, pgno: int) -> bytes:
-        """One page, from its latest WAL frame in the snapshot or else from the db file."""
+    def page(self, pgno: int) -> bytes:
+        """One page (1-based), from its latest WAL frame in the snapshot or else from the db file."""
         ps = self.page_size
         frame = self._wal_map.get(pgno)
         if frame is not None:
@@ -308,11 +310,11 @@ class Snapshot:
         n = length // ps
         if self.encrypted:
             # sqlite3mc only decrypts page-sized, page-aligned reads.
-            return b"".join([self._page(p) for p in range(first, first + n)])
+            return b"".join([self.page(p) for p in range(first, first + n)])
         ok, data = self._c.read("main", 0, offset, length)
         if not ok:
             # The db file is shorter than the image: pages past its end must come from the WAL.
-            return b"".join([self._page(p) for p in range(first, first + n)])
+            return b"".join([self.page(p) for p in range(first, first + n)])
         lo = bisect.bisect_left(self._wal_pages, first)
         hi = bisect.bisect_left(self._wal_pages, first + n)
         if lo == hi:
@@ -320,7 +322,7 @@ class Snapshot:
         buf = bytearray(data)
         for pgno in self._wal_pages[lo:hi]:
             start = (pgno - first) * ps
-            buf[start : start + ps] = self._page(pgno)
+            buf[start : start + ps] = self.page(pgno)
         return bytes(buf)
 
     def iter_blocks(self, block_size: int = DEFAULT_BLOCK_SIZE) -> Iterator[bytes]:
@@ -346,6 +348,11 @@ class Snapshot:
         if self._counter is None:
             raise StrongroomError("snapshot is closed")
         return compute_stats(self._counter, chunks, pages_per_chunk)
+
+    def census(self, wanted: Callable[[int], bool]) -> DatabaseStats:
+        """What :meth:`stats` counts, on the pages for which ``wanted(page)`` holds, parsed from those
+        pages and the interior pages above them (cost follows the pages, not the database)."""
+        return census_stats(self._c, self.page, self.page_count, wanted)
 
 
 # -- helpers shared with the restore side ----------------------------------------------------------
@@ -396,12 +403,7 @@ def compute_stats(
     of the table's other indexes (autoindexes of UNIQUE constraints included). bytes: dbstat payload
     over all of those b-trees, overflow pages included.
     """
-    entries = conn.execute(f'SELECT type, name, tbl_name, sql FROM "{schema}".sqlite_schema').fetchall()
-    without_rowid = {
-        fold_name(str(name))
-        for sch, name, _type, _ncol, wr, _strict in conn.execute(f'PRAGMA "{schema}".table_list').fetchall()
-        if sch == schema and wr
-    }
+    entries, without_rowid = schema_facts(conn, schema)
     # Per b-tree name: (cells on leaf pages, cells on all pages, payload bytes). One aggregate per
     # b-tree, each walking only that b-tree (dbstat honours name=): no GROUP BY, so no sorter whose
     # memory would grow with the database (measured: 35 MB at 1 GiB, 85 MB at 4 GiB with GROUP BY).
@@ -415,20 +417,54 @@ def compute_stats(
         # The filter runs inside SQLite: a Python callback per page costs ~5x the dbstat walk itself.
         query += " AND (pageno - 1) / ? IN (SELECT value FROM json_each(?))"
         args = (pages_per_chunk, json.dumps(sorted(chunks)))
-    trees = [str(name) for type_, name, _t, _s in entries if type_ in ("table", "index")]
+    trees = [e.name for e in entries if e.type in ("table", "index")]
     if chunks is None or chunks:  # with no chunk at all there is nothing to count: skip the walk
         for name in trees:
             leaf, cells, payload = conn.execute(query, (name, *args)).fetchall()[0]
             per_tree[fold_name(name)] = (_int(leaf), _int(cells), _int(payload))
 
+    return assemble_stats(entries, without_rowid, per_tree)
+
+
+def census_stats(
+    conn: apsw.Connection, read_page: PageReader, page_count: int, wanted: Callable[[int], bool]
+) -> DatabaseStats:
+    """What compute_stats counts, on the ``wanted`` pages only, parsed from the pages ``read_page``
+    serves (see census.py); ``conn`` reads the schema of the same snapshot."""
+    entries, without_rowid = schema_facts(conn)
+    roots = {fold_name(e.name): e.rootpage for e in entries if e.type in ("table", "index") and e.rootpage > 0}
+    return assemble_stats(entries, without_rowid, count_trees(read_page, roots, page_count, wanted))
+
+
+def schema_facts(conn: apsw.Connection, schema: str = "main") -> tuple[list[SchemaEntry], set[str]]:
+    """The schema's rows (with root pages) and the folded names of its WITHOUT ROWID tables."""
+    rows = conn.execute(f'SELECT type, name, tbl_name, sql, rootpage FROM "{schema}".sqlite_schema').fetchall()
+    entries = [
+        SchemaEntry(str(t), str(n), str(tn), None if s is None else str(s), int(r) if isinstance(r, int) else 0)
+        for t, n, tn, s, r in rows
+    ]
+    without_rowid = {
+        fold_name(str(name))
+        for sch, name, _type, _ncol, wr, _strict in conn.execute(f'PRAGMA "{schema}".table_list').fetchall()
+        if sch == schema and wr
+    }
+    return entries, without_rowid
+
+
+def assemble_stats(
+    entries: list[SchemaEntry], without_rowid: set[str], per_tree: dict[str, tuple[int, int, int]]
+) -> DatabaseStats:
+    """Per-table figures from per-b-tree ones (folded name -> cells on leaf pages, cells on all pages,
+    payload bytes): a rowid table's rows are its leaf cells, a WITHOUT ROWID table's all its cells;
+    its indexes' cells are its index entries; bytes are the payload of the table and its indexes."""
     indexes: dict[str, list[str]] = {}
-    for type_, index_name, tbl_name, _sql in entries:
-        if type_ == "index":
-            indexes.setdefault(fold_name(str(tbl_name)), []).append(fold_name(str(index_name)))
+    for e in entries:
+        if e.type == "index":
+            indexes.setdefault(fold_name(e.tbl_name), []).append(fold_name(e.name))
 
     result = DatabaseStats()
-    for type_, raw_name, _tbl, raw_sql in entries:
-        name, sql = str(raw_name), None if raw_sql is None else str(raw_sql)
+    for e in entries:
+        type_, name, sql = e.type, e.name, e.sql
         if type_ == "view":
             result.objects.append(ObjectStats(name, "view", 0, 0, 0, sql))
             continue
