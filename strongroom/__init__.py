@@ -24,31 +24,34 @@ One route: every surface (CLI, Python, SQL, HTTP, schedules) builds the same req
 it as a job (``SHOW JOBS``).
 """
 
-from . import sql as _sql  # registers the SQL executor with the store (Store.execute)
-from .backup import (
-    AlterBackupRequest,
-    BackupRequest,
-    Encryption,
-    JobResult,
-    RestoreRequest,
-    ShowBackupRequest,
-)
-from .errors import (
-    AlreadyExistsError,
-    EncryptionError,
-    IntegrityError,
-    KMSError,
-    NotFoundError,
-    StorageError,
-    StrongroomError,
-    UsageError,
-)
-from .files import backup_file, restore_file
-from .kms import create_key
-from .store import Store, init_store, open_store
+from typing import TYPE_CHECKING, Any
 
-del _sql
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it. Imported on first use (PEP 562), so a command that
+# needs little (``strongroom --version``) does not pay for the engine, the SQL grammar or the SDKs.
+_EXPORTS = {
+    "AlterBackupRequest": "backup",
+    "BackupRequest": "backup",
+    "Encryption": "backup",
+    "JobResult": "backup",
+    "RestoreRequest": "backup",
+    "ShowBackupRequest": "backup",
+    "AlreadyExistsError": "errors",
+    "EncryptionError": "errors",
+    "IntegrityError": "errors",
+    "KMSError": "errors",
+    "NotFoundError": "errors",
+    "StorageError": "errors",
+    "StrongroomError": "errors",
+    "UsageError": "errors",
+    "backup_file": "files",
+    "restore_file": "files",
+    "create_key": "kms",
+    "Store": "store",
+    "init_store": "store",
+    "open_store": "store",
+}
 __all__ = [
     "AlreadyExistsError",
     "AlterBackupRequest",
@@ -72,3 +75,34 @@ __all__ = [
     "open_store",
     "restore_file",
 ]
+
+if TYPE_CHECKING:
+    from .backup import AlterBackupRequest, BackupRequest, Encryption, JobResult, RestoreRequest, ShowBackupRequest
+    from .errors import (
+        AlreadyExistsError,
+        EncryptionError,
+        IntegrityError,
+        KMSError,
+        NotFoundError,
+        StorageError,
+        StrongroomError,
+        UsageError,
+    )
+    from .files import backup_file, restore_file
+    from .kms import create_key
+    from .store import Store, init_store, open_store
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'strongroom' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -4,6 +4,7 @@ tables that fit the terminal, relative collection paths, and help for every opti
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from strongroom.cli import main
-from strongroom.cli.common import import_hint
+from strongroom.cli.group import import_hint
 from strongroom.store import open_store
 
 
@@ -205,7 +206,10 @@ def test_relative_collection_paths_are_taken_from_the_cwd(
 def _commands(cmd: click.Command, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
     out = [(path, cmd)]
     if isinstance(cmd, click.Group):
-        for name, sub in cmd.commands.items():
+        ctx = click.Context(cmd)
+        for name in cmd.list_commands(ctx):  # the top level loads its commands lazily
+            sub = cmd.get_command(ctx, name)
+            assert sub is not None, name
             out += _commands(sub, (*path, name))
     return out
 
@@ -226,7 +230,9 @@ def test_passphrase_help_says_what_it_is_for() -> None:
         cmd: click.Command = main
         for name in path:
             assert isinstance(cmd, click.Group)
-            cmd = cmd.commands[name]
+            sub = cmd.get_command(click.Context(cmd), name)
+            assert sub is not None, name
+            cmd = sub
         return " ".join(p.help or "" for p in cmd.params if p.name in ("passphrase", "passphrase_file", "kms"))
 
     for path in (("restore",), ("show", "backup")):
@@ -235,3 +241,36 @@ def test_passphrase_help_says_what_it_is_for() -> None:
         assert "decrypt" in text or "open" in text
     assert "Encrypt" in helps("backup")
     assert "DROP DATABASE" in run("db", "drop", "--help").output
+
+
+# -- start-up cost ------------------------------------------------------------------------------------
+def test_version_loads_no_engine() -> None:
+    """`strongroom --version` imports the command group only: no store, engine, SQL grammar, web
+    framework or cloud SDK (each costs tens of milliseconds at every start)."""
+    probe = (
+        "import sys\n"
+        "from strongroom.cli import main\n"
+        "try:\n"
+        "    main.main(['--version'], prog_name='strongroom')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('strongroom.store', 'strongroom.backup', 'strongroom.sql', 'lark', 'fastapi', 'boto3', 'rich')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {h.split('.')[0] for h in heavy}"
+        " and any(m == h or m.startswith(h + '.') for h in heavy)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "[]", out
+
+
+def test_store_sql_without_importing_the_sql_layer(tmp_path: Path) -> None:
+    """The store loads its SQL layer on first use, whatever the caller imported."""
+    probe = (
+        "import sys\n"
+        "from strongroom.store import Store\n"
+        "assert 'strongroom.sql' not in sys.modules\n"
+        f"store = Store.init({str(tmp_path / 's')!r}, regions=['r1'])\n"
+        "print(store.execute('SHOW DATABASES').columns)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "database_name" in out.stdout

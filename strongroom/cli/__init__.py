@@ -1,20 +1,41 @@
 """The ``strongroom`` command: thin sugar over the Python API (and the SQL statements it mirrors).
 
-One module per command group, each a thin call into the store or engine; what they share is in ``common``.
+One module per command group, each a thin call into the store or engine; what they share is in
+``common``. A command's module (and the store, engine and SDKs behind it) is imported only when that
+command runs, so ``strongroom --version`` starts about as fast as Python itself.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from .. import __version__
-from . import backups, cmek, databases, demo, init, keys, managed, regions, serve, sql
-from .common import DEFAULT_STORE, Group, parse_duration, parse_region_uris
+from .group import DEFAULT_STORE, Group
 
 __all__ = ["main", "parse_duration", "parse_region_uris"]
 
+# name -> "module:attribute", in the order ``strongroom --help`` lists them
+COMMANDS = {
+    "init": "init:init",
+    "keys": "keys:keys",
+    "region": "regions:region",
+    "db": "databases:db",
+    "backup": "backups:backup",
+    "restore": "backups:restore",
+    "show": "backups:show",
+    "alter-backup": "backups:alter_backup",
+    "cmek": "cmek:cmek",
+    "rotate": "cmek:rotate",
+    "serve": "serve:serve",
+    "backup-schedule": "managed:backup_schedule",
+    "sql": "sql:sql",
+    "demo": "demo:demo",
+}
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=Group, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="strongroom", help="Show the version and exit.")
 @click.option(
     "--store",
@@ -26,20 +47,9 @@ def main(store: str | None) -> None:
     """Encrypted BACKUP / RESTORE for SQLite, the CockroachDB way."""
 
 
-for command in (
-    init.init,
-    keys.keys,
-    regions.region,
-    databases.db,
-    backups.backup,
-    backups.restore,
-    backups.show,
-    backups.alter_backup,
-    cmek.cmek,
-    cmek.rotate,
-    serve.serve,
-    managed.backup_schedule,
-    sql.sql,
-    demo.demo,
-):
-    main.add_command(command)
+def __getattr__(name: str) -> Any:
+    if name in ("parse_duration", "parse_region_uris"):
+        from . import common
+
+        return getattr(common, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

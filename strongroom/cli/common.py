@@ -22,9 +22,8 @@ from ..output import render
 from ..store import Store
 from ..store import open_store as _open_store
 from ..uri import redact
+from .group import DEFAULT_STORE
 
-DEFAULT_STORE = "./strongroom-data"
-EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 err = Console(stderr=True)
 
 FORMAT = click.option(
@@ -40,48 +39,6 @@ STORE = click.option(
     metavar="DIR",
     help=f"Store directory (default: strongroom --store, $STRONGROOM_STORE or {DEFAULT_STORE}).",
 )
-
-# A missing optional dependency: the top-level module it imports, and the extra that installs it.
-EXTRAS = {"google": "gcp", "pkcs11": "hsm", "boto3": "aws", "botocore": "aws", "obstore": "aws", "azure": "azure"}
-
-
-def _exit(message: str, code: int) -> None:
-    click.echo(f"ERROR: {message}", err=True)
-    sys.exit(code)
-
-
-def import_hint(exc: ImportError) -> str:
-    """``ERROR:`` text for a missing module, with the pip extra that provides it when there is one."""
-    name = exc.name or ""
-    extra = EXTRAS.get(name.partition(".")[0])
-    if extra:
-        return f"{exc} (Python module {name}): install it with: pip install 'strongroom[{extra}]'"
-    return f"{exc}: a Python module is missing; reinstall strongroom (pip install strongroom)"
-
-
-class Group(click.Group):
-    """Prints our errors as ``ERROR: ...``, never a traceback unless $STRONGROOM_DEBUG is set.
-
-    Exit status: 2 for a usage error (bad options or arguments), 1 for any other error, 130 on Ctrl-C.
-    """
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.Abort as exc:  # click.prompt turns Ctrl-C into Abort
-            if isinstance(exc.__context__, KeyboardInterrupt):
-                _exit("interrupted", EXIT_INTERRUPTED)
-            raise
-        except KeyboardInterrupt:
-            _exit("interrupted", EXIT_INTERRUPTED)
-        except StrongroomError as exc:
-            if os.environ.get("STRONGROOM_DEBUG"):
-                raise
-            _exit(str(exc), EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR)
-        except ImportError as exc:
-            if os.environ.get("STRONGROOM_DEBUG"):
-                raise
-            _exit(import_hint(exc), EXIT_ERROR)
 
 
 # -- the store ------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ part               module                      what it owns
 
 from __future__ import annotations
 
+import importlib
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -226,7 +227,9 @@ class Store:
     def session(self, database: str | None = None) -> SQLSession:
         """A SQL session on this store (its own current database, ``USE``)."""
         if not _sql_sessions:
-            raise StrongroomError("the SQL layer is not loaded: import strongroom.sql")
+            # The SQL layer sits above the store and registers itself when imported; load it by
+            # name on first use (a plugin, not a dependency: the store never calls into its code).
+            importlib.import_module("strongroom.sql")
         return _sql_sessions[0](self, database)
 
     def execute(self, sql: str, params: Sequence[object] | None = None) -> Any:
