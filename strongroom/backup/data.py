@@ -35,6 +35,8 @@ CODEC_RAW, CODEC_ZSTD = 0, 1
 RESTORE_BATCH = 32  # chunks (2 MiB of image) per restore task: one ranged read of a pack per run of them
 RESTORE_INFLIGHT = 3  # batches per worker in flight: reads ahead, memory ~6 MiB per worker whatever the size
 
+StorageFor = Callable[[str], ExternalStorage]  # locality ("" = default) -> the storage holding its files
+
 _INDEX_MAGIC = b"SRIDX\x00\x00\x01"
 _INDEX_HEADER = struct.Struct("<8sIIQQ")  # magic, chunk size, page size, image size, chunk count
 _RECORD = struct.Struct("<32sIQIB3x")  # hash, pack slot, offset in pack, stored length, codec
@@ -208,6 +210,54 @@ class IndexWriter:
         self._out.abort()
 
 
+_FINGERPRINT_MAGIC = b"SRFPR\x00\x00\x01"
+_FINGERPRINT_HEADER = struct.Struct("<8sQ")  # magic, chunk count
+FINGERPRINT_SIZE = 32
+NO_FINGERPRINT = bytes(FINGERPRINT_SIZE)  # a chunk whose stored bytes were not all in the db file
+
+
+class FingerprintWriter:
+    """Per chunk of an encrypted source, the keyed hash of its bytes *as the database file holds
+    them* (ciphertext). The next incremental hashes the file again and decrypts only the chunks
+    whose ciphertext differs: reading and hashing the file costs a fraction of decrypting it page
+    by page. Sealed like every other file of the backup."""
+
+    def __init__(self, storage: ExternalStorage, path: str, keys: BackupKeys, count: int, locality: str = "") -> None:
+        self._out = SealedObjectWriter(storage, path, keys, locality)
+        self._out.write(_FINGERPRINT_HEADER.pack(_FINGERPRINT_MAGIC, count))
+        self._expected = count
+        self._n = 0
+
+    def add(self, fingerprint: bytes) -> None:
+        self._out.write(fingerprint)
+        self._n += 1
+
+    def finish(self) -> FileRef:
+        if self._n != self._expected:
+            raise IntegrityError(f"fingerprints: {self._n} written, expected {self._expected}")
+        return self._out.finish()
+
+    def abort(self) -> None:
+        self._out.abort()
+
+
+def iter_fingerprints(storage_for: StorageFor, ref: FileRef, keys: BackupKeys) -> Iterator[bytes]:
+    """A fingerprint file's entries in chunk order."""
+    f = StoredFile(storage_for(ref.locality), ref, keys)
+    try:
+        magic, count = _FINGERPRINT_HEADER.unpack(f.read(0, _FINGERPRINT_HEADER.size))
+        if magic != _FINGERPRINT_MAGIC or f.plaintext_size != _FINGERPRINT_HEADER.size + count * FINGERPRINT_SIZE:
+            raise IntegrityError(f"/{ref.path} is not a valid fingerprint file")
+        batch = 2048
+        for start in range(0, count, batch):
+            n = min(batch, count - start)
+            raw = f.read(_FINGERPRINT_HEADER.size + start * FINGERPRINT_SIZE, n * FINGERPRINT_SIZE)
+            for j in range(n):
+                yield raw[j * FINGERPRINT_SIZE : (j + 1) * FINGERPRINT_SIZE]
+    finally:
+        f.close()
+
+
 class StoredFile:
     """Random access to one stored file of a backup, checked against its FileRef before use.
 
@@ -269,9 +319,6 @@ class StoredFile:
 
 def stored_size_of(plaintext: int, keys: BackupKeys) -> int:
     return sealed_size(plaintext) if keys.key else plaintext
-
-
-StorageFor = Callable[[str], ExternalStorage]  # locality ("" = default) -> the storage holding its files
 
 
 class ChunkIndex:

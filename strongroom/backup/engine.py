@@ -51,15 +51,18 @@ from .data import (
     CHUNK_SIZE,
     CODEC_RAW,
     CODEC_ZSTD,
+    NO_FINGERPRINT,
     ZSTD_LEVEL,
     BackupImage,
     ChunkIndex,
     ChunkRecord,
+    FingerprintWriter,
     IndexWriter,
     PackTable,
     PackWriter,
     StorageFor,
     StoredFile,
+    iter_fingerprints,
 )
 from .destinations import Destinations, open_destinations
 from .jobs import JobResult, Progress, new_job_id
@@ -265,7 +268,7 @@ class _Previous:
 
 
 def _hash_and_compress(
-    blocks: list[memoryview], prev_digests: list[bytes | None], hasher: Callable[[bytes], bytes]
+    blocks: list[memoryview | None], prev_digests: list[bytes | None], hasher: Callable[[bytes], bytes]
 ) -> list[ChunkResult]:
     """Worker: hash each chunk; compress those that changed (zstd releases the GIL: runs in parallel)."""
     cctx = getattr(_tls, "cctx", None)
@@ -273,6 +276,10 @@ def _hash_and_compress(
         cctx = _tls.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
     out: list[ChunkResult] = []
     for block, prev in zip(blocks, prev_digests, strict=True):
+        if block is None:  # known unchanged without reading it (its ciphertext is the same)
+            assert prev is not None
+            out.append((prev, None, CODEC_RAW))
+            continue
         digest = hasher(block)  # type: ignore[arg-type]  # blake3 hashes any buffer
         if digest == prev:
             out.append((digest, None, CODEC_RAW))
@@ -330,21 +337,33 @@ def _backup_database(
                 chunks_written += 1
         progress(CHUNK_SIZE * len(prevs))
 
-    def submit(first: int, blocks: list[memoryview]) -> None:
+    def submit(first: int, blocks: list[memoryview | None]) -> None:
         prevs = [next(prev_records, None) if prev_records is not None else None for _ in blocks]
         digests = [p.digest if p is not None else None for p in prevs]
         inflight.append((first, prevs, pool.submit(_hash_and_compress, blocks, digests, hasher)))
         while len(inflight) > _INFLIGHT_BATCHES or (inflight and inflight[0][2].done()):
             drain_one()
 
+    fingerprints = None
+    if snapshot.encrypted:
+        fp_path = f"{layer.layer_dir}/data/db-{db_number:04d}.fpr"
+        fingerprints = FingerprintWriter(storage, fp_path, layer.keys, len(changed), locality)
     try:
-        # One read per batch (1 MiB), sliced into chunk views without copying.
-        for n, block in enumerate(snapshot.iter_blocks(CHUNK_SIZE * _BATCH)):
-            view = memoryview(block)
-            submit(n * _BATCH, [view[j : j + CHUNK_SIZE] for j in range(0, len(view), CHUNK_SIZE)])
+        if fingerprints is None:
+            # One read per batch (1 MiB), sliced into chunk views without copying.
+            for n, block in enumerate(snapshot.iter_blocks(CHUNK_SIZE * _BATCH)):
+                view = memoryview(block)
+                submit(n * _BATCH, [view[j : j + CHUNK_SIZE] for j in range(0, len(view), CHUNK_SIZE)])
+        else:
+            prev_fps = None
+            if prev_records is not None and previous is not None and previous.entry.fingerprints is not None:
+                prev_fps = iter_fingerprints(previous.storage_for, previous.entry.fingerprints, previous.keys)
+            for first, blocks in _changed_by_ciphertext(snapshot, fingerprints, prev_fps, hasher):
+                submit(first, blocks)
         while inflight:
             drain_one()
         ref = index.finish()
+        fp_ref = fingerprints.finish() if fingerprints is not None else None
     except BaseException:
         for _first, _prevs, fut in inflight:
             fut.cancel()
@@ -352,8 +371,12 @@ def _backup_database(
             with suppress(Exception):
                 full_stats.result()
         index.abort()
+        if fingerprints is not None:
+            fingerprints.abort()
         raise
     layer.written.append((locality, ref.path))
+    if fp_ref is not None:
+        layer.written.append((locality, fp_ref.path))
 
     totals: tuple[int, int, int] | None = None
     if full_stats is not None:
@@ -380,7 +403,37 @@ def _backup_database(
         total_rows=None if totals is None else totals[0],
         total_index_entries=None if totals is None else totals[1],
         total_bytes=None if totals is None else totals[2],
+        fingerprints=fp_ref,
     )
+
+
+def _changed_by_ciphertext(
+    snapshot: Snapshot,
+    fingerprints: FingerprintWriter,
+    previous: Iterator[bytes] | None,
+    hasher: Callable[[bytes], bytes],
+) -> Iterator[tuple[int, list[memoryview | None]]]:
+    """An encrypted source, batch by batch: each chunk's plaintext, or None where the database file
+    holds the same ciphertext as at the previous backup (so the same plaintext: it is not
+    decrypted). Chunks with a page in the WAL are always read, and get no fingerprint."""
+    per_chunk = CHUNK_SIZE // snapshot.page_size
+    in_wal = {(p - 1) // per_chunk for p in snapshot.wal_pages()}
+    count = -(-snapshot.size // CHUNK_SIZE)
+    for first in range(0, count, _BATCH):
+        offset = first * CHUNK_SIZE
+        stored = memoryview(snapshot.stored(offset, min(CHUNK_SIZE * _BATCH, snapshot.size - offset)))
+        blocks: list[memoryview | None] = []
+        for i in range(first, min(first + _BATCH, count)):
+            length = min(CHUNK_SIZE, snapshot.size - i * CHUNK_SIZE)
+            piece = stored[(i - first) * CHUNK_SIZE : (i - first) * CHUNK_SIZE + length]
+            mark = hasher(piece) if len(piece) == length and i not in in_wal else NO_FINGERPRINT  # type: ignore[arg-type]
+            fingerprints.add(mark)
+            before = next(previous, NO_FINGERPRINT) if previous is not None else NO_FINGERPRINT
+            if mark != NO_FINGERPRINT and mark == before:
+                blocks.append(None)
+            else:
+                blocks.append(memoryview(snapshot.read(i * CHUNK_SIZE, length)))
+        yield first, blocks
 
 
 def _objects(stats: DatabaseStats, tables: Sequence[str] | None) -> list[ObjectInfo]:

@@ -66,6 +66,8 @@ class DatabaseEntry:
     total_rows: int | None = None
     total_index_entries: int | None = None
     total_bytes: int | None = None
+    # An encrypted source's chunk fingerprints (ciphertext hashes, see data.FingerprintWriter)
+    fingerprints: FileRef | None = None
 
     @property
     def size(self) -> int:
@@ -105,7 +107,9 @@ class Manifest:
 
     def files(self) -> list[FileRef]:
         """Every file this layer needs to be restored: its indexes and all packs they reference."""
-        return [d.index for d in self.databases] + list(self.packs)
+        refs = [d.index for d in self.databases]
+        refs += [d.fingerprints for d in self.databases if d.fingerprints is not None]
+        return refs + list(self.packs)
 
     def database(self, name: str) -> DatabaseEntry | None:
         return next((d for d in self.databases if d.name == name), None)
@@ -122,6 +126,8 @@ class Manifest:
         dbs = []
         for d in raw["databases"]:
             d["index"] = FileRef(**d["index"])
+            if d.get("fingerprints") is not None:
+                d["fingerprints"] = FileRef(**d["fingerprints"])
             d["objects"] = [ObjectInfo(**o) for o in d["objects"]]
             dbs.append(DatabaseEntry(**d))
         raw["databases"] = dbs

@@ -183,6 +183,7 @@ class Snapshot:
         self.wal_frames = wal_frames
         self._wal_map = wal_map
         self._wal_pages = sorted(p for p in wal_map if p <= page_count)
+        self._raw_fd: int | None = None
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -262,6 +263,9 @@ class Snapshot:
         """End the read transactions (writers and checkpoints proceed freely again)."""
         conns = (self._conn, self._counter)
         self._conn = self._counter = None
+        if self._raw_fd is not None:
+            os.close(self._raw_fd)
+            self._raw_fd = None
         for conn in conns:
             if conn is not None:
                 try:
@@ -324,6 +328,19 @@ class Snapshot:
             start = (pgno - first) * ps
             buf[start : start + ps] = self.page(pgno)
         return bytes(buf)
+
+    def stored(self, offset: int, length: int) -> bytes:
+        """The database file's own bytes at ``offset`` (ciphertext, for an encrypted database): shorter
+        past the end of the file. Stable for the snapshot's life wherever no page of the range is in
+        :meth:`wal_pages` (a checkpoint only copies frames the snapshot reads from the WAL)."""
+        if self._raw_fd is None:
+            self._c  # noqa: B018  (raises once the snapshot is closed)
+            self._raw_fd = os.open(self.path, os.O_RDONLY)
+        return os.pread(self._raw_fd, length, offset)
+
+    def wal_pages(self) -> list[int]:
+        """The pages the snapshot reads from the WAL rather than the database file, in order."""
+        return list(self._wal_pages)
 
     def iter_blocks(self, block_size: int = DEFAULT_BLOCK_SIZE) -> Iterator[bytes]:
         """The whole image in order, in blocks of ``block_size`` bytes (the last one shorter)."""
