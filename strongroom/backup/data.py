@@ -180,7 +180,35 @@ class PackWriter:
             self._current = None
 
 
-class IndexWriter:
+class _RecordFileWriter:
+    """A sealed file of a header and then exactly ``count`` records, one per chunk of an image."""
+
+    what = "records"
+
+    def __init__(
+        self, storage: ExternalStorage, path: str, keys: BackupKeys, header: bytes, count: int, locality: str
+    ) -> None:
+        self._out = SealedObjectWriter(storage, path, keys, locality)
+        self._out.write(header)
+        self._expected = count
+        self._n = 0
+
+    def _add(self, record: bytes) -> None:
+        self._out.write(record)
+        self._n += 1
+
+    def finish(self) -> FileRef:
+        if self._n != self._expected:
+            raise IntegrityError(f"{self.what}: {self._n} records written, expected {self._expected}")
+        return self._out.finish()
+
+    def abort(self) -> None:
+        self._out.abort()
+
+
+class IndexWriter(_RecordFileWriter):
+    what = "chunk index"
+
     def __init__(
         self,
         storage: ExternalStorage,
@@ -191,23 +219,12 @@ class IndexWriter:
         size: int,
         locality: str = "",
     ) -> None:
-        self._out = SealedObjectWriter(storage, path, keys, locality)
         count = -(-size // chunk_size)
-        self._out.write(_INDEX_HEADER.pack(_INDEX_MAGIC, chunk_size, page_size, size, count))
-        self._expected = count
-        self._n = 0
+        header = _INDEX_HEADER.pack(_INDEX_MAGIC, chunk_size, page_size, size, count)
+        super().__init__(storage, path, keys, header, count, locality)
 
     def add(self, record: ChunkRecord) -> None:
-        self._out.write(record.pack_bytes())
-        self._n += 1
-
-    def finish(self) -> FileRef:
-        if self._n != self._expected:
-            raise IntegrityError(f"chunk index has {self._n} records, expected {self._expected}")
-        return self._out.finish()
-
-    def abort(self) -> None:
-        self._out.abort()
+        self._add(record.pack_bytes())
 
 
 _FINGERPRINT_MAGIC = b"SRFPR\x00\x00\x01"
@@ -216,29 +233,19 @@ FINGERPRINT_SIZE = 32
 NO_FINGERPRINT = bytes(FINGERPRINT_SIZE)  # a chunk whose stored bytes were not all in the db file
 
 
-class FingerprintWriter:
+class FingerprintWriter(_RecordFileWriter):
     """Per chunk of an encrypted source, the keyed hash of its bytes *as the database file holds
     them* (ciphertext). The next incremental hashes the file again and decrypts only the chunks
     whose ciphertext differs: reading and hashing the file costs a fraction of decrypting it page
     by page. Sealed like every other file of the backup."""
 
+    what = "fingerprints"
+
     def __init__(self, storage: ExternalStorage, path: str, keys: BackupKeys, count: int, locality: str = "") -> None:
-        self._out = SealedObjectWriter(storage, path, keys, locality)
-        self._out.write(_FINGERPRINT_HEADER.pack(_FINGERPRINT_MAGIC, count))
-        self._expected = count
-        self._n = 0
+        super().__init__(storage, path, keys, _FINGERPRINT_HEADER.pack(_FINGERPRINT_MAGIC, count), count, locality)
 
     def add(self, fingerprint: bytes) -> None:
-        self._out.write(fingerprint)
-        self._n += 1
-
-    def finish(self) -> FileRef:
-        if self._n != self._expected:
-            raise IntegrityError(f"fingerprints: {self._n} written, expected {self._expected}")
-        return self._out.finish()
-
-    def abort(self) -> None:
-        self._out.abort()
+        self._add(fingerprint)
 
 
 def iter_fingerprints(storage_for: StorageFor, ref: FileRef, keys: BackupKeys) -> Iterator[bytes]:
