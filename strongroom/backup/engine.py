@@ -463,29 +463,32 @@ def _incremental_counts(
     hold now. Unchanged chunks are byte-identical in both images, so the old pages are read from
     the previous layer only where a chunk changed (or lies past the end of the new image)."""
     per_chunk = CHUNK_SIZE // snapshot.page_size
-    share = sum(changed) / max(1, len(changed))
-
-    def is_changed(pgno: int) -> bool:
-        chunk = (pgno - 1) // per_chunk
-        return chunk >= len(changed) or changed[chunk] == 1
-
+    old_count = previous.entry.page_count
+    changed_pages = {
+        p
+        for chunk, flag in enumerate(changed)
+        if flag
+        for p in range(chunk * per_chunk + 1, min((chunk + 1) * per_chunk, snapshot.page_count) + 1)
+    }
+    gone = range(snapshot.page_count + 1, old_count + 1)  # pages the database no longer has
     prev_totals = previous.totals()
-    if share > _CENSUS_MAX_SHARE or prev_totals is None:
+    if len(changed_pages) + len(gone) > _CENSUS_MAX_SHARE * max(snapshot.page_count, 1) or prev_totals is None:
         stats = snapshot.stats([i for i, flag in enumerate(changed) if flag], per_chunk)
         return stats, _sums(_objects(snapshot.stats(), tables))
-    now = snapshot.census(is_changed)
+    now = snapshot.census(changed_pages)
+    old_pages = changed_pages.union(gone)
     old_image = BackupImage(previous.storage_for, previous.entry.index, previous.manifest.packs, previous.keys)
     try:
         page_size = snapshot.page_size
 
         def old_page(pgno: int) -> bytes:
-            if is_changed(pgno):
+            if pgno in old_pages:
                 return old_image.read((pgno - 1) * page_size, page_size)
             return snapshot.page(pgno)
 
         old_conn = open_image(old_image)
         try:
-            before = census_stats(old_conn, old_page, previous.entry.page_count, is_changed)
+            before = census_stats(old_conn, old_page, old_count, old_pages)
         finally:
             old_conn.close()
     finally:

@@ -20,13 +20,14 @@ section 1.6 (b-tree pages).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from operator import itemgetter
 
 from ..errors import IntegrityError
 
 PageReader = Callable[[int], bytes]  # page number (1-based) -> that page's bytes
 TreeCounts = tuple[int, int, int]  # cells on leaf pages, cells on all pages, payload bytes
+Pages = set[int] | frozenset[int] | None  # the pages to count (None: every page)
 
 _INTERIOR_INDEX, _INTERIOR_TABLE, _LEAF_INDEX, _LEAF_TABLE = 2, 5, 10, 13
 _INTERIOR = (_INTERIOR_INDEX, _INTERIOR_TABLE)
@@ -35,9 +36,9 @@ _MAX_DEPTH = 40  # far deeper than any real b-tree (fan-out >= 2 at every level)
 
 
 def count_trees(
-    read_page: PageReader, roots: Mapping[str, int], page_count: int, wanted: Callable[[int], bool]
+    read_page: PageReader, roots: Mapping[str, int], page_count: int, wanted: Pages
 ) -> dict[str, TreeCounts]:
-    """Per b-tree (name -> root page): the figures of its pages for which ``wanted(page)`` is true."""
+    """Per b-tree (name -> root page): the figures of its ``wanted`` pages (None: every page)."""
     out = {}
     for name, root in roots.items():
         try:
@@ -47,9 +48,7 @@ def count_trees(
     return out
 
 
-def _count_tree(
-    read_page: PageReader, name: str, root: int, page_count: int, wanted: Callable[[int], bool]
-) -> TreeCounts:
+def _count_tree(read_page: PageReader, name: str, root: int, page_count: int, wanted: Pages) -> TreeCounts:
     leaf_cells = cells = payload = 0
     # Depth-first over interior pages; a page's children are leaves when its first child is (a
     # b-tree is balanced), and then only the wanted ones are read.
@@ -62,23 +61,22 @@ def _count_tree(
         if depth == leaf_depth:
             if kind not in _LEAF:
                 raise _corrupt(name, pgno, "is not a leaf page, where its tree's leaves are")
-            if wanted(pgno):
+            if wanted is None or pgno in wanted:
                 leaf_cells += n
                 cells += n
                 payload += _payload(page, ptrs, 0)
             continue
         if kind not in _INTERIOR:
             raise _corrupt(name, pgno, "is not an interior page, above its tree's leaves")
-        if wanted(pgno):
+        if wanted is None or pgno in wanted:
             cells += n
             if kind == _INTERIOR_INDEX:  # an index's interior cells are entries with a payload
                 payload += _payload(page, ptrs, 4)
-        children = [struct.unpack_from(">I", page, off)[0] for off in ptrs]
-        children.append(struct.unpack_from(">I", page, (100 if pgno == 1 else 0) + 8)[0])
-        if depth + 1 == leaf_depth:
-            stack.extend((c, depth + 1) for c in children if wanted(c))
-        else:
-            stack.extend((c, depth + 1) for c in children)
+        children: Iterable[int] = [struct.unpack_from(">I", page, off)[0] for off in ptrs]
+        children = [*children, struct.unpack_from(">I", page, (100 if pgno == 1 else 0) + 8)[0]]
+        if depth + 1 == leaf_depth and wanted is not None:
+            children = wanted.intersection(children)  # a set operation: no Python step per leaf
+        stack.extend((c, depth + 1) for c in children)
     return leaf_cells, cells, payload
 
 
