@@ -43,14 +43,14 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Self
 
 import apsw
 
 from ..errors import StrongroomError
-from .census import PageReader, count_trees
+from .census import PageReader, Pages, count_trees
 from .connect import DEFAULT_CIPHER, connect, scalar_int
 
 DEFAULT_BLOCK_SIZE = 1 << 20  # a multiple of every legal page size
@@ -66,6 +66,9 @@ _SHM_HEADER = struct.Struct("=IIIBBHII8s8s8s")
 _SHM_HEADER_SIZE = 48
 _SHM_NBACKFILL = struct.Struct("=I")
 _WAL_INDEX_VERSION = 3007000
+
+
+PENDING_BYTE = 0x40000000  # SQLite's lock bytes sit at 1 GiB; the page holding them is never used
 
 
 @dataclass
@@ -295,6 +298,10 @@ class Snapshot:
     def page(self, pgno: int) -> bytes:
         """One page (1-based), from its latest WAL frame in the snapshot or else from the db file."""
         ps = self.page_size
+        if self.encrypted and pgno == PENDING_BYTE // ps + 1:
+            # The lock-byte page (the file's second GiB starts with it): SQLite never writes it,
+            # so sqlite3mc has nothing to decrypt there. Its content is never read, as zeros here.
+            return bytes(ps)
         frame = self._wal_map.get(pgno)
         if frame is not None:
             ok, data = self._c.read("main", 1, self._frame_offset(frame), ps)
@@ -366,8 +373,8 @@ class Snapshot:
             raise StrongroomError("snapshot is closed")
         return compute_stats(self._counter, chunks, pages_per_chunk)
 
-    def census(self, wanted: Callable[[int], bool]) -> DatabaseStats:
-        """What :meth:`stats` counts, on the pages for which ``wanted(page)`` holds, parsed from those
+    def census(self, wanted: Pages) -> DatabaseStats:
+        """What :meth:`stats` counts, on the ``wanted`` pages (None: all), parsed from those
         pages and the interior pages above them (cost follows the pages, not the database)."""
         return census_stats(self._c, self.page, self.page_count, wanted)
 
@@ -443,9 +450,7 @@ def compute_stats(
     return assemble_stats(entries, without_rowid, per_tree)
 
 
-def census_stats(
-    conn: apsw.Connection, read_page: PageReader, page_count: int, wanted: Callable[[int], bool]
-) -> DatabaseStats:
+def census_stats(conn: apsw.Connection, read_page: PageReader, page_count: int, wanted: Pages) -> DatabaseStats:
     """What compute_stats counts, on the ``wanted`` pages only, parsed from the pages ``read_page``
     serves (see census.py); ``conn`` reads the schema of the same snapshot."""
     entries, without_rowid = schema_facts(conn)
