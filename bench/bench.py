@@ -1081,7 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--tools",
         default=",".join(default_tools()),
-        help="comma-separated: strongroom,strongroom-s3,restic,borg (default all; strongroom-s3 needs boto3, moto)",
+        help="comma-separated, of strongroom,strongroom-s3,restic,borg (default %(default)s; -s3 needs boto3, moto)",
     )
     ap.add_argument("--scattered", action="store_true", help="change 1%% of rows chosen at random, not the newest")
     ap.add_argument("--json", type=Path, help="write every figure to this file")
