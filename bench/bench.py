@@ -113,6 +113,15 @@ with open(out, "w") as f:
 """
 
 
+class StepFailed(RuntimeError):
+    """A measured child process exited non-zero."""
+
+    def __init__(self, cmd: list[str], code: int, log: Path) -> None:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        self.summary = f"{Path(cmd[0]).name} exited {code}: {lines[-1].strip() if lines else '(no output)'} (log {log})"
+        super().__init__(self.summary + "\n" + "\n".join(lines[-40:]))
+
+
 def run_child(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, log: Path) -> Step:
     """Run ``cmd`` to completion: wall seconds and the child's own peak RSS (wait4 ru_maxrss, KiB on Linux)."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -131,8 +140,7 @@ def run_child(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | 
         )
     got = json.loads(figures.read_text())
     if got["code"] != 0:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{cmd[0]} exited {got['code']} (log {log}):\n{tail}")
+        raise StepFailed(cmd, got["code"], log)
     return Step(name=log.stem, seconds=got["seconds"], peak_rss_bytes=got["maxrss_kib"] * 1024)
 
 
@@ -780,29 +788,35 @@ def at_most(
     """``mine`` (a durable time) <= ``factor`` x ``theirs``."""
     r = mine / theirs
     ok = "ok" if r <= factor else "MISS"
-    return Goal(name, ok, f"{mine_label} {mine:.2f} s / {theirs_label} {theirs:.2f} s = x{r:.2f} (goal <= x{factor:g})")
+    return Goal(name, ok, f"{mine_label} {mine:.2f} s / {theirs_label} {theirs:.2f} s = x{r:.3f} (goal <= x{factor:g})")
 
 
 def faster(name: str, mine: float, theirs: float, theirs_label: str, factor: float) -> Goal:
     """Durable throughput at least ``factor`` x theirs on the same file, i.e. ``theirs / mine >= factor``."""
     r = theirs / mine
-    detail = f"strongroom {mine:.2f} s vs {theirs_label} {theirs:.2f} s: throughput x{r:.2f} (goal >= x{factor:g})"
+    detail = f"strongroom {mine:.2f} s vs {theirs_label} {theirs:.2f} s: throughput x{r:.3f} (goal >= x{factor:g})"
     return Goal(name, "ok" if r >= factor else "MISS", detail)
 
 
-def step_goals(kind: str, scattered: bool, results: list[ToolResult], limits: dict[str, Step]) -> list[Goal]:
+def step_goals(
+    kind: str, scattered: bool, results: list[ToolResult], failed: dict[str, str], limits: dict[str, Step]
+) -> list[Goal]:
     """The issue's goals for one scenario run, on durable time (see bench/README.md)."""
     by = {r.tool: r for r in results}
+
+    def why(tool: str) -> str:
+        return f"{tool} failed: {failed[tool]}" if tool in failed else f"{tool} not selected (--tools)"
+
     s = by.get("strongroom")
     if s is None:
-        return [unknown("all goals", "strongroom not selected (--tools)")]
+        return [unknown("all goals", why("strongroom"))]
     mine = {step: s.steps[step].durable_seconds for step in ("full", "incremental", "restore")}
 
     def theirs(tool: str, step: str) -> float | None:
         return by[tool].steps[step].durable_seconds if tool in by else None
 
     def absent(name: str, tool: str) -> Goal:
-        return unknown(name, f"{tool} not selected (--tools)")
+        return unknown(name, why(tool))
 
     goals: list[Goal] = []
     for tool in ("restic", "borg"):
@@ -840,7 +854,8 @@ def scaling_goals(small: ScenarioRun, large: ScenarioRun) -> list[Goal]:
     a, b = ({r.tool: r for r in run.results}.get("strongroom") for run in (small, large))
     inc_name, rss_name = "incremental at the larger size <= 1.3x the smaller", "peak RSS at the larger size <= 1.1x"
     if a is None or b is None:
-        return [unknown(inc_name, "strongroom not selected"), unknown(rss_name, "strongroom not selected")]
+        why = "strongroom not selected or failed at one size"
+        return [unknown(inc_name, why), unknown(rss_name, why)]
     ta, tb = a.steps["incremental"].durable_seconds, b.steps["incremental"].durable_seconds
     ra, rb = a.peak_rss_bytes, b.peak_rss_bytes
     return [
@@ -848,7 +863,7 @@ def scaling_goals(small: ScenarioRun, large: ScenarioRun) -> list[Goal]:
         Goal(
             rss_name + " the smaller (no growth, 10% allowed for noise)",
             "ok" if rb <= 1.1 * ra else "MISS",
-            f"{large.size_gib:g} GiB {rb / MB:.0f} MB / {small.size_gib:g} GiB {ra / MB:.0f} MB = x{rb / ra:.2f}",
+            f"{large.size_gib:g} GiB {rb / MB:.0f} MB / {small.size_gib:g} GiB {ra / MB:.0f} MB = x{rb / ra:.3f}",
         ),
     ]
 
@@ -877,6 +892,7 @@ class ScenarioRun:
     rows_changed: int
     limits: dict[str, Step]
     results: list[ToolResult]
+    failed: dict[str, str] = field(default_factory=dict)  # tool -> why (its results are left out)
     goals: list[Goal] = field(default_factory=list)
 
     def figures(self) -> dict[str, Any]:
@@ -889,6 +905,7 @@ class ScenarioRun:
             "database": self.database,
             "limits": {k: s.figures() for k, s in self.limits.items()},
             "results": [r.figures() for r in self.results],
+            "failed": self.failed,
             "goals": [asdict(g) for g in self.goals],
         }
 
@@ -903,13 +920,18 @@ def run_scenario(
     base, db_info = base_database(work, kind, size_gib, args.skip_build)
     count = count or max(1, int(db_info["rows"] * CHANGE_FRACTION))
     limits = measure_limits(base.file, work / name)
-    results = []
-    for i, tool_name in enumerate(tools):
+    results: list[ToolResult] = []
+    failed: dict[str, str] = {}
+    for tool_name in tools:
         tool = TOOL_CLASSES[tool_name](work / name / tool_name)
         print(f"{tool.name}:", flush=True)
-        results.append(bench_tool(tool, base, count, args.scattered, args.keep, measure_change=i == 0))
-    run = ScenarioRun(name, kind, size_gib, args.scattered, db_info, count, limits, results)
-    run.goals = step_goals(kind, args.scattered, results, limits)
+        try:
+            results.append(bench_tool(tool, base, count, args.scattered, args.keep, measure_change=not results))
+        except StepFailed as exc:  # the other tools still run; the report and the exit status say so
+            print(f"FAILED\n{exc}", flush=True)
+            failed[tool.name] = exc.summary
+    run = ScenarioRun(name, kind, size_gib, args.scattered, db_info, count, limits, results, failed)
+    run.goals = step_goals(kind, args.scattered, results, failed, limits)
     return run
 
 
@@ -991,6 +1013,10 @@ def report(run: ScenarioRun) -> str:
         )
     )
     out("")
+    for tool, why in run.failed.items():
+        out(f"FAILED {tool}: {why}")
+    if not run.results:
+        return "\n".join(lines)
     out("restore check")
     for r in run.results:
         out(f"  {r.tool:<13} verified={r.verified}  byte-identical={r.byte_identical}  {r.verify_detail}")
@@ -1020,16 +1046,18 @@ def report(run: ScenarioRun) -> str:
 
 
 def scaling_report(small: ScenarioRun, large: ScenarioRun, goals: list[Goal]) -> str:
+    which = "random" if small.scattered else "newest"
     lines = [
         "",
-        f"=== scaling: the same {small.rows_changed:,} newest rows changed at {small.size_gib:g} GiB and at "
+        f"=== scaling: the same {small.rows_changed:,} {which} rows changed at {small.size_gib:g} GiB and at "
         f"{large.size_gib:g} GiB",
         f"{'tool':<14}{'incremental dur s':>26}{'ratio':>8}{'incremental RSS MB':>26}{'ratio':>8}"
         f"{'peak RSS MB':>20}{'ratio':>8}",
     ]
     big = {r.tool: r for r in large.results}
     for a in small.results:
-        b = big[a.tool]
+        if (b := big.get(a.tool)) is None:
+            continue
         ta, tb = a.steps["incremental"].durable_seconds, b.steps["incremental"].durable_seconds
         ia, ib = a.steps["incremental"].peak_rss_bytes, b.steps["incremental"].peak_rss_bytes
         pa, pb = a.peak_rss_bytes, b.peak_rss_bytes
@@ -1155,7 +1183,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(doc, indent=2))
         print(f"wrote {args.json}")
-    return 0 if all(r.verified for run in runs for r in run.results) else 1
+    ok = all(r.verified for run in runs for r in run.results) and not any(run.failed for run in runs)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
