@@ -12,12 +12,13 @@ import fcntl
 import glob
 import itertools
 import os
+import threading
 import urllib.parse
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -256,6 +257,39 @@ def _fsync_path(path: str | os.PathLike[str], directory: bool = False) -> None:
         os.close(fd)
 
 
+@contextmanager
+def _written_back(path: Path, interval: float = 0.25) -> Iterator[None]:
+    """While ``path`` is being written, flush what is written so far every ``interval`` seconds (on
+    another thread), so the disk writes while the CPU decodes and the final fsync has little left.
+    Without it the whole file waited in the page cache for that fsync: measured 0.3 to 2.5 s per
+    GiB on this machine's disk, after all the decoding was done."""
+    stop = threading.Event()
+
+    def flush() -> None:
+        fd = -1
+        try:
+            while not stop.wait(interval):
+                if fd < 0:
+                    try:
+                        fd = os.open(path, os.O_RDONLY)
+                    except FileNotFoundError:
+                        continue  # not created yet
+                os.fdatasync(fd)
+        except OSError:
+            pass  # the final fsync reports any write error; this one only starts the work early
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    flusher = threading.Thread(target=flush, name="write-back", daemon=True)
+    flusher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        flusher.join()
+
+
 def _structural_check(conn: apsw.Connection, plain_file: Path | None) -> None:
     """The cheap check of a restored database: a header SQLite accepts, a page count that matches
     the file (plain files; a keyed file was just written by SQLite itself), a schema it can read."""
@@ -340,16 +374,17 @@ def write_database(
     fcntl.flock(owner, fcntl.LOCK_EX)
     try:
         expected = None
-        if key is None:
-            written = 0
-            with open(temp, "xb") as f:
-                for block in source.iter_blocks():
-                    f.write(block)
-                    written += len(block)
-            if written != source.size:
-                raise IntegrityError(f"backup image is {written} bytes, expected {source.size}")
-        else:
-            expected = _vacuum_into_keyed(source, temp, key, cipher)
+        with _written_back(temp):
+            if key is None:
+                written = 0
+                with open(temp, "xb") as f:
+                    for block in source.iter_blocks():
+                        f.write(block)
+                        written += len(block)
+                if written != source.size:
+                    raise IntegrityError(f"backup image is {written} bytes, expected {source.size}")
+            else:
+                expected = _vacuum_into_keyed(source, temp, key, cipher)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync") as fsync_pool:
             # The page cache holds the whole file now: the checks below read it from memory while
             # the disk writes it out.
