@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import apsw
@@ -78,12 +79,13 @@ def restore_file(
     encryption: Encryption | None = None,
     key: bytes | None = None,
     verify: bool = False,
+    as_of: datetime | None = None,
     progress: Progress | None = None,
 ) -> JobResult:
     """Restore a database from a backup to ``dest`` (refused if it exists).
 
     A backup of several databases needs ``database`` to say which one; ``verify`` adds SQLite's
-    full integrity_check.
+    full integrity_check; ``as_of`` picks the newest layer of the chain at or before that time.
     """
     d = Path(dest).absolute()
     enc = encryption or Encryption()
@@ -93,6 +95,8 @@ def restore_file(
         if len(names) != 1:
             raise UsageError(f"the backup holds {len(names)} databases ({', '.join(names)}): say which to restore")
         database = names[0]
-    request = RestoreRequest(from_=(from_,), subdir=subdir, databases=(database,), encryption=enc, verify=verify)
+    request = RestoreRequest(
+        from_=(from_,), subdir=subdir, databases=(database,), encryption=enc, verify=verify, as_of=as_of
+    )
     result = engine.restore(request, _FileTarget(d, key), progress=progress)
     return replace(result, encryption=enc.kind)

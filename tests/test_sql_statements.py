@@ -12,7 +12,7 @@ from conftest import fill_bank, table_rows
 
 from strongroom import Store
 from strongroom.cli import main
-from strongroom.errors import EncryptionError, UsageError
+from strongroom.errors import EncryptionError, NotFoundError, UsageError
 
 JOB_COLUMNS = ("job_id", "status", "fraction_completed", "rows", "index_entries", "bytes", "encryption")
 EAST, WEST = "local:///east?KEYRING={ring}", "local:///west?KEYRING={ring}"
@@ -204,3 +204,22 @@ def test_statements_naming_one_backup_by_its_uri(store: Store) -> None:
     with pytest.raises(UsageError) as exc:
         store.execute("RESTORE FROM 'nodelocal://1/u' WITH encryption_passphrase = 'pw'")
     assert str(exc.value).startswith("RESTORE FROM 'nodelocal://1/u' names no backup: use RESTORE FROM LATEST IN")
+
+
+def test_restore_as_of_an_interval_back_from_now(store: Store) -> None:
+    fill_bank(store, accounts=50)
+    store.execute("BACKUP INTO 'nodelocal://1/r' WITH encryption_passphrase = 'pw'")
+    store.execute("USE bank; DELETE FROM accounts WHERE id <= 10")
+    store.execute("BACKUP INTO LATEST IN 'nodelocal://1/r' WITH encryption_passphrase = 'pw'")
+    store.execute(
+        "RESTORE DATABASE bank FROM LATEST IN 'nodelocal://1/r' AS OF SYSTEM TIME '-1us' "
+        "WITH encryption_passphrase = 'pw', new_db_name = recent"
+    )
+    assert len(table_rows(store, "recent", "accounts")) == 40  # both layers are older than 1 µs ago
+    with pytest.raises(NotFoundError, match="is as old as"):
+        store.execute(
+            "RESTORE DATABASE bank FROM LATEST IN 'nodelocal://1/r' AS OF SYSTEM TIME '-1000 days' "
+            "WITH encryption_passphrase = 'pw', new_db_name = never"
+        )
+    with pytest.raises(UsageError, match="must reach into the past"):
+        store.execute("RESTORE FROM LATEST IN 'nodelocal://1/r' AS OF SYSTEM TIME '+1h'")

@@ -8,15 +8,76 @@ statement text with every secret redacted, the same whichever surface started th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from ..errors import UsageError
 from ..uri import redact
 from .keys import Encryption
 
 LATEST = "LATEST"
+
+
+_UNITS = {
+    "us": 1e-6, "µs": 1e-6, "microsecond": 1e-6, "ms": 1e-3, "millisecond": 1e-3,
+    "s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60,
+    "h": 3600, "hr": 3600, "hour": 3600, "d": 86400, "day": 86400,
+}  # fmt: skip
+_INTERVAL_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zµ]+)\s*", re.IGNORECASE)
+# CockroachDB's follower_read_timestamp(): far enough back for any replica to serve; here, a time.
+FOLLOWER_READ_LAG = timedelta(seconds=4.8)
+
+
+def _unit(name: str) -> float | None:
+    """Seconds in one ``name`` ('h', 'hour', 'hours', ...), or None for no unit we know."""
+    name = name.lower()
+    return _UNITS.get(name, _UNITS.get(name[:-1]) if name.endswith("s") and len(name) > 2 else None)
+
+
+def parse_as_of(text: str, now: datetime | None = None) -> datetime:
+    """``AS OF SYSTEM TIME`` as CockroachDB takes it: a timestamp (``'2026-11-23 10:00:00'``, UTC unless
+    it says otherwise), an interval back from ``now`` (``'-1h'``, ``'-10m'``, ``'-1h30m'``, ``'-2 days'``),
+    nanoseconds since the epoch (``1732357200000000000``, an HLC's ``.logical`` part ignored), or
+    ``follower_read_timestamp()``."""
+    now = now or datetime.now(UTC)
+    raw = text.strip()
+    value = raw[1:-1].replace("''", "'").strip() if len(raw) >= 2 and raw[0] == raw[-1] == "'" else raw
+    shown = f"'{value}'"
+    if value.lower() == "follower_read_timestamp()":
+        return now - FOLLOWER_READ_LAG
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        seconds, nanos = divmod(int(value.partition(".")[0]), 1_000_000_000)
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC) + timedelta(microseconds=nanos // 1000)
+        except (OverflowError, OSError, ValueError):
+            raise UsageError(f"AS OF SYSTEM TIME {shown}: nanoseconds since 1970 out of range") from None
+    if value[:1] in ("-", "+"):
+        body, pos, seconds_back = value[1:], 0, 0.0
+        while pos < len(body):
+            m = _INTERVAL_PART.match(body, pos)
+            unit = _unit(m.group(2)) if m else None
+            if m is None or unit is None:
+                raise UsageError(
+                    f"AS OF SYSTEM TIME {shown}: not an interval such as '-1h', '-10m', '-1h30m' or '-2 days'"
+                )
+            seconds_back += float(m.group(1)) * unit
+            pos = m.end()
+        if value[0] == "+" or seconds_back <= 0:
+            raise UsageError(f"AS OF SYSTEM TIME {shown}: the interval must reach into the past, such as '-1h'")
+        try:
+            return now - timedelta(seconds=seconds_back)
+        except OverflowError:
+            raise UsageError(f"AS OF SYSTEM TIME {shown}: too far back") from None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(
+            f"AS OF SYSTEM TIME {shown}: give a timestamp such as '2026-11-23 10:00:00' (UTC) or an interval "
+            "such as '-1h'"
+        ) from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def collection_uris(value: str | Sequence[str]) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from ..backup import engine as backup_engine
-from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
+from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest, parse_as_of
 from ..errors import UsageError
 from ..files import backup_file, restore_file
 from .common import (
@@ -88,6 +88,12 @@ def backup(
 @click.option(
     "--verify", is_flag=True, help="Also run SQLite's full integrity_check on each restored database (slower)."
 )
+@click.option(
+    "--as-of",
+    metavar="TIME",
+    help="AS OF SYSTEM TIME: the newest backup at or before a timestamp ('2026-11-23 10:00:00', UTC) "
+    "or an interval back from now ('-1h', '-10m', '-2 days').",
+)
 @encryption_options("Decrypt the backup")
 @FORMAT
 def restore(
@@ -100,12 +106,14 @@ def restore(
     into_db: str | None,
     file_: str | None,
     verify: bool,
+    as_of: str | None,
     kms: tuple[str, ...],
     passphrase: bool,
     passphrase_file: str | None,
     fmt: str,
 ) -> None:
     """RESTORE FROM LATEST IN COLLECTION (or --from SUBDIR)."""
+    at = parse_as_of(as_of) if as_of is not None else None
     if file_ and (tables or new_db_name or into_db or len(databases) > 1):
         raise UsageError("--file restores one database: use at most one --database")
     collection = resolve_collection(collection)
@@ -119,6 +127,7 @@ def restore(
                 database=databases[0] if databases else None,
                 encryption=enc,
                 verify=verify,
+                as_of=at,
                 progress=progress,
             )
         else:
@@ -131,6 +140,7 @@ def restore(
                 into_db=into_db,
                 encryption=enc,
                 verify=verify,
+                as_of=at,
             )
             result = open_store(store).backups.restore(request, progress)
     show_job(result, fmt)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import apsw
 
 from ..backup import AlterBackupRequest, BackupRequest, Encryption, JobResult, RestoreRequest, ShowBackupRequest
+from ..backup.requests import parse_as_of
 from ..errors import NotFoundError, UsageError
 from ..output import render
 from ..store.jobs import JOB_COLUMNS
@@ -69,13 +70,7 @@ def _location(destinations: tuple[str, ...], subdir: str | None, what: str) -> t
 
 
 def _as_of(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        value = datetime.fromisoformat(text.strip("'"))
-    except ValueError:
-        raise UsageError(f"AS OF SYSTEM TIME {text!r}: give a timestamp such as '2026-11-23 10:00:00' (UTC)") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return None if text is None else parse_as_of(text)
 
 
 _SUBDIR_AT_END = re.compile(r"^(?P<coll>.*?)/(?P<sub>\d{4}/\d{2}/\d{2}-\d{6}\.\d{2})/?$")
