@@ -52,13 +52,20 @@ def format_csv(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return buf.getvalue().rstrip("\n")
 
 
+# Ids are 64-bit (CockroachDB's unique_rowid()): past 2^53 a JSON number loses digits in JavaScript
+# and jq, so ids are always strings in JSON, as the CockroachDB Cloud API writes them.
+_ID_COLUMNS = frozenset({"job_id", "id", "crdb_job_id", "coordinator_id", "schedule_id"})
+
+
 def format_json(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    def plain(v: object) -> object:
+    def plain(column: str, v: object) -> object:
         if isinstance(v, bytes):
             return v.hex()
+        if column in _ID_COLUMNS and isinstance(v, int) and not isinstance(v, bool):
+            return str(v)
         return v
 
-    return json.dumps([{c: plain(v) for c, v in zip(columns, row, strict=True)} for row in rows], indent=2)
+    return json.dumps([{c: plain(c, v) for c, v in zip(columns, row, strict=True)} for row in rows], indent=2)
 
 
 FORMATS = {"table": format_table, "csv": format_csv, "json": format_json}

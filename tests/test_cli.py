@@ -55,6 +55,7 @@ def test_backup_restore_show_alter(cli: CliRunner, tmp_path: Path) -> None:
     out = ok(cli, "backup", "nodelocal://1/b", "--kms", "local:///east", "--format", "json")
     [job] = json.loads(out)
     assert job["status"] == "succeeded" and job["rows"] == 500
+    assert isinstance(job["job_id"], str) and len(job["job_id"]) == 19  # > 2^53: a number would lose digits
     ok(cli, "backup", "nodelocal://1/b", "--incremental", "--kms", "local:///east")
     paths = json.loads(ok(cli, "show", "backups", "nodelocal://1/b", "--format", "json"))
     assert len(paths) == 1
