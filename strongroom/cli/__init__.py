@@ -26,6 +26,7 @@ COMMANDS = {
     "restore": "backups:restore",
     "show": "backups:show",
     "alter-backup": "backups:alter_backup",
+    "check": "backups:check",
     "cmek": "cmek:cmek",
     "rotate": "cmek:rotate",
     "serve": "serve:serve",

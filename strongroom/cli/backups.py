@@ -9,6 +9,7 @@ from ..backup import engine as backup_engine
 from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest, parse_as_of
 from ..errors import UsageError
 from ..files import backup_file, restore_file
+from ..uri import redact
 from .common import (
     FORMAT,
     STORE,
@@ -187,6 +188,39 @@ def show_backup(
     request = ShowBackupRequest(in_=(collection,), subdir=subdir, encryption=enc, check_files=check_files)
     result = s.backups.show_backup(request) if s else backup_engine.show_backup(request)
     echo_table(result.columns, result.rows, fmt)
+
+
+@click.command()
+@click.argument("collection")
+@STORE
+@click.option("--read-data", is_flag=True, help="Also decrypt every chunk and check it against its hash (slower).")
+@encryption_options("Open the backups (decrypt them)")
+@FORMAT
+def check(
+    collection: str,
+    store: str | None,
+    read_data: bool,
+    kms: tuple[str, ...],
+    passphrase: bool,
+    passphrase_file: str | None,
+    fmt: str,
+) -> None:
+    """Check every backup in COLLECTION: manifests, chain links and LATEST (rollback), every file's presence,
+    size and SHA-256; with --read-data every chunk. Exits 1 if anything is wrong."""
+    collection = resolve_collection(collection)
+    enc = encryption(kms, passphrase, passphrase_file)
+    s = maybe_store(store)
+    with progress_bar("checking") as progress:
+        if s:
+            reports = s.backups.check(collection, enc, read_data=read_data, progress=progress)
+        else:
+            reports = backup_engine.check(collection, enc, read_data=read_data, progress=progress)
+    rows = [(r.path, r.layers, r.files, r.file_bytes, r.chunks_read, r.status) for r in reports]
+    echo_table(backup_engine.CHECK_COLUMNS, rows, fmt)
+    if not reports:
+        raise UsageError(f"no backups in {redact(collection)}")
+    if any(r.status not in ("ok", "partial") for r in reports):
+        raise click.exceptions.Exit(1)
 
 
 @click.command("alter-backup")

@@ -14,6 +14,7 @@ from ..backup import engine
 from ..backup.destinations import open_destinations
 from ..backup.engine import DatabaseSource, ShowBackupResult
 from ..backup.jobs import JobResult, Progress
+from ..backup.keys import Encryption
 from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 from ..errors import NotFoundError, UsageError
 from ..kms import open_kms
@@ -65,6 +66,17 @@ class Backups:
 
     def show_backup(self, request: ShowBackupRequest) -> ShowBackupResult:
         return engine.show_backup(request, context=self.context)
+
+    def check(
+        self,
+        collection: str | tuple[str, ...],
+        encryption: Encryption,
+        *,
+        read_data: bool = False,
+        progress: Progress | None = None,
+    ) -> list[engine.CheckReport]:
+        """``strongroom check``: every chain of the collection, its files, and with ``read_data`` every chunk."""
+        return engine.check(collection, encryption, read_data=read_data, context=self.context, progress=progress)
 
     def plan(self, request: BackupRequest | RestoreRequest) -> None:
         """Planning errors surface before a job starts, as CockroachDB reports them: a bad URI, an
