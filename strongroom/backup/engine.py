@@ -475,7 +475,8 @@ def _incremental_counts(
     if len(changed_pages) + len(gone) > _CENSUS_MAX_SHARE * max(snapshot.page_count, 1) or prev_totals is None:
         stats = snapshot.stats([i for i, flag in enumerate(changed) if flag], per_chunk)
         return stats, _sums(_objects(snapshot.stats(), tables))
-    now = snapshot.census(changed_pages)
+    shared: dict[int, list[int]] = {}  # interior pages outside the change: the same in both images
+    now = snapshot.census(changed_pages, shared)
     old_pages = changed_pages.union(gone)
     old_image = BackupImage(previous.storage_for, previous.entry.index, previous.manifest.packs, previous.keys)
     try:
@@ -488,7 +489,7 @@ def _incremental_counts(
 
         old_conn = open_image(old_image)
         try:
-            before = census_stats(old_conn, old_page, old_count, old_pages)
+            before = census_stats(old_conn, old_page, old_count, old_pages, shared)
         finally:
             old_conn.close()
     finally:

@@ -36,19 +36,29 @@ _MAX_DEPTH = 40  # far deeper than any real b-tree (fan-out >= 2 at every level)
 
 
 def count_trees(
-    read_page: PageReader, roots: Mapping[str, int], page_count: int, wanted: Pages
+    read_page: PageReader,
+    roots: Mapping[str, int],
+    page_count: int,
+    wanted: Pages,
+    children: dict[int, list[int]] | None = None,
 ) -> dict[str, TreeCounts]:
-    """Per b-tree (name -> root page): the figures of its ``wanted`` pages (None: every page)."""
+    """Per b-tree (name -> root page): the figures of its ``wanted`` pages (None: every page).
+
+    ``children`` memoizes the child pointers of interior pages that are not ``wanted``: a caller
+    counting two images that differ only on the wanted pages passes the same dict to both."""
     out = {}
+    memo = children if children is not None else {}
     for name, root in roots.items():
         try:
-            out[name] = _count_tree(read_page, name, root, page_count, wanted)
+            out[name] = _count_tree(read_page, name, root, page_count, wanted, memo)
         except (IndexError, struct.error):  # a cell or varint running off its page
             raise _corrupt(name, root, "heads a tree with a malformed page") from None
     return out
 
 
-def _count_tree(read_page: PageReader, name: str, root: int, page_count: int, wanted: Pages) -> TreeCounts:
+def _count_tree(
+    read_page: PageReader, name: str, root: int, page_count: int, wanted: Pages, memo: dict[int, list[int]]
+) -> TreeCounts:
     leaf_cells = cells = payload = 0
     # Depth-first over interior pages; a page's children are leaves when its first child is (a
     # b-tree is balanced), and then only the wanted ones are read.
@@ -56,6 +66,10 @@ def _count_tree(read_page: PageReader, name: str, root: int, page_count: int, wa
     leaf_depth = _depth(read_page, name, root, page_count)
     while stack:
         pgno, depth = stack.pop()
+        known = memo.get(pgno)
+        if known is not None:  # an unwanted interior page met before: only its children matter
+            _push(stack, known, depth, leaf_depth, wanted)
+            continue
         page = _read(read_page, name, pgno, page_count)
         kind, n, ptrs = _header(page, pgno)
         if depth == leaf_depth:
@@ -72,12 +86,19 @@ def _count_tree(read_page: PageReader, name: str, root: int, page_count: int, wa
             cells += n
             if kind == _INTERIOR_INDEX:  # an index's interior cells are entries with a payload
                 payload += _payload(page, ptrs, 4)
-        children: Iterable[int] = [struct.unpack_from(">I", page, off)[0] for off in ptrs]
-        children = [*children, struct.unpack_from(">I", page, (100 if pgno == 1 else 0) + 8)[0]]
-        if depth + 1 == leaf_depth and wanted is not None:
-            children = wanted.intersection(children)  # a set operation: no Python step per leaf
-        stack.extend((c, depth + 1) for c in children)
+        children = [struct.unpack_from(">I", page, off)[0] for off in ptrs]
+        children.append(struct.unpack_from(">I", page, (100 if pgno == 1 else 0) + 8)[0])
+        if wanted is not None and pgno not in wanted:
+            memo[pgno] = children
+        _push(stack, children, depth, leaf_depth, wanted)
     return leaf_cells, cells, payload
+
+
+def _push(stack: list[tuple[int, int]], children: list[int], depth: int, leaf_depth: int, wanted: Pages) -> None:
+    below: Iterable[int] = children
+    if depth + 1 == leaf_depth and wanted is not None:
+        below = wanted.intersection(children)  # a set operation: no Python step per leaf
+    stack.extend((c, depth + 1) for c in below)
 
 
 def _depth(read_page: PageReader, name: str, root: int, page_count: int) -> int:

@@ -373,10 +373,10 @@ class Snapshot:
             raise StrongroomError("snapshot is closed")
         return compute_stats(self._counter, chunks, pages_per_chunk)
 
-    def census(self, wanted: Pages) -> DatabaseStats:
+    def census(self, wanted: Pages, children: dict[int, list[int]] | None = None) -> DatabaseStats:
         """What :meth:`stats` counts, on the ``wanted`` pages (None: all), parsed from those
         pages and the interior pages above them (cost follows the pages, not the database)."""
-        return census_stats(self._c, self.page, self.page_count, wanted)
+        return census_stats(self._c, self.page, self.page_count, wanted, children)
 
 
 # -- helpers shared with the restore side ----------------------------------------------------------
@@ -450,12 +450,18 @@ def compute_stats(
     return assemble_stats(entries, without_rowid, per_tree)
 
 
-def census_stats(conn: apsw.Connection, read_page: PageReader, page_count: int, wanted: Pages) -> DatabaseStats:
+def census_stats(
+    conn: apsw.Connection,
+    read_page: PageReader,
+    page_count: int,
+    wanted: Pages,
+    children: dict[int, list[int]] | None = None,
+) -> DatabaseStats:
     """What compute_stats counts, on the ``wanted`` pages only, parsed from the pages ``read_page``
     serves (see census.py); ``conn`` reads the schema of the same snapshot."""
     entries, without_rowid = schema_facts(conn)
     roots = {fold_name(e.name): e.rootpage for e in entries if e.type in ("table", "index") and e.rootpage > 0}
-    return assemble_stats(entries, without_rowid, count_trees(read_page, roots, page_count, wanted))
+    return assemble_stats(entries, without_rowid, count_trees(read_page, roots, page_count, wanted, children))
 
 
 def schema_facts(conn: apsw.Connection, schema: str = "main") -> tuple[list[SchemaEntry], set[str]]:
