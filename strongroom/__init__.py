@@ -32,11 +32,13 @@ __version__ = "0.1.0"
 # needs little (``strongroom --version``) does not pay for the engine, the SQL grammar or the SDKs.
 _EXPORTS = {
     "AlterBackupRequest": "backup",
+    "BackupReader": "backup",
     "BackupRequest": "backup",
     "Encryption": "backup",
     "JobResult": "backup",
     "RestoreRequest": "backup",
     "ShowBackupRequest": "backup",
+    "open_backup": "backup",
     "AlreadyExistsError": "errors",
     "EncryptionError": "errors",
     "IntegrityError": "errors",
@@ -55,6 +57,7 @@ _EXPORTS = {
 __all__ = [
     "AlreadyExistsError",
     "AlterBackupRequest",
+    "BackupReader",
     "BackupRequest",
     "Encryption",
     "EncryptionError",
@@ -72,12 +75,22 @@ __all__ = [
     "backup_file",
     "create_key",
     "init_store",
+    "open_backup",
     "open_store",
     "restore_file",
 ]
 
 if TYPE_CHECKING:
-    from .backup import AlterBackupRequest, BackupRequest, Encryption, JobResult, RestoreRequest, ShowBackupRequest
+    from .backup import (
+        AlterBackupRequest,
+        BackupReader,
+        BackupRequest,
+        Encryption,
+        JobResult,
+        RestoreRequest,
+        ShowBackupRequest,
+        open_backup,
+    )
     from .errors import (
         AlreadyExistsError,
         EncryptionError,

@@ -69,7 +69,8 @@ from .jobs import JobResult, Progress, new_job_id
 from .keys import BackupKeys, Encryption, add_kms, existing_backup_keys, new_backup_keys
 from .manifest import DatabaseEntry, FileRef, Manifest, ObjectInfo, read_manifest, write_manifest
 from .owners import lock_content, remove_abandoned_layers
-from .requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
+from .reader import BackupReader
+from .requests import LATEST, AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 
 Clock = Callable[[], datetime]
 Collection = str | Sequence[str]  # one location, or a locality-aware set (COCKROACH_LOCALITY)
@@ -848,6 +849,28 @@ def restore(
                 target.discard_database(name)
             raise
         return JobResult(job_id, "succeeded", 1.0, rows, index_entries, nbytes)
+
+
+def open_backup(
+    collection: Collection,
+    *,
+    subdir: str = LATEST,
+    as_of: datetime | None = None,
+    encryption: Encryption | None = None,
+    context: StorageContext | None = None,
+) -> BackupReader:
+    """Open the newest layer of a chain (``subdir``: LATEST or a full backup's subdir), or the newest
+    at or before ``as_of``, for reading in place."""
+    dests = open_destinations(collection, context)
+    try:
+        storage = dests.default
+        full, latest = _resolve_full(storage, subdir)
+        keys = existing_backup_keys(storage, full, encryption or Encryption())
+        manifest = _restore_layer(storage, full, latest, keys, as_of)
+    except BaseException:
+        dests.close()
+        raise
+    return BackupReader(dests, manifest, keys)
 
 
 def _counted_in(manifest: Manifest, entry: DatabaseEntry) -> tuple[int, int, int] | None:

@@ -12,11 +12,13 @@ from pathlib import Path
 import apsw
 import click
 
+from ..backup import engine as backup_engine
+from ..backup.requests import parse_as_of
 from ..errors import StrongroomError, UsageError
 from ..sql import Use, parse
-from ..sql.executor import Session
+from ..sql.executor import BackupSession, Session
 from ..sql.parser import check_sql_text
-from .common import FORMAT, STORE, open_store
+from .common import FORMAT, STORE, encryption, encryption_options, maybe_store, open_store, resolve_collection
 
 _MISSING_PARAM = re.compile(r"no value provided for placeholder: \$(\d+)")
 
@@ -107,11 +109,31 @@ def _shell(session: Session, fmt: str) -> None:
     metavar="VAR",
     help="Take $1, $2... from these environment variables (keeps passphrases out of history).",
 )
+@click.option(
+    "--backup",
+    "backup_collection",
+    metavar="COLLECTION",
+    help="Query the databases of a backup in place, read-only (nothing is restored or written).",
+)
+@click.option("--from", "subdir", default="LATEST", show_default=True, help="With --backup: LATEST or a full subdir.")
+@click.option("--as-of", metavar="TIME", help="With --backup: the newest layer at or before TIME ('-1h', a timestamp).")
+@encryption_options("With --backup: open the backup (decrypt it)")
 @FORMAT
 def sql(
-    store: str | None, statements: tuple[str, ...], database: str | None, param_env: tuple[str, ...], fmt: str
+    store: str | None,
+    statements: tuple[str, ...],
+    database: str | None,
+    param_env: tuple[str, ...],
+    backup_collection: str | None,
+    subdir: str,
+    as_of: str | None,
+    kms: tuple[str, ...],
+    passphrase: bool,
+    passphrase_file: str | None,
+    fmt: str,
 ) -> None:
-    """The SQL shell: BACKUP, RESTORE, SHOW BACKUP(S), ALTER BACKUP, and SQLite for everything else."""
+    """The SQL shell: BACKUP, RESTORE, SHOW BACKUP(S), ALTER BACKUP, and SQLite for everything else;
+    with --backup, read-only SQL on a backup where it lies."""
     params = []
     for var in param_env:
         if var not in os.environ:
@@ -120,8 +142,23 @@ def sql(
         if not _is_text(value):
             raise UsageError(f"--param-env {var}: the value is not valid UTF-8 text")
         params.append(value)
-    s = open_store(store)
-    with Session(s) as session:
+    if backup_collection is None and (kms or passphrase or passphrase_file or as_of or subdir != "LATEST"):
+        raise UsageError("--from, --as-of, --kms and --passphrase go with --backup")
+    session: Session
+    if backup_collection is not None:
+        at = parse_as_of(as_of) if as_of is not None else None
+        enc = encryption(kms, passphrase, passphrase_file)
+        collection = resolve_collection(backup_collection)
+        s = maybe_store(store)
+        reader = (
+            s.open_backup(collection, subdir=subdir, as_of=at, encryption=enc)
+            if s
+            else backup_engine.open_backup(collection, subdir=subdir, as_of=at, encryption=enc)
+        )
+        session = BackupSession(reader)
+    else:
+        session = Session(open_store(store))
+    with session:
         if database is not None:
             session.run(Use(database))
         if not statements:

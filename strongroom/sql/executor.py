@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import apsw
 
 from ..backup import AlterBackupRequest, BackupRequest, Encryption, JobResult, RestoreRequest, ShowBackupRequest
+from ..backup.reader import BackupReader
 from ..backup.requests import parse_as_of
 from ..errors import NotFoundError, UsageError
 from ..output import render
@@ -275,3 +276,53 @@ class Session:
         request = AlterBackupRequest(in_=dest, subdir=subdir, new_kms=stmt.new_kms, old_kms=stmt.old_kms)
         self.store.backups.alter_backup(request)
         return Result(status="ALTER BACKUP")
+
+
+class BackupSession(Session):
+    """SQL on a backup where it lies (``strongroom sql --backup``): the databases of one restore
+    point, read-only, straight from the backup image. SQLite statements and SHOW DATABASES / TABLES
+    and USE work; statements that change or take backups are refused."""
+
+    _READ_ONLY = frozenset({"ShowDatabases", "ShowTables", "Use", "Passthrough"})
+
+    def __init__(self, reader: BackupReader, database: str | None = None) -> None:
+        # No store: only the read-only handlers above run, and they use connections and the reader.
+        self.reader = reader
+        only = reader.databases[0] if len(reader.databases) == 1 else None
+        self.database = database if database is not None else only
+        self._connections = {}
+
+    def run(self, stmt: Statement, params: Sequence[object] | None = None) -> Result:
+        kind = type(stmt).__name__
+        if kind not in self._READ_ONLY:
+            statement = re.sub(r"(?<!^)(?=[A-Z])", " ", kind).upper()  # CreateDatabase -> CREATE DATABASE
+            raise UsageError(f"{statement} is not available on a backup opened read-only (strongroom sql --backup)")
+        return super().run(stmt, params)
+
+    def close(self) -> None:
+        super().close()
+        self.reader.close()
+
+    def _conn(self, name: str) -> apsw.Connection:
+        conn = self._connections.get(name)
+        if conn is None:
+            conn = self._connections[name] = self.reader.connect(name)
+        return conn
+
+    def _run_ShowDatabases(self, stmt: ShowDatabases, params: object) -> Result:
+        regions = {d.name: d.region for d in self.reader.manifest.databases}
+        return Result(("database_name", "primary_region"), [(n, regions.get(n)) for n in self.reader.databases])
+
+    def _run_Use(self, stmt: Use, params: object) -> Result:
+        if stmt.name not in self.reader.databases:
+            raise NotFoundError(f'database "{stmt.name}" is not in this backup')
+        self.database = stmt.name
+        return Result(status="SET")
+
+    def _run_Passthrough(self, stmt: Passthrough, params: Sequence[object] | None) -> Result:
+        try:
+            return super()._run_Passthrough(stmt, params)
+        except UsageError as exc:
+            if "readonly" in str(exc) or "read-only" in str(exc):
+                raise UsageError(f"a backup opened with --backup is read-only: {exc}") from None
+            raise

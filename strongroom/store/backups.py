@@ -9,12 +9,14 @@ lock shared meanwhile, so no database is re-keyed between key pick and snapshot.
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 
 from ..backup import engine
 from ..backup.destinations import open_destinations
 from ..backup.engine import DatabaseSource, ShowBackupResult
 from ..backup.jobs import JobResult, Progress
 from ..backup.keys import Encryption
+from ..backup.reader import BackupReader
 from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 from ..errors import NotFoundError, UsageError
 from ..kms import open_kms
@@ -66,6 +68,17 @@ class Backups:
 
     def show_backup(self, request: ShowBackupRequest) -> ShowBackupResult:
         return engine.show_backup(request, context=self.context)
+
+    def open_backup(
+        self,
+        collection: str | tuple[str, ...],
+        *,
+        subdir: str = "LATEST",
+        as_of: datetime | None = None,
+        encryption: Encryption | None = None,
+    ) -> BackupReader:
+        """A restore point's databases as read-only connections, read in place (no restore)."""
+        return engine.open_backup(collection, subdir=subdir, as_of=as_of, encryption=encryption, context=self.context)
 
     def check(
         self,

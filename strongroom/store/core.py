@@ -46,6 +46,7 @@ import apsw
 from ..backup.engine import ShowBackupResult
 from ..backup.jobs import JobResult, Progress
 from ..backup.keys import Encryption
+from ..backup.reader import BackupReader
 from ..backup.requests import LATEST, AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 from ..errors import AlreadyExistsError, StrongroomError, UsageError
 from ..kms import local_kms_uri
@@ -387,6 +388,20 @@ class Store:
             check_files=check_files,
         )
         return self.backups.show_backup(request)
+
+    def open_backup(
+        self,
+        in_: str | Sequence[str],
+        *,
+        subdir: str = LATEST,
+        as_of: datetime | None = None,
+        encryption: Encryption | None = None,
+    ) -> BackupReader:
+        """Query a backup without restoring it: ``reader.connect(db)`` is a read-only connection
+        served straight from the backup (no plaintext on disk; pages are read as queries need them)."""
+        return self.backups.open_backup(
+            in_ if isinstance(in_, str) else tuple(in_), subdir=subdir, as_of=as_of, encryption=encryption
+        )
 
     def alter_backup(self, in_: str, *, subdir: str = LATEST, new_kms: Sequence[str], old_kms: Sequence[str]) -> str:
         """ALTER BACKUP ... ADD NEW_KMS = ... WITH OLD_KMS = ...; returns the ENCRYPTION-INFO file written."""
