@@ -15,6 +15,8 @@ from strongroom import Encryption, Store, backup_file, open_backup
 from strongroom.cli import main
 from strongroom.errors import IntegrityError, NotFoundError
 
+pytest_plugins = ("cloud_servers",)
+
 PASS = "correct horse battery"
 ENC = Encryption(passphrase=PASS)
 
@@ -117,3 +119,36 @@ def test_store_open_backup(store: Store) -> None:
         )
     assert not [p for p in Path(store.path).rglob("*") if p.name.endswith((".restoring", "-journal"))]
     assert os.path.isdir(store.path)
+
+
+def test_check_query_and_as_of_on_s3(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The same on S3 (moto): check --read-data, a query in place, and a restore AS OF an interval."""
+    from strongroom import restore_file
+    from strongroom.backup import engine
+
+    cloud = request.getfixturevalue("moto_s3")
+    coll = cloud.uri("inplace")
+    db = tmp_path / "app.db"
+    conn = apsw.Connection(str(db))
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    with conn:
+        conn.executemany("INSERT INTO t(v) VALUES (randomblob(500))", [()] * 400)
+    backup_file(db, coll, encryption=ENC)
+    conn.execute("DELETE FROM t WHERE id > 300")
+    conn.close()
+    backup_file(db, coll, encryption=ENC, incremental="LATEST")
+    [report] = engine.check(coll, ENC, read_data=True)
+    assert report.status == "ok" and report.layers == 2 and report.chunks_read > 0
+    with open_backup(coll, encryption=ENC) as reader:
+        assert reader.connect("app").execute("SELECT count(*) FROM t").fetchall() == [(300,)]
+    out = CliRunner().invoke(
+        main,
+        ["restore", coll, "--file", str(tmp_path / "r.db"), "--passphrase", "--as-of", "-1us"],
+        env={"STRONGROOM_PASSPHRASE": PASS},
+    )
+    assert out.exit_code == 0, out.output
+    assert cloud.secret not in out.output
+    restored = apsw.Connection(str(tmp_path / "r.db"))
+    assert restored.execute("SELECT count(*) FROM t").fetchall() == [(300,)]
+    restored.close()
+    restore_file(coll, tmp_path / "py.db", encryption=ENC)
