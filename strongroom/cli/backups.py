@@ -3,14 +3,17 @@ surface builds and hands it to the store (which runs it as a job), or, with no s
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import click
 
 from ..backup import engine as backup_engine
-from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest, parse_as_of
+from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 from ..errors import UsageError
 from ..files import backup_file, restore_file
 from ..uri import redact
 from .common import (
+    AS_OF,
     FORMAT,
     STORE,
     echo_table,
@@ -89,12 +92,7 @@ def backup(
 @click.option(
     "--verify", is_flag=True, help="Also run SQLite's full integrity_check on each restored database (slower)."
 )
-@click.option(
-    "--as-of",
-    metavar="TIME",
-    help="AS OF SYSTEM TIME: the newest backup at or before a timestamp ('2026-11-23 10:00:00', UTC) "
-    "or an interval back from now ('-1h', '-10m', '-2 days').",
-)
+@AS_OF
 @encryption_options("Decrypt the backup")
 @FORMAT
 def restore(
@@ -107,14 +105,13 @@ def restore(
     into_db: str | None,
     file_: str | None,
     verify: bool,
-    as_of: str | None,
+    as_of: datetime | None,
     kms: tuple[str, ...],
     passphrase: bool,
     passphrase_file: str | None,
     fmt: str,
 ) -> None:
     """RESTORE FROM LATEST IN COLLECTION (or --from SUBDIR)."""
-    at = parse_as_of(as_of) if as_of is not None else None
     if file_ and (tables or new_db_name or into_db or len(databases) > 1):
         raise UsageError("--file restores one database: use at most one --database")
     collection = resolve_collection(collection)
@@ -128,7 +125,7 @@ def restore(
                 database=databases[0] if databases else None,
                 encryption=enc,
                 verify=verify,
-                as_of=at,
+                as_of=as_of,
                 progress=progress,
             )
         else:
@@ -141,7 +138,7 @@ def restore(
                 into_db=into_db,
                 encryption=enc,
                 verify=verify,
-                as_of=at,
+                as_of=as_of,
             )
             result = open_store(store).backups.restore(request, progress)
     show_job(result, fmt)

@@ -8,7 +8,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from ..backup import Encryption, JobResult
+from ..backup.requests import parse_as_of
 from ..errors import StrongroomError, UsageError
 from ..output import render
 from ..store import Store
@@ -33,6 +34,19 @@ FORMAT = click.option(
     default="table",
     show_default=True,
     help="Output format (table fits the terminal width).",
+)
+
+
+def _as_of(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    return parse_as_of(value) if value is not None else None
+
+
+AS_OF = click.option(
+    "--as-of",
+    metavar="TIME",
+    callback=_as_of,
+    help="AS OF SYSTEM TIME: the newest backup at or before a timestamp ('2026-11-23 10:00:00', UTC) "
+    "or an interval back from now ('-1h', '-10m', '-2 days').",
 )
 STORE = click.option(
     "--store",

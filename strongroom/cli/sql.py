@@ -7,18 +7,18 @@ import os
 import re
 import sys
 from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
 
 import apsw
 import click
 
 from ..backup import engine as backup_engine
-from ..backup.requests import parse_as_of
 from ..errors import StrongroomError, UsageError
 from ..sql import Use, parse
 from ..sql.executor import BackupSession, Session
 from ..sql.parser import check_sql_text
-from .common import FORMAT, STORE, encryption, encryption_options, maybe_store, open_store, resolve_collection
+from .common import AS_OF, FORMAT, STORE, encryption, encryption_options, maybe_store, open_store, resolve_collection
 
 _MISSING_PARAM = re.compile(r"no value provided for placeholder: \$(\d+)")
 
@@ -116,7 +116,7 @@ def _shell(session: Session, fmt: str) -> None:
     help="Query the databases of a backup in place, read-only (nothing is restored or written).",
 )
 @click.option("--from", "subdir", default="LATEST", show_default=True, help="With --backup: LATEST or a full subdir.")
-@click.option("--as-of", metavar="TIME", help="With --backup: the newest layer at or before TIME ('-1h', a timestamp).")
+@AS_OF
 @encryption_options("With --backup: open the backup (decrypt it)")
 @FORMAT
 def sql(
@@ -126,7 +126,7 @@ def sql(
     param_env: tuple[str, ...],
     backup_collection: str | None,
     subdir: str,
-    as_of: str | None,
+    as_of: datetime | None,
     kms: tuple[str, ...],
     passphrase: bool,
     passphrase_file: str | None,
@@ -146,14 +146,13 @@ def sql(
         raise UsageError("--from, --as-of, --kms and --passphrase go with --backup")
     session: Session
     if backup_collection is not None:
-        at = parse_as_of(as_of) if as_of is not None else None
         enc = encryption(kms, passphrase, passphrase_file)
         collection = resolve_collection(backup_collection)
         s = maybe_store(store)
         reader = (
-            s.open_backup(collection, subdir=subdir, as_of=at, encryption=enc)
+            s.open_backup(collection, subdir=subdir, as_of=as_of, encryption=enc)
             if s
-            else backup_engine.open_backup(collection, subdir=subdir, as_of=at, encryption=enc)
+            else backup_engine.open_backup(collection, subdir=subdir, as_of=as_of, encryption=enc)
         )
         session = BackupSession(reader)
     else:
