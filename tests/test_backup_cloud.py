@@ -105,7 +105,7 @@ def test_seed_passphrase_statements(backend: str, request: pytest.FixtureRequest
     assert rows(store) == expected
 
     jobs = store.execute("SHOW JOBS")
-    assert [(row[1], row[3]) for row in jobs.rows] == [
+    assert [(row[1], row[5]) for row in jobs.rows] == [
         ("BACKUP", "succeeded"),
         ("BACKUP", "succeeded"),
         ("RESTORE", "failed"),

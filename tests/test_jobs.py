@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import fill_bank
 
-from strongroom import BackupRequest, Encryption, EncryptionError, Store, open_store
+from strongroom import BackupRequest, Encryption, EncryptionError, NotFoundError, Store, open_store
 from strongroom.backup.jobs import new_job_id
 from strongroom.cli import main
 
@@ -45,7 +45,7 @@ def test_a_cli_backup_and_restore_show_up_in_show_jobs(store: Store, monkeypatch
         result = runner.invoke(main, args)
         assert result.exit_code == 0, result.output
     rows = _jobs(open_store(store.path))
-    assert [(r[1], r[3]) for r in rows] == [("BACKUP", "succeeded"), ("RESTORE", "succeeded")]
+    assert [(r[1], r[5]) for r in rows] == [("BACKUP", "succeeded"), ("RESTORE", "succeeded")]
     assert rows[0][2] == "BACKUP INTO 'nodelocal://1/cli' WITH OPTIONS (encryption_passphrase = '*****')"
     assert rows[1][2] == (
         "RESTORE DATABASE bank FROM LATEST IN 'nodelocal://1/cli' "
@@ -75,7 +75,7 @@ def test_a_failed_python_restore_is_a_failed_job_with_its_error(store: Store) ->
     with pytest.raises(EncryptionError) as exc:
         store.restore("nodelocal://1/f", databases=["bank"], new_db_name="x", encryption=Encryption(passphrase="no"))
     last = _jobs(store)[-1]
-    assert (last[1], last[3], last[7]) == ("RESTORE", "failed", str(exc.value))
+    assert (last[1], last[5], last[12]) == ("RESTORE", "failed", str(exc.value))
 
 
 def test_alter_backup_and_managed_backups_are_jobs(store: Store, keys: tuple[str, str, str]) -> None:
@@ -85,7 +85,7 @@ def test_alter_backup_and_managed_backups_are_jobs(store: Store, keys: tuple[str
     store.alter_backup("nodelocal://1/k", new_kms=(west,), old_kms=(east,))
     [taken] = store.managed_backup(full=True)
     store.restore_managed(databases=["bank"], new_db_name="from_managed")
-    kinds = [(r[1], r[3]) for r in _jobs(store)]
+    kinds = [(r[1], r[5]) for r in _jobs(store)]
     assert kinds == [
         ("BACKUP", "succeeded"),
         ("ALTER BACKUP", "succeeded"),
@@ -164,3 +164,53 @@ def test_the_public_surface_is_documented() -> None:
         for n in strongroom.__all__
         if n.endswith("Error")
     )
+
+
+def test_show_jobs_has_cockroachdbs_columns(store: Store) -> None:
+    from strongroom.backup.jobs import NODE_ID
+
+    fill_bank(store, accounts=20)
+    store.backup("nodelocal://1/cols", encryption=Encryption(passphrase=SECRET))
+    shown = store.execute("SHOW JOBS")
+    assert shown.columns == (
+        "job_id", "job_type", "description", "statement", "user_name", "status", "running_status", "created",
+        "started", "finished", "modified", "fraction_completed", "error", "coordinator_id",
+    )  # fmt: skip
+    job = dict(zip(shown.columns, shown.rows[-1], strict=True))
+    assert job["status"] == "succeeded" and job["running_status"] is None and job["fraction_completed"] == 1
+    assert job["statement"] == job["description"] and SECRET not in str(job)
+    assert job["created"] <= job["started"] <= job["finished"] <= job["modified"]
+    assert job["user_name"] and job["coordinator_id"] == NODE_ID
+
+
+def test_show_jobs_when_complete_waits_for_a_detached_job(store: Store) -> None:
+    fill_bank(store, accounts=300)
+    [(job_id,)] = store.execute(
+        f"BACKUP INTO 'nodelocal://1/wait' WITH encryption_passphrase = '{SECRET}', detached"
+    ).rows
+    done = store.execute(f"SHOW JOBS WHEN COMPLETE ({job_id})")  # returns only once the job has ended
+    assert [(r[0], r[5]) for r in done.rows] == [(job_id, "succeeded")]
+    assert store.execute(f"SHOW JOB WHEN COMPLETE {job_id}").rows == done.rows
+    with pytest.raises(NotFoundError, match="does not exist"):
+        store.execute("SHOW JOBS WHEN COMPLETE (1, 2)")
+
+
+def test_an_older_job_table_gains_the_new_columns(tmp_path: Path) -> None:
+    import apsw
+
+    from strongroom.store.jobs import JobRegistry
+
+    path = tmp_path / "system.db"
+    conn = apsw.Connection(str(path))
+    conn.execute(
+        "CREATE TABLE jobs (job_id INTEGER PRIMARY KEY, job_type TEXT NOT NULL, description TEXT NOT NULL, "
+        "status TEXT NOT NULL, created TEXT NOT NULL, finished TEXT, fraction_completed REAL NOT NULL DEFAULT 0, "
+        "error TEXT); INSERT INTO jobs VALUES (7, 'BACKUP', 'BACKUP INTO x', 'succeeded', '2026-11-01', "
+        "'2026-11-01', 1, NULL)"
+    )
+    conn.close()
+    registry = JobRegistry(path)
+    [old] = registry.list(7)
+    assert (old.status, old.statement, old.started) == ("succeeded", None, None)
+    new = registry.start("RESTORE", "RESTORE FROM x")
+    assert registry.list(new)[0].statement == "RESTORE FROM x"

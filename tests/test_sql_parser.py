@@ -760,3 +760,11 @@ def test_fuzz_mutated_valid_statements(sql: str, mutations: list[tuple[str, floa
 def test_fuzz_character_mutations(sql: str, at: int, cut: int, insert: str) -> None:
     at %= len(sql) + 1
     parses_or_usage_error(sql[:at] + insert + sql[at + cut :])
+
+
+def test_show_jobs_when_complete() -> None:
+    assert parse("SHOW JOBS WHEN COMPLETE (1, 22)") == [ShowJobs(when_complete=(1, 22))]
+    assert parse("SHOW JOB WHEN COMPLETE 5") == [ShowJobs(when_complete=(5,))]
+    assert parse("SHOW JOBS WHEN COMPLETE ($1)", [9]) == [ShowJobs(when_complete=(9,))]
+    with pytest.raises(UsageError, match="job ID out of range"):
+        parse("SHOW JOBS WHEN COMPLETE (99999999999999999999)")

@@ -48,4 +48,4 @@ def test_multi_line_statements_placeholders_and_quit(shell: pexpect.spawn, store
     shell.sendline("\\q")
     shell.expect(pexpect.EOF)
     assert "s3cret-typed-at-a-prompt" not in (tmp_path / "home" / ".strongroom" / "sql_history").read_text()
-    assert store.show_backups("nodelocal://1/b") and store.execute("SHOW JOBS").rows[0][3] == "succeeded"
+    assert store.show_backups("nodelocal://1/b") and store.execute("SHOW JOBS").rows[0][5] == "succeeded"

@@ -104,9 +104,9 @@ def test_jobs_are_kept_and_secrets_redacted(store: Store, ring: str) -> None:
             "WITH encryption_passphrase = 'nope', new_db_name = x"
         )
     jobs = store.execute("SHOW JOBS")
-    assert jobs.columns[:4] == ("job_id", "job_type", "description", "status")
-    assert [(row[1], row[3]) for row in jobs.rows] == [("BACKUP", "succeeded"), ("RESTORE", "failed")]
-    assert "failed to decrypt" in jobs.rows[1][7]
+    assert jobs.columns[:6] == ("job_id", "job_type", "description", "statement", "user_name", "status")
+    assert [(row[1], row[5]) for row in jobs.rows] == [("BACKUP", "succeeded"), ("RESTORE", "failed")]
+    assert "failed to decrypt" in jobs.rows[1][12]
     assert "encryption_passphrase = '*****'" in jobs.rows[0][2]
     assert secret not in repr(jobs.rows) and "nope" not in repr(jobs.rows)
     one = store.execute(f"SHOW JOB {jobs.rows[0][0]}")

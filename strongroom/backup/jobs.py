@@ -15,7 +15,7 @@ _NODE_BITS = 15
 # because node ids are. A process here is a node of its own: it draws its node id at random, so
 # processes (and machines) writing one store or one collection at the same moment get distinct
 # ids, and each process keeps its ticks strictly increasing.
-_NODE_ID = secrets.randbits(_NODE_BITS)
+NODE_ID = secrets.randbits(_NODE_BITS)  # SHOW JOBS' coordinator_id
 _lock = threading.Lock()
 _last_tick = 0
 
@@ -25,7 +25,7 @@ def new_job_id() -> int:
     global _last_tick
     with _lock:
         _last_tick = max((time.time_ns() - _EPOCH_NS) // 10_000, _last_tick + 1)
-        return _last_tick << _NODE_BITS | _NODE_ID
+        return _last_tick << _NODE_BITS | NODE_ID
 
 
 @dataclass(frozen=True)

@@ -179,9 +179,11 @@ class Use(Statement):
 
 @dataclass(frozen=True)
 class ShowJobs(Statement):
-    """``SHOW JOBS`` (``job_id`` None) or ``SHOW JOB <id>``."""
+    """``SHOW JOBS`` (``job_id`` None), ``SHOW JOB <id>``, or ``SHOW JOB[S] WHEN COMPLETE`` (``when_complete``:
+    the jobs to wait for, then show)."""
 
     job_id: int | None = None
+    when_complete: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ statements manage the store; anything else goes to SQLite in the session's curre
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -74,6 +75,7 @@ def _as_of(text: str | None) -> datetime | None:
     return None if text is None else parse_as_of(text)
 
 
+_WHEN_COMPLETE_POLL_S = 0.05
 _SUBDIR_AT_END = re.compile(r"^(?P<coll>.*?)/(?P<sub>\d{4}/\d{2}/\d{2}-\d{6}\.\d{2})/?$")
 
 
@@ -208,6 +210,19 @@ class Session:
         return Result(JobResult.COLUMNS, [result.row()])
 
     def _run_ShowJobs(self, stmt: ShowJobs, params: object) -> Result:
+        if stmt.when_complete:
+            # CockroachDB blocks until every job named is done; jobs may run in other processes, so
+            # the registry is what is watched (Ctrl-C stops the wait, not the jobs).
+            while True:
+                jobs = []
+                for job_id in stmt.when_complete:
+                    found = self.store.jobs.list(job_id)
+                    if not found:
+                        raise NotFoundError(f"job with ID {job_id} does not exist")
+                    jobs.append(found[0])
+                if all(j.status != "running" for j in jobs):
+                    return Result(JOB_COLUMNS, [j.row() for j in jobs])
+                time.sleep(_WHEN_COMPLETE_POLL_S)
         rows = [j.row() for j in self.store.jobs.list(stmt.job_id)]
         if stmt.job_id is not None and not rows:
             raise NotFoundError(f"job with ID {stmt.job_id} does not exist")

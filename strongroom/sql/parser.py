@@ -67,7 +67,7 @@ UNRESERVED_KEYWORDS = frozenset(
         "ADD", "ALTER", "BACKUP", "BACKUPS", "CASCADE", "DATABASE", "DATABASES", "DROP", "EXISTS", "IF",
         "JOB", "JOBS", "LATEST", "NEW_KMS", "OF", "OLD_KMS", "OPTIONS", "PRIMARY", "REGION", "RESTORE",
         "RESTRICT", "SET",
-        "SHOW", "SYSTEM", "TABLES", "TIME", "USE",
+        "SHOW", "SYSTEM", "TABLES", "TIME", "USE", "WHEN", "COMPLETE",
     }
 )  # fmt: skip
 KEYWORDS = RESERVED_KEYWORDS | UNRESERVED_KEYWORDS
@@ -125,7 +125,10 @@ use: USE name_or_string
 set_db: SET DATABASE (EQ | TO) name_or_string
 name_or_string: name | STRING
 jobs: SHOW JOBS                      -> show_jobs
-    | SHOW JOB (INT | PLACEHOLDER)      -> show_job
+    | SHOW JOB job_ref                  -> show_job
+    | SHOW JOB WHEN COMPLETE job_ref    -> show_jobs_when_complete
+    | SHOW JOBS WHEN COMPLETE LPAR job_ref (COMMA job_ref)* RPAR -> show_jobs_when_complete
+job_ref: INT | PLACEHOLDER
 
 name: IDENT | @UNRESERVED@
 
@@ -726,7 +729,13 @@ class _ToAST(Transformer):
     def show_jobs(self, children: list[Any]) -> ShowJobs:
         return ShowJobs()
 
-    def show_job(self, children: list[Token]) -> ShowJobs:
+    def show_job(self, children: list[Any]) -> ShowJobs:
+        return ShowJobs(children[-1])
+
+    def show_jobs_when_complete(self, children: list[Any]) -> ShowJobs:
+        return ShowJobs(when_complete=tuple(c for c in children if isinstance(c, int) and not isinstance(c, Token)))
+
+    def job_ref(self, children: list[Token]) -> int:
         tok = children[-1]
         value = str(tok) if tok.type == "INT" else self.param(tok)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -735,7 +744,7 @@ class _ToAST(Transformer):
             raise UsageError(f"placeholder {tok}: expected a job ID")
         if len(value) > 19 or int(value) >= 2**63:
             raise UsageError(f"job ID out of range: {value}")
-        return ShowJobs(int(value))
+        return int(value)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ job is started, run (in the caller's thread, or detached in the background) and 
 
 from __future__ import annotations
 
+import getpass
 import os
 import threading
 import time
@@ -20,12 +21,45 @@ from typing import TypeVar
 
 import apsw
 
-from ..backup.jobs import Progress, new_job_id
+from ..backup.jobs import NODE_ID, Progress, new_job_id
 from ..errors import StrongroomError
 
 T = TypeVar("T")
-JOB_COLUMNS = ("job_id", "job_type", "description", "status", "created", "finished", "fraction_completed", "error")
+# CockroachDB's SHOW JOBS columns, in its order.
+JOB_COLUMNS = (
+    "job_id",
+    "job_type",
+    "description",
+    "statement",
+    "user_name",
+    "status",
+    "running_status",
+    "created",
+    "started",
+    "finished",
+    "modified",
+    "fraction_completed",
+    "error",
+    "coordinator_id",
+)
+# Columns added after the first stores were made (ALTER TABLE adds them to an older system.db).
+_ADDED_COLUMNS = {
+    "statement": "TEXT",
+    "user_name": "TEXT",
+    "running_status": "TEXT",
+    "started": "TEXT",
+    "modified": "TEXT",
+    "coordinator_id": "INTEGER",
+}
 _PROGRESS_EVERY_S = 1.0
+
+
+def _user() -> str:
+    """The operating-system user who started the job (CockroachDB's user_name is the SQL user)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return str(os.getuid())
 
 
 def _now() -> str:
@@ -37,23 +71,20 @@ class JobRow:
     job_id: int
     job_type: str
     description: str
+    statement: str | None
+    user_name: str | None
     status: str
+    running_status: str | None
     created: str
+    started: str | None
     finished: str | None
+    modified: str | None
     fraction_completed: float
     error: str | None
+    coordinator_id: int | None
 
     def row(self) -> tuple[object, ...]:
-        return (
-            self.job_id,
-            self.job_type,
-            self.description,
-            self.status,
-            self.created,
-            self.finished,
-            self.fraction_completed,
-            self.error,
-        )
+        return tuple(getattr(self, c) for c in JOB_COLUMNS)
 
 
 class JobRegistry:
@@ -70,6 +101,11 @@ class JobRegistry:
                 "description TEXT NOT NULL, status TEXT NOT NULL, created TEXT NOT NULL, finished TEXT, "
                 "fraction_completed REAL NOT NULL DEFAULT 0, error TEXT)"
             )
+            have = {str(row[1]) for row in conn.execute("PRAGMA table_info(jobs)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in have:
+                    with suppress(apsw.SQLError):  # another process added it first
+                        conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
         finally:
             conn.close()
 
@@ -93,9 +129,11 @@ class JobRegistry:
         while True:
             job_id = new_job_id()
             try:
+                now = _now()
                 self._write(
-                    "INSERT INTO jobs(job_id, job_type, description, status, created) VALUES (?, ?, ?, 'running', ?)",
-                    (job_id, job_type, description, _now()),
+                    "INSERT INTO jobs(job_id, job_type, description, statement, user_name, status, created, "
+                    "started, modified, coordinator_id) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                    (job_id, job_type, description, description, _user(), now, now, now, NODE_ID),
                 )
             except apsw.ConstraintError:
                 continue
@@ -104,17 +142,24 @@ class JobRegistry:
     def progress_callback(self, job_id: int) -> ProgressWriter:
         return ProgressWriter(self, job_id)
 
-    def set_fraction(self, job_id: int, fraction: float) -> None:
-        self._write("UPDATE jobs SET fraction_completed = ? WHERE job_id = ?", (fraction, job_id))
+    def set_fraction(self, job_id: int, fraction: float, running_status: str | None = None) -> None:
+        self._write(
+            "UPDATE jobs SET fraction_completed = ?, running_status = ?, modified = ? WHERE job_id = ?",
+            (fraction, running_status, _now(), job_id),
+        )
 
     def finish(self, job_id: int, error: str | None = None) -> None:
         if error is None:
             self._write(
-                "UPDATE jobs SET status='succeeded', fraction_completed=1, finished=? WHERE job_id=?",
-                (_now(), job_id),
+                "UPDATE jobs SET status='succeeded', fraction_completed=1, running_status=NULL, finished=?, "
+                "modified=? WHERE job_id=?",
+                (now := _now(), now, job_id),
             )
         else:
-            self._write("UPDATE jobs SET status='failed', error=?, finished=? WHERE job_id=?", (error, _now(), job_id))
+            self._write(
+                "UPDATE jobs SET status='failed', running_status=NULL, error=?, finished=?, modified=? WHERE job_id=?",
+                (error, now := _now(), now, job_id),
+            )
 
     def list(self, job_id: int | None = None) -> list[JobRow]:
         conn = self._connect()
@@ -140,7 +185,7 @@ class ProgressWriter:
         now = time.monotonic()
         if total and now - self._last >= _PROGRESS_EVERY_S:
             self._last = now
-            self._registry.set_fraction(self._job_id, min(done / total, 0.99))
+            self._registry.set_fraction(self._job_id, min(done / total, 0.99), what or None)
 
 
 class JobRunner:
