@@ -480,6 +480,8 @@ def test_options_fields_are_exactly_the_registry() -> None:
         "detached",
         "include_unencrypted_data",
         "verify",
+        "schema_only",
+        "verify_backup_table_data",
     ]
 
 
@@ -636,7 +638,8 @@ def test_repr_redacts_passphrase_and_uri_secrets() -> None:
     assert stmts[4].new_kms == ("aws:///n?AWS_SECRET_ACCESS_KEY=newsecret",)
     assert repr(Options()) == (
         "Options(kms=(), encryption_passphrase=None, new_db_name=None, into_db=None, check_files=False, "
-        "detached=False, include_unencrypted_data=False, verify=False)"
+        "detached=False, include_unencrypted_data=False, verify=False, schema_only=False, "
+        "verify_backup_table_data=False)"
     )
 
 
@@ -768,3 +771,10 @@ def test_show_jobs_when_complete() -> None:
     assert parse("SHOW JOBS WHEN COMPLETE ($1)", [9]) == [ShowJobs(when_complete=(9,))]
     with pytest.raises(UsageError, match="job ID out of range"):
         parse("SHOW JOBS WHEN COMPLETE (99999999999999999999)")
+
+
+def test_schema_only_options() -> None:
+    [stmt] = parse("RESTORE FROM LATEST IN 'x' WITH schema_only, verify_backup_table_data = true")
+    assert stmt.options.schema_only and stmt.options.verify_backup_table_data  # type: ignore[attr-defined]
+    with pytest.raises(UsageError, match='option "schema_only" cannot be used with BACKUP'):
+        parse("BACKUP INTO 'x' WITH schema_only")

@@ -43,6 +43,7 @@ from ..sqlite import (
     compute_stats,
     copy_table,
     open_image,
+    schema_image,
     write_database,
 )
 from ..storage import ExternalStorage, StorageContext
@@ -823,21 +824,30 @@ def restore(
                     image.check_files()
                     prepared.append(name)
                     key = target.prepare_database(name, entry.region)
-                    # The manifest counts the whole database (a full layer's figures, an
-                    # incremental's totals); a chain written before incrementals carried totals is
-                    # counted on the restored file (one dbstat walk, overlapping its fsync).
-                    counted = write_database(
-                        image,
-                        path,
-                        key=key,
-                        verify=request.verify,
-                        inspect=None if _counted_in(manifest, entry) else compute_stats,
-                    )
+                    if request.schema_only:
+                        # CockroachDB reports no rows for a schema-only restore, even when
+                        # verify_backup_table_data read them all.
+                        empty, _read = schema_image(image, read_rows=request.verify_backup_table_data)
+                        write_database(empty, path, key=key, verify=request.verify)
+                        counted = None
+                    else:
+                        # The manifest counts the whole database (a full layer's figures, an
+                        # incremental's totals); a chain written before incrementals carried totals
+                        # is counted on the restored file (one dbstat walk, overlapping its fsync).
+                        counted = write_database(
+                            image,
+                            path,
+                            key=key,
+                            verify=request.verify,
+                            inspect=None if _counted_in(manifest, entry) else compute_stats,
+                        )
                 finally:
                     image.close()
                 done += entry.size
                 if progress:
                     progress(done, total, f"restored {name}")
+                if request.schema_only:
+                    continue
                 counts = _counted_in(manifest, entry)
                 if counts is None:
                     assert counted is not None

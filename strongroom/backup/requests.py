@@ -182,11 +182,19 @@ class RestoreRequest:
     #: Strongroom's addition (``WITH verify``): SQLite's full integrity_check of every restored
     #: database. Off by default: every chunk is already authenticated and hash-checked.
     verify: bool = False
+    #: CockroachDB's ``schema_only``: the databases' tables, indexes, views and triggers, no rows;
+    #: ``verify_backup_table_data`` (with it) first reads every row of the backup.
+    schema_only: bool = False
+    verify_backup_table_data: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "from_", collection_uris(self.from_))
         object.__setattr__(self, "databases", _names(self.databases))
         object.__setattr__(self, "tables", _names(self.tables))
+        if self.verify_backup_table_data and not self.schema_only:
+            raise UsageError("to set the verify_backup_table_data option, the schema_only option must be set")
+        if self.schema_only and self.tables:
+            raise UsageError("schema_only restores whole databases: use RESTORE DATABASE")
         if self.databases and self.tables:
             raise UsageError("restore either databases or tables, not both")
         if self.new_db_name is not None and (self.tables or not self.databases or len(self.databases) != 1):
@@ -201,7 +209,8 @@ class RestoreRequest:
     def describe(self) -> str:
         opts = _encryption_options(self.encryption)
         opts += [f"{n} = '{v}'" for n, v in (("new_db_name", self.new_db_name), ("into_db", self.into_db)) if v]
-        opts += [name for name in ("detached", "verify") if getattr(self, name)]
+        flags = ("detached", "verify", "schema_only", "verify_backup_table_data")
+        opts += [name for name in flags if getattr(self, name)]
         where = _where("FROM", self.from_, self.subdir)
         as_of = f" AS OF SYSTEM TIME '{self.as_of.isoformat()}'" if self.as_of else ""
         return f"RESTORE{_targets(self.databases, self.tables)} {where}{as_of}" + _with(opts)

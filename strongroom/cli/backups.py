@@ -92,6 +92,12 @@ def backup(
 @click.option(
     "--verify", is_flag=True, help="Also run SQLite's full integrity_check on each restored database (slower)."
 )
+@click.option("--schema-only", is_flag=True, help="Create the databases' tables, indexes and views, with no rows.")
+@click.option(
+    "--verify-backup-table-data",
+    is_flag=True,
+    help="With --schema-only: first read every row of the backup (each page decrypted and hash-checked).",
+)
 @AS_OF
 @encryption_options("Decrypt the backup")
 @FORMAT
@@ -105,6 +111,8 @@ def restore(
     into_db: str | None,
     file_: str | None,
     verify: bool,
+    schema_only: bool,
+    verify_backup_table_data: bool,
     as_of: datetime | None,
     kms: tuple[str, ...],
     passphrase: bool,
@@ -114,6 +122,8 @@ def restore(
     """RESTORE FROM LATEST IN COLLECTION (or --from SUBDIR)."""
     if file_ and (tables or new_db_name or into_db or len(databases) > 1):
         raise UsageError("--file restores one database: use at most one --database")
+    if file_ and schema_only:
+        raise UsageError("--schema-only restores into the store: drop --file")
     collection = resolve_collection(collection)
     enc = encryption(kms, passphrase, passphrase_file)
     with progress_bar("restoring") as progress:
@@ -139,6 +149,8 @@ def restore(
                 encryption=enc,
                 verify=verify,
                 as_of=as_of,
+                schema_only=schema_only,
+                verify_backup_table_data=verify_backup_table_data,
             )
             result = open_store(store).backups.restore(request, progress)
     show_job(result, fmt)

@@ -56,6 +56,8 @@ class Options:
     detached: bool = False
     include_unencrypted_data: bool = False  # Strongroom's addition: consent to a plaintext backup
     verify: bool = False  # Strongroom's addition: RESTORE runs SQLite's full integrity_check
+    schema_only: bool = False  # RESTORE creates the databases' schema, no rows
+    verify_backup_table_data: bool = False  # with schema_only: read every row of the backup first
 
     def __repr__(self) -> str:
         return _repr(

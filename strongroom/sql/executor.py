@@ -266,6 +266,8 @@ class Session:
             as_of=_as_of(stmt.as_of),
             detached=stmt.options.detached,
             verify=stmt.options.verify,
+            schema_only=stmt.options.schema_only,
+            verify_backup_table_data=stmt.options.verify_backup_table_data,
         )
         for name in (request.new_db_name, request.into_db):
             if name is not None:

@@ -466,13 +466,16 @@ def _parse_tree(toks: list[_Tok], sql: str) -> Tree:
 
 _STRING_OPTIONS = frozenset({"encryption_passphrase"})
 _NAME_OPTIONS = frozenset({"new_db_name", "into_db"})
-_FLAG_OPTIONS = frozenset({"check_files", "detached", "include_unencrypted_data", "verify"})
+_FLAG_OPTIONS = frozenset(
+    {"check_files", "detached", "include_unencrypted_data", "verify", "schema_only", "verify_backup_table_data"}
+)
 # flags that also accept ``= true|false``
-_BOOL_VALUE_OPTIONS = frozenset({"detached", "include_unencrypted_data", "verify"})
+_BOOL_VALUE_OPTIONS = _FLAG_OPTIONS - {"check_files"}
+_RESTORE_FLAGS = frozenset({"verify", "schema_only", "verify_backup_table_data"})
 _KNOWN_OPTIONS = frozenset({"kms"}) | _STRING_OPTIONS | _NAME_OPTIONS | _FLAG_OPTIONS
 _ALLOWED_OPTIONS = {
     "BACKUP": frozenset({"kms", "encryption_passphrase", "detached", "include_unencrypted_data"}),
-    "RESTORE": frozenset({"kms", "encryption_passphrase", "new_db_name", "into_db", "detached", "verify"}),
+    "RESTORE": frozenset({"kms", "encryption_passphrase", "new_db_name", "into_db", "detached"}) | _RESTORE_FLAGS,
     "SHOW BACKUP": frozenset({"kms", "encryption_passphrase", "check_files"}),
 }
 

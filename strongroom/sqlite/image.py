@@ -436,6 +436,44 @@ def _check_restored(
         conn.close()  # last connection: checkpoints and removes temp's -wal/-shm
 
 
+_SCHEMA_ORDER = "CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid"
+
+
+def schema_image(source: ImageSource, *, read_rows: bool = False) -> tuple[BytesImage, int]:
+    """An image of a database with ``source``'s schema (tables, indexes, views, triggers) and no rows,
+    built in memory; with ``read_rows`` every row of every table of ``source`` is read first (each
+    page authenticated and hash-checked on the way). Returns the image and the rows read."""
+    image = open_image(source)
+    rows_read = 0
+    try:
+        page_size = scalar_int(image, "PRAGMA page_size")
+        user_version = scalar_int(image, "PRAGMA user_version")
+        entries = image.execute(
+            f"SELECT type, name, sql FROM main.sqlite_schema WHERE sql IS NOT NULL ORDER BY {_SCHEMA_ORDER}"
+        ).fetchall()
+        if read_rows:
+            for type_, name, _sql in entries:
+                if type_ == "table" and not str(name).startswith("sqlite_"):
+                    for _row in image.execute(f"SELECT * FROM main.{_quote(str(name))}"):
+                        rows_read += 1
+    except (apsw.CorruptError, apsw.NotADBError) as exc:
+        raise IntegrityError(f"backup image failed to read: {exc}") from None
+    finally:
+        image.close()
+    mem = apsw.Connection(":memory:")
+    try:
+        mem.execute(f"PRAGMA page_size = {page_size}")
+        mem.execute(f"PRAGMA user_version = {user_version}")
+        for _type, name, sql in entries:
+            exists = mem.execute("SELECT 1 FROM sqlite_schema WHERE name = ?", (name,)).fetchall()
+            if exists or str(name).startswith("sqlite_"):
+                continue  # made by SQLite itself: sqlite_sequence, a virtual table's shadow tables
+            mem.execute(str(sql))
+        return BytesImage(mem.serialize("main"), page_size), rows_read
+    finally:
+        mem.close()
+
+
 def remove_abandoned_restores(dest: Path) -> list[Path]:
     """Remove the temp files of restores into ``dest`` that were killed: those whose lock no process
     holds any more (a restore running now holds its own). Returns the temp files removed."""
