@@ -765,6 +765,16 @@ def _ident(name: str) -> str:
 # --------------------------------------------------------------------------------------------- RESTORE
 
 
+def _restore_point(
+    storage: ExternalStorage, subdir: str, encryption: Encryption, as_of: datetime | None
+) -> tuple[BackupKeys, Manifest]:
+    """The keys and the manifest of the layer RESTORE (or a query in place) reads: the newest of the
+    chain ``subdir`` names, or the newest at or before ``as_of``; the chain checked on the way."""
+    full, latest = _resolve_full(storage, subdir)
+    keys = existing_backup_keys(storage, full, encryption)
+    return keys, _restore_layer(storage, full, latest, keys, as_of)
+
+
 def _restore_layer(
     storage: ExternalStorage, full: str, latest: str | None, keys: BackupKeys, as_of: datetime | None
 ) -> Manifest:
@@ -794,9 +804,7 @@ def restore(
     job_id = job_id or new_job_id()
     with _destinations(request.collection, context) as dests:
         storage = dests.default
-        full, latest = _resolve_full(storage, request.subdir)
-        keys = existing_backup_keys(storage, full, enc)
-        manifest = _restore_layer(storage, full, latest, keys, as_of)
+        keys, manifest = _restore_point(storage, request.subdir, enc, as_of)
         if tables:
             rows, index_entries, nbytes = _restore_tables(dests, manifest, keys, target, tables, into_db)
             return JobResult(job_id, "succeeded", 1.0, rows, index_entries, nbytes)
@@ -873,10 +881,7 @@ def open_backup(
     at or before ``as_of``, for reading in place."""
     dests = open_destinations(collection, context)
     try:
-        storage = dests.default
-        full, latest = _resolve_full(storage, subdir)
-        keys = existing_backup_keys(storage, full, encryption or Encryption())
-        manifest = _restore_layer(storage, full, latest, keys, as_of)
+        keys, manifest = _restore_point(dests.default, subdir, encryption or Encryption(), as_of)
     except BaseException:
         dests.close()
         raise
