@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 _EPOCH_NS = 1_420_070_400_000_000_000  # 2015-01-01, CockroachDB's unique_rowid() epoch
 _NODE_BITS = 15
@@ -26,6 +27,11 @@ def new_job_id() -> int:
     with _lock:
         _last_tick = max((time.time_ns() - _EPOCH_NS) // 10_000, _last_tick + 1)
         return _last_tick << _NODE_BITS | NODE_ID
+
+
+def job_id_floor(at: datetime) -> int:
+    """The smallest id ``new_job_id`` could draw at ``at``: ids below it were drawn earlier."""
+    return (int(at.timestamp() * 1e9) - _EPOCH_NS) // 10_000 << _NODE_BITS
 
 
 @dataclass(frozen=True)

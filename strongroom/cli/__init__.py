@@ -31,6 +31,7 @@ COMMANDS = {
     "rotate": "cmek:rotate",
     "serve": "serve:serve",
     "backup-schedule": "managed:backup_schedule",
+    "schedules": "schedules:schedules",
     "sql": "sql:sql",
     "demo": "demo:demo",
 }

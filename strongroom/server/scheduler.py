@@ -1,7 +1,8 @@
-"""The background loop of ``strongroom serve``: due data key rotations and managed backups.
+"""The background loop of ``strongroom serve``: due data key rotations, managed backups, schedules.
 
 Every ``interval`` seconds it rotates the data keys of regions whose active data key is older than
-the store's rotation period, and takes the managed backups that are due. A failure (a KMS outage, a
+the store's rotation period, takes the managed backups that are due, and runs the backup schedules
+(CREATE SCHEDULE FOR BACKUP) whose next run has come. A failure (a KMS outage, a
 revoked store) is logged, redacted, and the loop carries on: the next tick tries again.
 """
 
@@ -55,7 +56,11 @@ class Scheduler:
     def run_once(self) -> None:
         """One tick; KMS calls it makes are audited as the scheduler's."""
         with self.service.lock, acting_as(ACTOR):
-            for what, task in (("data key rotation", _rotate_due_data_keys), ("managed backups", _take_due_backups)):
+            for what, task in (
+                ("data key rotation", _rotate_due_data_keys),
+                ("managed backups", _take_due_backups),
+                ("backup schedules", _run_due_schedules),
+            ):
                 try:
                     task(self.service.store)
                 except Exception as exc:  # the loop must outlive any failure
@@ -65,6 +70,15 @@ class Scheduler:
 def _rotate_due_data_keys(store: Store) -> None:
     for region, names in store.rotate_data_keys(if_due=True).items():
         log.info("rotated the data key of region %s; re-keyed %d database(s)", region, len(names))
+
+
+def _run_due_schedules(store: Store) -> None:
+    for run in store.schedules.run_due():
+        what = f"schedule {run.schedule_id} ({run.label}, {run.backup_type} backup)"
+        if run.status == "succeeded":
+            log.info("%s: job %s succeeded", what, run.job_id)
+        else:
+            log.warning("%s %s: %s", what, run.status, run.error)
 
 
 def _take_due_backups(store: Store) -> None:

@@ -15,6 +15,8 @@ from ..uri import REDACTED, redact
 
 # ``subdir`` value meaning "the most recent full backup of the collection" (``LATEST IN ...``).
 LATEST = "LATEST"
+# ``FULL BACKUP ALWAYS``: every scheduled backup is a full one.
+ALWAYS_FULL = "ALWAYS"
 
 
 def _redact_uri(uri: str) -> str:
@@ -189,6 +191,41 @@ class ShowJobs(Statement):
 
 
 @dataclass(frozen=True)
+class CreateSchedule(Statement):
+    """``CREATE SCHEDULE [IF NOT EXISTS] [label] FOR BACKUP [targets] INTO ... [WITH ...] RECURRING ...
+    [FULL BACKUP ...|ALWAYS] [WITH SCHEDULE OPTIONS ...]``. ``recurrence`` None is ``RECURRING NEVER``
+    (accepted by CockroachDB's grammar, refused here: a schedule that never runs is not one)."""
+
+    label: str | None = None
+    if_not_exists: bool = False
+    targets: Targets | None = None
+    destinations: tuple[str, ...] = ()
+    options: Options = field(default_factory=Options)
+    recurrence: str | None = None
+    full_backup: str | None = None  # a crontab, ALWAYS, or None (CockroachDB's default cadence)
+    schedule_options: tuple[tuple[str, object], ...] = ()
+
+    def __repr__(self) -> str:
+        return _repr(self, destinations=_redact_uris(self.destinations))
+
+
+@dataclass(frozen=True)
+class ShowSchedules(Statement):
+    """``SHOW [RUNNING | PAUSED] SCHEDULES [FOR BACKUP]`` or ``SHOW SCHEDULE <id>``."""
+
+    schedule_id: int | None = None
+    status: str | None = None  # ACTIVE (RUNNING) or PAUSED
+
+
+@dataclass(frozen=True)
+class ControlSchedule(Statement):
+    """``PAUSE SCHEDULE <id>``, ``RESUME SCHEDULE <id>`` or ``DROP SCHEDULE <id>``."""
+
+    action: Literal["PAUSE", "RESUME", "DROP"]
+    schedule_id: int
+
+
+@dataclass(frozen=True)
 class Passthrough(Statement):
     """Any other statement, as written, for SQLite to run in the current database."""
 
@@ -196,10 +233,13 @@ class Passthrough(Statement):
 
 
 __all__ = [
+    "ALWAYS_FULL",
     "LATEST",
     "AlterBackup",
     "Backup",
+    "ControlSchedule",
     "CreateDatabase",
+    "CreateSchedule",
     "DropDatabase",
     "Options",
     "Passthrough",
@@ -208,6 +248,7 @@ __all__ = [
     "ShowBackups",
     "ShowDatabases",
     "ShowJobs",
+    "ShowSchedules",
     "ShowTables",
     "Statement",
     "Targets",

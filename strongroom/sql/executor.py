@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import apsw
@@ -22,11 +22,14 @@ from ..backup.requests import parse_as_of
 from ..errors import NotFoundError, UsageError
 from ..output import render
 from ..store.jobs import JOB_COLUMNS
+from ..store.schedules import CREATE_COLUMNS, SHOW_COLUMNS, CreateScheduleRequest, ScheduleOptions
 from ..uri import redact
 from .ast import (
     AlterBackup,
     Backup,
+    ControlSchedule,
     CreateDatabase,
+    CreateSchedule,
     DropDatabase,
     Options,
     Passthrough,
@@ -35,6 +38,7 @@ from .ast import (
     ShowBackups,
     ShowDatabases,
     ShowJobs,
+    ShowSchedules,
     ShowTables,
     Statement,
     Use,
@@ -73,6 +77,19 @@ def _location(destinations: tuple[str, ...], subdir: str | None, what: str) -> t
 
 def _as_of(text: str | None) -> datetime | None:
     return None if text is None else parse_as_of(text)
+
+
+def _first_run(text: str | None) -> datetime | None:
+    """``first_run = 'now'`` or a timestamp (UTC unless it says otherwise)."""
+    if text is None or text.strip().lower() == "now":
+        return None
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(
+            f"first_run = {text!r}: give 'now' or a timestamp such as '2026-12-03 01:00:00+00:00'"
+        ) from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 _WHEN_COMPLETE_POLL_S = 0.05
@@ -228,8 +245,34 @@ class Session:
             raise NotFoundError(f"job with ID {stmt.job_id} does not exist")
         return Result(JOB_COLUMNS, rows)
 
+    # -- schedules --------------------------------------------------------------------------------
+    def _run_CreateSchedule(self, stmt: CreateSchedule, params: object) -> Result:
+        if stmt.recurrence is None:
+            raise UsageError("RECURRING NEVER: a backup schedule needs a crontab, such as RECURRING '@daily'")
+        backup = self._backup_request(stmt, None)
+        raw = dict(stmt.schedule_options)
+        first_run = raw.pop("first_run", None)
+        options = ScheduleOptions(first_run=_first_run(first_run), **raw)  # type: ignore[arg-type]
+        request = CreateScheduleRequest(
+            stmt.label, backup, stmt.recurrence, stmt.full_backup, options, if_not_exists=stmt.if_not_exists
+        )
+        return Result(CREATE_COLUMNS, [row.create_row() for row in self.store.schedules.create(request)])
+
+    def _run_ShowSchedules(self, stmt: ShowSchedules, params: object) -> Result:
+        schedules = self.store.schedules
+        if stmt.schedule_id is not None:
+            return Result(SHOW_COLUMNS, [schedules.get(stmt.schedule_id).show_row()])
+        return Result(SHOW_COLUMNS, [row.show_row() for row in schedules.show(stmt.status)])
+
+    def _run_ControlSchedule(self, stmt: ControlSchedule, params: object) -> Result:
+        schedules = self.store.schedules
+        {"PAUSE": schedules.pause, "RESUME": schedules.resume, "DROP": schedules.drop}[stmt.action](stmt.schedule_id)
+        return Result(status=f"{stmt.action} SCHEDULE")
+
     # -- backup statements ------------------------------------------------------------------------
-    def _targets(self, stmt: Backup | Restore) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    def _targets(
+        self, stmt: Backup | Restore | CreateSchedule
+    ) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
         """(databases, tables) named by ``DATABASE ...`` / ``TABLE ...``; unqualified tables are in the current db."""
         if stmt.targets is None:
             return None, None
@@ -240,17 +283,19 @@ class Session:
     def _run_Backup(self, stmt: Backup, params: object) -> Result:
         if stmt.as_of is not None:
             raise UsageError("BACKUP ... AS OF SYSTEM TIME is not supported: a backup is a snapshot taken now")
+        return self._job(self._backup_request(stmt, stmt.subdir))
+
+    def _backup_request(self, stmt: Backup | CreateSchedule, incremental: str | None) -> BackupRequest:
         databases, tables = self._targets(stmt)
-        request = BackupRequest(
+        return BackupRequest(
             into=stmt.destinations,
             databases=databases,
             tables=tables,
             encryption=_encryption(stmt.options),
-            incremental=stmt.subdir,
+            incremental=incremental,
             detached=stmt.options.detached,
             include_unencrypted_data=stmt.options.include_unencrypted_data,
         )
-        return self._job(request)
 
     def _run_Restore(self, stmt: Restore, params: object) -> Result:
         dest, subdir = _location(stmt.destinations, stmt.subdir, "RESTORE")

@@ -27,10 +27,13 @@ from lark.exceptions import UnexpectedInput, VisitError
 from ..errors import StrongroomError, UsageError
 from ..uri import REDACTED, redact_loose
 from .ast import (
+    ALWAYS_FULL,
     LATEST,
     AlterBackup,
     Backup,
+    ControlSchedule,
     CreateDatabase,
+    CreateSchedule,
     DropDatabase,
     Options,
     Passthrough,
@@ -39,6 +42,7 @@ from .ast import (
     ShowBackups,
     ShowDatabases,
     ShowJobs,
+    ShowSchedules,
     ShowTables,
     Statement,
     Targets,
@@ -60,7 +64,9 @@ class SQLSyntaxError(UsageError):
 # Grammar
 
 # Keywords that can never be a name (CockroachDB reserves them too).
-RESERVED_KEYWORDS = frozenset({"AS", "CREATE", "FROM", "IN", "INTO", "NOT", "TABLE", "TO", "WITH", "TRUE", "FALSE"})
+RESERVED_KEYWORDS = frozenset(
+    {"AS", "CREATE", "FOR", "FROM", "IN", "INTO", "NOT", "TABLE", "TO", "WITH", "TRUE", "FALSE"}
+)
 # Keywords that are still usable as names (``USE latest``, ``WITH detached``...).
 UNRESERVED_KEYWORDS = frozenset(
     {
@@ -68,6 +74,8 @@ UNRESERVED_KEYWORDS = frozenset(
         "JOB", "JOBS", "LATEST", "NEW_KMS", "OF", "OLD_KMS", "OPTIONS", "PRIMARY", "REGION", "RESTORE",
         "RESTRICT", "SET",
         "SHOW", "SYSTEM", "TABLES", "TIME", "USE", "WHEN", "COMPLETE",
+        "SCHEDULE", "SCHEDULES", "RECURRING", "FULL", "ALWAYS", "NEVER", "RUNNING", "PAUSED", "PAUSE",
+        "RESUME",
     }
 )  # fmt: skip
 KEYWORDS = RESERVED_KEYWORDS | UNRESERVED_KEYWORDS
@@ -75,6 +83,7 @@ KEYWORDS = RESERVED_KEYWORDS | UNRESERVED_KEYWORDS
 _GRAMMAR = r"""
 start: backup | restore | show_backups | show_backup | alter_backup | create_db | drop_db
      | show_databases | show_tables | use | set_db | jobs
+     | create_schedule | show_schedules | control_schedule
 
 backup: BACKUP [targets] INTO location [as_of] [options]
 restore: RESTORE [targets] FROM location [as_of] [options]
@@ -129,6 +138,16 @@ jobs: SHOW JOBS                      -> show_jobs
     | SHOW JOB WHEN COMPLETE job_ref    -> show_jobs_when_complete
     | SHOW JOBS WHEN COMPLETE LPAR job_ref (COMMA job_ref)* RPAR -> show_jobs_when_complete
 job_ref: INT | PLACEHOLDER
+
+create_schedule: CREATE SCHEDULE [if_not_exists] [schedule_label] FOR BACKUP [targets] INTO dest [options] when
+when: RECURRING recurrence [full_backup] [schedule_options]
+schedule_label: name | STRING | PLACEHOLDER
+recurrence: str_or_ph | NEVER
+full_backup: FULL BACKUP (str_or_ph | ALWAYS)
+schedule_options: WITH SCHEDULE OPTIONS option (COMMA option)*
+show_schedules: SHOW [RUNNING | PAUSED] SCHEDULES [FOR BACKUP]
+              | SHOW SCHEDULE job_ref                          -> show_schedule
+control_schedule: (PAUSE | RESUME | DROP) SCHEDULE job_ref
 
 name: IDENT | @UNRESERVED@
 
@@ -314,8 +333,12 @@ def _is_ours(toks: list[_Tok]) -> bool:
         return True
     if _is_word(first, "ALTER"):
         return _is_word(second, "BACKUP")
-    if _is_word(first, "CREATE", "DROP", "SET"):
+    if _is_word(first, "CREATE", "DROP"):
+        return _is_word(second, "DATABASE", "SCHEDULE")
+    if _is_word(first, "SET"):
         return _is_word(second, "DATABASE")
+    if _is_word(first, "PAUSE", "RESUME"):
+        return _is_word(second, "SCHEDULE")
     return False
 
 
@@ -541,6 +564,45 @@ def _decode_value(name: str, val: _Value | None) -> object:
     raise UsageError(f'option "{name}" requires {wanted} value')
 
 
+# CockroachDB's schedule options, plus Strongroom's ``retention`` (a forget policy run after each success).
+_SCHEDULE_STRING_OPTIONS = frozenset({"first_run", "on_execution_failure", "on_previous_running", "retention"})
+_SCHEDULE_FLAG_OPTIONS = frozenset({"ignore_existing_backups"})
+
+
+def _decode_schedule_options(raw: list[tuple[str, _Value | None]]) -> tuple[tuple[str, object], ...]:
+    seen: dict[str, object] = {}
+    for name, val in raw:
+        if name not in _SCHEDULE_STRING_OPTIONS | _SCHEDULE_FLAG_OPTIONS:
+            known = ", ".join(sorted(_SCHEDULE_STRING_OPTIONS | _SCHEDULE_FLAG_OPTIONS))
+            raise UsageError(f'unknown schedule option "{name}" (known: {known})')
+        if name in seen:
+            raise UsageError(f'schedule option "{name}" specified multiple times')
+        if name in _SCHEDULE_FLAG_OPTIONS:
+            if val is None or val.kind == "bool":
+                seen[name] = True if val is None else bool(val.value)
+                continue
+            raise UsageError(f'schedule option "{name}" must be true or false')
+        if val is None:
+            raise UsageError(f'schedule option "{name}" requires a value')
+        if val.kind in ("string", "name") or (val.kind == "param" and isinstance(val.value, str)):
+            seen[name] = str(val.value)
+            continue
+        raise UsageError(f'schedule option "{name}" requires a string value')
+    return tuple(seen.items())
+
+
+@dataclass(frozen=True)
+class _ScheduleOptions:
+    items: tuple[tuple[str, object], ...]
+
+
+@dataclass(frozen=True)
+class _When:
+    recurrence: str | None
+    full_backup: str | None
+    options: tuple[tuple[str, object], ...]
+
+
 # --------------------------------------------------------------------------------------------------
 # Tree -> AST
 
@@ -737,6 +799,56 @@ class _ToAST(Transformer):
 
     def show_jobs_when_complete(self, children: list[Any]) -> ShowJobs:
         return ShowJobs(when_complete=tuple(c for c in children if isinstance(c, int) and not isinstance(c, Token)))
+
+    # ---- schedules
+    def schedule_label(self, children: list[Any]) -> str:
+        tok = children[0]
+        if isinstance(tok, Token) and tok.type == "PLACEHOLDER":
+            return self.string_param(tok)
+        return str(tok)
+
+    def recurrence(self, children: list[Any]) -> str | None:
+        tok = children[0]
+        return None if isinstance(tok, Token) and tok.type == "NEVER" else str(tok)
+
+    def full_backup(self, children: list[Any]) -> str:
+        tok = children[-1]
+        return ALWAYS_FULL if isinstance(tok, Token) and tok.type == "ALWAYS" else str(tok)
+
+    def schedule_options(self, children: list[Any]) -> _ScheduleOptions:
+        return _ScheduleOptions(_decode_schedule_options([c for c in children if isinstance(c, tuple)]))
+
+    def when(self, children: list[Any]) -> _When:
+        sched = children[-1] if isinstance(children[-1], _ScheduleOptions) else _ScheduleOptions(())
+        return _When(children[1], children[2], sched.items)
+
+    def create_schedule(self, children: list[Any]) -> CreateSchedule:
+        label = children[3] if isinstance(children[3], str) and not isinstance(children[3], Token) else None
+        targets = next((c for c in children if isinstance(c, Targets)), None)
+        dest = next(c for c in children if isinstance(c, tuple))
+        opts = next((c for c in children if isinstance(c, list)), None)
+        when = children[-1]
+        return CreateSchedule(
+            label=label,
+            if_not_exists=children[2] is True,
+            targets=targets,
+            destinations=dest,
+            options=_decode_options(opts, "BACKUP"),
+            recurrence=when.recurrence,
+            full_backup=when.full_backup,
+            schedule_options=when.options,
+        )
+
+    def show_schedules(self, children: list[Any]) -> ShowSchedules:
+        which = _tokens(children, "RUNNING", "PAUSED")
+        status = None if not which else ("ACTIVE" if which[0].type == "RUNNING" else "PAUSED")
+        return ShowSchedules(status=status)
+
+    def show_schedule(self, children: list[Any]) -> ShowSchedules:
+        return ShowSchedules(schedule_id=children[-1])
+
+    def control_schedule(self, children: list[Any]) -> ControlSchedule:
+        return ControlSchedule(children[0].type, children[-1])
 
     def job_ref(self, children: list[Token]) -> int:
         tok = children[-1]

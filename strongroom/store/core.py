@@ -27,6 +27,7 @@ part               module                      what it owns
 ``rotation``       rotation.py                 data key and store key rotation, online re-key
 ``backups``        backups.py                  BACKUP/RESTORE/SHOW/ALTER, each a job
 ``managed``        managed.py                  managed backups: schedule, take, restore
+``schedules``      schedules.py                CREATE SCHEDULE FOR BACKUP: keep, show, run due
 ``jobs``           jobs.py                     the job registry and runner (SHOW JOBS)
 =================  ==========================  ==============================================
 """
@@ -61,6 +62,7 @@ from .locks import RotationLock
 from .managed import ManagedBackup, ManagedBackups, Schedule, TakenBackup
 from .meta import DEFAULT_REGION, FORMAT, MARKER, StoreMeta, check_region_name
 from .rotation import Rotation
+from .schedules import Schedules
 from .status import RegionStatus, encryption_status
 
 
@@ -105,6 +107,7 @@ class Store:
         self.storage_context = StorageContext(extern_dir=self.extern_dir)
         self.backups = Backups(self.dbs, self.jobs, self.storage_context)
         self.managed = ManagedBackups(path, meta, self.keys, self.dbs, self.backups, self.jobs, self.storage_context)
+        self.schedules = Schedules(path / "system.db", meta, self.keys, self.backups)
         self.keys.on_cmek_moved = self._rewrap_managed_backups
         self._session: SQLSession | None = None
 

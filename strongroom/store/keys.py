@@ -118,6 +118,10 @@ class Registry:
     data_keys: dict[str, DataKey] = field(default_factory=dict)
     files: dict[str, FileKey] = field(default_factory=dict)
     rotation_period_s: int = int(DEFAULT_ROTATION_PERIOD.total_seconds())
+    #: Secrets the store keeps for later use (a backup schedule's KMS URIs or passphrase), sealed
+    #: here so they share the registry's protection: the store key seals them, the CMEK wraps that,
+    #: a store key rotation re-seals them, and a revoked CMEK leaves them unreadable.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
     def to_bytes(self) -> bytes:
         doc = {
@@ -135,6 +139,8 @@ class Registry:
             "files": {name: asdict(f) for name, f in self.files.items()},
             "rotation_period_s": self.rotation_period_s,
         }
+        if self.secrets:  # absent in older registries, and in any that never kept one
+            doc["secrets"] = self.secrets
         return json.dumps(doc, sort_keys=True).encode()
 
     @classmethod
@@ -149,6 +155,7 @@ class Registry:
             },
             files={name: FileKey(**f) for name, f in doc["files"].items()},
             rotation_period_s=int(doc["rotation_period_s"]),
+            secrets={str(k): str(v) for k, v in doc.get("secrets", {}).items()},
         )
 
     def copy(self) -> Registry:
@@ -459,6 +466,23 @@ class RegionKeys:
             spec, registry = replace(self.spec), self.registry.copy()
             new_store_key = change(spec, registry)
             self._write(spec, registry, new_store_key or self._store_key)
+
+    # -- kept secrets ------------------------------------------------------------------------------
+    def keep_secret(self, name: str, value: str | None) -> None:
+        """Seal ``value`` into the registry under ``name`` (None: forget it), as a new generation."""
+
+        def change(spec: RegionSpec, registry: Registry) -> None:
+            if value is None:
+                registry.secrets.pop(name, None)
+            else:
+                registry.secrets[name] = value
+
+        self.update(change)
+
+    def secret(self, name: str) -> str | None:
+        with self._mutex:
+            self.refresh()
+            return self.registry.secrets.get(name)
 
     # -- data keys of files ------------------------------------------------------------------------
     def file_keys(self, name: str) -> list[bytes]:
