@@ -431,6 +431,30 @@ def test_run_due_in_real_time(bank: Store) -> None:
     assert (first.backup_type, second.backup_type) == ("full", "incremental")
 
 
+def test_backup_configuration_as_cockroachdb_cloud(bank: Store) -> None:
+    """enabled, frequency_minutes and retention_days with CockroachDB Cloud's values; retention set
+    once, and after that only lengthened."""
+    config = bank.managed_backup_schedule
+    assert (config.enabled, config.frequency_minutes, config.retention_days) == (True, 60, 30)
+    config = bank.set_managed_backup_schedule(frequency_minutes=1440)
+    assert (config.interval, config.full_every) == (timedelta(days=1), timedelta(days=1))  # every one is full
+    for bad, message in (
+        ({"frequency_minutes": 45}, "frequency_minutes 45: valid values are 5, 10, 15, 30, 60, 240, 1440"),
+        ({"retention_days": 14}, "retention_days 14: valid values are 2, 7, 30, 90, 365"),
+    ):
+        with pytest.raises(UsageError) as exc:
+            bank.set_managed_backup_schedule(**bad)  # type: ignore[arg-type]
+        assert str(exc.value) == message
+    assert bank.set_managed_backup_schedule(retention_days=7).retention_days == 7
+    with pytest.raises(UsageError, match="retention_days is already set to 7: it can only be set once"):
+        bank.set_managed_backup_schedule(retention_days=2)
+    assert open_store(bank.path).set_managed_backup_schedule(retention_days=90).retention_days == 90
+    assert bank.set_managed_backup_schedule(enabled=False).enabled is False
+    assert open_store(bank.path).run_due_managed_backups() == []  # disabled: nothing is due
+    assert bank.set_managed_backup_schedule(enabled=True).enabled is True
+    assert [t.backup_type for t in bank.run_due_managed_backups()] == ["full"]
+
+
 def test_schedule_errors(bank: Store) -> None:
     with pytest.raises(UsageError) as exc:
         bank.set_managed_backup_schedule(interval=timedelta(hours=2), full_every=timedelta(hours=1))
@@ -513,9 +537,14 @@ def test_cli_run_once_list_set_and_restore(bank: Store) -> None:
     runner = CliRunner()
     store_opt = ["--store", str(bank.path)]
 
-    out = runner.invoke(main, ["backup-schedule", "set", *store_opt, "--interval", "30m", "--full-every", "12h"])
+    out = runner.invoke(
+        main,
+        ["backup-schedule", "set", *store_opt, "--frequency-minutes", "30", "--full-every", "12h", "--format", "json"],
+    )
     assert out.exit_code == 0, out.output
-    assert out.output == "managed backups every 30m, a full one every 12h\n"
+    assert json.loads(out.output) == [
+        {"enabled": True, "frequency_minutes": 30, "retention_days": 30, "full_every": "12h"}
+    ]
     assert open_store(bank.path).managed_backup_schedule == Schedule(timedelta(minutes=30), timedelta(hours=12))
 
     out = runner.invoke(main, ["backup-schedule", "run-once", *store_opt, "--format", "json"])
@@ -546,9 +575,11 @@ def test_cli_run_once_list_set_and_restore(bank: Store) -> None:
     assert (out.exit_code, out.output) == (1, 'ERROR: database "shop" already exists\n')
     out = runner.invoke(main, ["backup-schedule", "run-once", *store_opt, "--full", "--incremental"])
     assert (out.exit_code, out.output) == (2, "ERROR: use --full or --incremental, not both\n")
-    out = runner.invoke(main, ["backup-schedule", "set", *store_opt, "--interval", "soon"])
+    out = runner.invoke(main, ["backup-schedule", "set", *store_opt, "--full-every", "soon"])
     assert out.exit_code == 2
     assert out.output == "ERROR: invalid duration 'soon': use a positive number with s, m, h or d, e.g. 30d\n"
+    out = runner.invoke(main, ["backup-schedule", "set", *store_opt, "--frequency-minutes", "7"])
+    assert out.exit_code == 2 and "'7' is not one of '5', '10', '15', '30', '60', '240', '1440'" in out.output
 
 
 def test_managed_backup_and_restore_wait_for_a_key_rotation_in_flight(bank: Store) -> None:

@@ -33,19 +33,36 @@ def backup_schedule_run_once(store: str | None, full: bool, incremental: bool, f
 
 @backup_schedule.command("set")
 @STORE
-@click.option("--interval", help="Back up every INTERVAL (e.g. 1h).")
+@click.option(
+    "--frequency-minutes",
+    type=click.Choice([str(m) for m in managed.FREQUENCY_MINUTES]),
+    help="Back up every N minutes (CockroachDB Cloud's values).",
+)
+@click.option(
+    "--retention-days",
+    type=click.Choice([str(d) for d in managed.RETENTION_DAYS]),
+    help="Delete managed backups older than N days (default 30; once set, only a longer one is accepted).",
+)
 @click.option("--full-every", help="Take a full backup when the last full one is this old (e.g. 24h).")
-def backup_schedule_set(store: str | None, interval: str | None, full_every: str | None) -> None:
-    """Change the managed backup schedule."""
+@click.option("--enabled/--disabled", default=None, help="Turn managed backups on or off.")
+@FORMAT
+def backup_schedule_set(
+    store: str | None,
+    frequency_minutes: str | None,
+    retention_days: str | None,
+    full_every: str | None,
+    enabled: bool | None,
+    fmt: str,
+) -> None:
+    """Change the managed backup configuration (and print it)."""
     s = open_store(store, unlock=False)
     new = s.set_managed_backup_schedule(
-        interval=parse_duration(interval) if interval else None,
+        frequency_minutes=int(frequency_minutes) if frequency_minutes else None,
+        retention_days=int(retention_days) if retention_days else None,
         full_every=parse_duration(full_every) if full_every else None,
+        enabled=enabled,
     )
-    click.echo(
-        f"managed backups every {managed.format_duration(new.interval)}, "
-        f"a full one every {managed.format_duration(new.full_every)}"
-    )
+    echo_table(managed.CONFIG_COLUMNS, [new.row()], fmt)
 
 
 @backup_schedule.command("list")

@@ -419,10 +419,23 @@ class Store:
         return self.managed.schedule()
 
     def set_managed_backup_schedule(
-        self, *, interval: timedelta | None = None, full_every: timedelta | None = None
+        self,
+        *,
+        interval: timedelta | None = None,
+        full_every: timedelta | None = None,
+        enabled: bool | None = None,
+        frequency_minutes: int | None = None,
+        retention_days: int | None = None,
     ) -> Schedule:
-        """Change how often managed backups are taken (unchanged parts keep their value)."""
-        return self.managed.set_schedule(interval=interval, full_every=full_every)
+        """Change the managed backup configuration (CockroachDB Cloud's ``enabled``, ``frequency_minutes``
+        and ``retention_days``, and Strongroom's ``full_every``); unchanged parts keep their value."""
+        return self.managed.set_schedule(
+            interval=interval,
+            full_every=full_every,
+            enabled=enabled,
+            frequency_minutes=frequency_minutes,
+            retention_days=retention_days,
+        )
 
     def run_due_managed_backups(self, now: datetime | None = None) -> list[TakenBackup]:
         """Take the managed backups due now (what ``strongroom serve``'s scheduler calls)."""

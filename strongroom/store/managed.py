@@ -92,12 +92,27 @@ def format_duration(value: timedelta) -> str:
     return f"{seconds}s"
 
 
+#: CockroachDB Cloud's backup configuration allows these values, and so do we.
+FREQUENCY_MINUTES = (5, 10, 15, 30, 60, 240, 1440)
+RETENTION_DAYS = (2, 7, 30, 90, 365)
+DEFAULT_RETENTION_DAYS = 30
+CONFIG_COLUMNS = ("enabled", "frequency_minutes", "retention_days", "full_every")
+
+
 @dataclass(frozen=True)
 class Schedule:
-    """A backup of each region every ``interval``; a full one when the last full is ``full_every`` old."""
+    """CockroachDB Cloud's backup configuration (``enabled``, ``frequency_minutes``, ``retention_days``),
+    plus Strongroom's ``full_every``: a backup of each region every ``interval``, a full one when the
+    last full is ``full_every`` old, and backups older than ``retention_days`` deleted."""
 
     interval: timedelta = DEFAULT_INTERVAL
     full_every: timedelta = DEFAULT_FULL_EVERY
+    enabled: bool = True
+    retention_days: int = DEFAULT_RETENTION_DAYS
+    #: Set once by the user: CockroachDB Cloud then refuses further changes. Here a longer
+    #: retention is still accepted (it deletes nothing); a shorter one, which would delete backups
+    #: sooner than promised, is refused.
+    retention_set: bool = False
 
     def __post_init__(self) -> None:
         if self.interval <= timedelta(0):
@@ -107,15 +122,79 @@ class Schedule:
                 f"the full backup period ({format_duration(self.full_every)}) must not be shorter than "
                 f"the backup interval ({format_duration(self.interval)})"
             )
+        if self.retention_days not in RETENTION_DAYS:
+            raise UsageError(
+                f"retention_days {self.retention_days}: valid values are {', '.join(map(str, RETENTION_DAYS))}"
+            )
 
-    def to_meta(self) -> dict[str, int]:
-        return {"interval_s": int(self.interval.total_seconds()), "full_every_s": int(self.full_every.total_seconds())}
+    @property
+    def frequency_minutes(self) -> int:
+        return max(1, int(self.interval.total_seconds() // 60))
+
+    @property
+    def retention(self) -> timedelta:
+        return timedelta(days=self.retention_days)
+
+    def row(self) -> tuple[object, ...]:
+        return (self.enabled, self.frequency_minutes, self.retention_days, format_duration(self.full_every))
+
+    def to_meta(self) -> dict[str, object]:
+        return {
+            "interval_s": int(self.interval.total_seconds()),
+            "full_every_s": int(self.full_every.total_seconds()),
+            "enabled": self.enabled,
+            "retention_days": self.retention_days,
+            "retention_set": self.retention_set,
+        }
 
     @classmethod
     def from_meta(cls, doc: object) -> Schedule:
         if not isinstance(doc, dict):
             return cls()
-        return cls(timedelta(seconds=int(doc["interval_s"])), timedelta(seconds=int(doc["full_every_s"])))
+        return cls(
+            timedelta(seconds=int(doc["interval_s"])),
+            timedelta(seconds=int(doc["full_every_s"])),
+            enabled=bool(doc.get("enabled", True)),
+            retention_days=int(doc.get("retention_days", DEFAULT_RETENTION_DAYS)),
+            retention_set=bool(doc.get("retention_set", False)),
+        )
+
+    def changed(
+        self,
+        *,
+        interval: timedelta | None = None,
+        full_every: timedelta | None = None,
+        enabled: bool | None = None,
+        frequency_minutes: int | None = None,
+        retention_days: int | None = None,
+    ) -> Schedule:
+        """This configuration with the given parts changed (CockroachDB Cloud's PATCH /backups-config)."""
+        if frequency_minutes is not None:
+            if frequency_minutes not in FREQUENCY_MINUTES:
+                raise UsageError(
+                    f"frequency_minutes {frequency_minutes}: valid values are {', '.join(map(str, FREQUENCY_MINUTES))}"
+                )
+            interval = timedelta(minutes=frequency_minutes)
+        retention_set = self.retention_set
+        if retention_days is not None and retention_days != self.retention_days:
+            if self.retention_set and retention_days < self.retention_days:
+                raise UsageError(
+                    f"retention_days is already set to {self.retention_days}: it can only be set once, and a "
+                    f"shorter retention ({retention_days}) would delete backups sooner than promised "
+                    "(a longer one is accepted)"
+                )
+            retention_set = True
+        new_interval = interval or self.interval
+        full = full_every or self.full_every
+        if full_every is None and full < new_interval:
+            full = new_interval  # a rarer backup than the full period: every backup is a full one
+        return Schedule(
+            new_interval,
+            full,
+            enabled=self.enabled if enabled is None else enabled,
+            retention_days=self.retention_days if retention_days is None else retention_days,
+            retention_set=retention_set,
+        )
 
 
 def _shown(end: datetime) -> str:
@@ -223,13 +302,29 @@ class ManagedBackups:
     def schedule(self) -> Schedule:
         return Schedule.from_meta(self.meta.doc.get(SCHEDULE_META))
 
-    def set_schedule(self, *, interval: timedelta | None = None, full_every: timedelta | None = None) -> Schedule:
-        """Change the schedule (unchanged parts keep their value); stored in the store metadata."""
+    def set_schedule(
+        self,
+        *,
+        interval: timedelta | None = None,
+        full_every: timedelta | None = None,
+        enabled: bool | None = None,
+        frequency_minutes: int | None = None,
+        retention_days: int | None = None,
+    ) -> Schedule:
+        """Change the configuration (unchanged parts keep their value); stored in the store metadata."""
         made: list[Schedule] = []
 
         def change(meta: dict[str, object]) -> None:
             current = Schedule.from_meta(meta.get(SCHEDULE_META))
-            made.append(Schedule(interval or current.interval, full_every or current.full_every))
+            made.append(
+                current.changed(
+                    interval=interval,
+                    full_every=full_every,
+                    enabled=enabled,
+                    frequency_minutes=frequency_minutes,
+                    retention_days=retention_days,
+                )
+            )
             meta[SCHEDULE_META] = made[0].to_meta()
 
         self.meta.update(change)
@@ -400,7 +495,9 @@ class ManagedBackups:
 
     def run_due(self, now: datetime | None = None) -> list[TakenBackup]:
         """Take every managed backup that is due at ``now`` (default: the current time); [] if none is
-        due, or if another process is taking managed backups at this moment."""
+        due, if managed backups are disabled, or if another process is taking them at this moment."""
+        if not self.schedule().enabled:
+            return []
         return self._run(now or datetime.now(UTC), None, wait=False)
 
     def take_now(self, full: bool | None = None) -> list[TakenBackup]:
