@@ -5,12 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Debian packages: SoftHSM2 (a real PKCS#11 HSM for the HSM tests).
-if ! [ -e /usr/lib/softhsm/libsofthsm2.so ]; then
+# Debian packages: SoftHSM2 (a real PKCS#11 HSM for the HSM tests) and Chromium (the console's
+# browser test drives it with Playwright; no browser is downloaded).
+missing=()
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || missing+=(softhsm2)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "softhsm2 is missing: sudo apt-get install softhsm2" >&2; exit 1
+    echo "missing Debian packages: sudo apt-get install ${missing[*]}" >&2; exit 1
   fi
 fi
 

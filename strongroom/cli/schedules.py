@@ -68,6 +68,18 @@ def schedules_drop(schedule_id: int, store: str | None) -> None:
     click.echo(f"dropped schedule {schedule_id}")
 
 
+@schedules.command("run")
+@click.argument("schedule_id", type=int)
+@STORE
+@FORMAT
+def schedules_run(schedule_id: int, store: str | None, fmt: str) -> None:
+    """Run one schedule now, whatever its next run. Exit status 1 if the run failed."""
+    run = open_store(store).schedules.run_now(schedule_id)
+    echo_table(sched.RUN_COLUMNS, [run.row()], fmt)
+    if run.status == "failed":
+        raise StrongroomError(f"schedule {schedule_id}: the backup failed: {run.error}")
+
+
 @schedules.command("run-due")
 @STORE
 @FORMAT

@@ -10,7 +10,8 @@ Every API request needs ``Authorization: Bearer <token>``, checked on the header
 of the body is read (a pure ASGI guard in front of FastAPI); bodies are capped at 1 MiB (413). An
 OPTIONS request, or a method a path does not have, is 405 with ``Allow`` listing the path's methods:
 OPTIONS before authentication (the methods are public in /openapi.json; nothing else is shown), any
-other method after it. /openapi.json and /docs are public. KMS calls made for a request are audited as
+other method after it. /openapi.json is public (no /docs: Swagger UI needs a CDN; this server works
+offline). KMS calls made for a request are audited as
 ``api:<first 12 hex of sha256(token)>``, which names the token without revealing it.
 """
 
@@ -36,6 +37,7 @@ from ..errors import AlreadyExistsError, EncryptionError, KMSError, NotFoundErro
 from ..store import RegionStatus, Store
 from ..store.audit import AuditRecord, acting_as
 from ..store.keys import ENABLE_FAILED, REVOKE_FAILED, REVOKED, ROTATE_FAILED
+from .console import Console
 from .models import (
     CMEKClusterInfo,
     CMEKClusterSpecification,
@@ -230,8 +232,17 @@ class Guard:
     ``max_body`` (413 beyond, without reading further) and handed on whole.
     """
 
-    def __init__(self, app: ASGIApp, *, token: bytes, routes: list[Any], max_body: int = MAX_BODY) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        token: bytes,
+        routes: list[Any],
+        max_body: int = MAX_BODY,
+        console: Callable[[Scope], JSONResponse | None] | None = None,
+    ) -> None:
         self.app, self.token, self.routes, self.max_body = app, token, routes, max_body
+        self.console = console  # the console's own check of its session cookie, from the headers alone
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -275,7 +286,7 @@ class Guard:
 
     def check(self, scope: Scope) -> JSONResponse | None:
         if not scope["path"].startswith("/api/"):
-            return None
+            return self.console(scope) if self.console is not None else None
         method = scope["method"]
         allowed = self.allowed(scope)
         if method == "OPTIONS" and allowed:
@@ -326,6 +337,8 @@ def create_app(store_path: str | Path, token: str, *, schedule_interval: float |
             service.wait()  # a CMEK change in progress finishes before the process exits
 
     app = FastAPI(
+        docs_url=None,  # Swagger UI loads from a CDN: blank offline, so not served (see /openapi.json)
+        redoc_url=None,
         title="Strongroom CMEK API",
         version="1",
         description=__doc__,
@@ -401,5 +414,7 @@ def create_app(store_path: str | Path, token: str, *, schedule_interval: float |
         with service.lock, acting_as(who):
             return service.store.encryption_status()
 
-    app.add_middleware(Guard, token=expected, routes=app.router.routes)
+    console = Console(service, expected, actor)
+    app.include_router(console.router)
+    app.add_middleware(Guard, token=expected, routes=app.router.routes, console=console.guard)
     return app

@@ -217,6 +217,14 @@ class ManagedBackup:
     def row(self) -> tuple[object, ...]:
         return (self.region, self.path, self.backup_type, _shown(self.end_time), self.restorable, self.reason)
 
+    @property
+    def as_of(self) -> datetime:
+        """The AS OF time that restores exactly this layer. Its name floors its end time to the
+        hundredth of a second, and layers' names are distinct, so the next layer ends no sooner
+        than a hundredth after this name: anything below that and at or after the real end picks
+        this one."""
+        return self.end_time + timedelta(microseconds=9_999)
+
 
 @dataclass(frozen=True)
 class TakenBackup:

@@ -554,6 +554,20 @@ class Schedules:
                 runs.append(run)
         return runs
 
+    def run_now(self, schedule_id: int) -> ScheduleRun:
+        """Run one active schedule at once, whatever its next run (the console's "run now"); its next
+        run then counts from now, as after any run."""
+        now = _now()
+        with self.table.transaction() as conn:
+            row = self.table.get(schedule_id, conn)
+            if row.status != ACTIVE:
+                raise UsageError(f"schedule {schedule_id} is paused ({row.state}): RESUME SCHEDULE {schedule_id} first")
+            self.table.set(conn, schedule_id, next_run=_shown(now))
+        run = self._run_one(schedule_id, now)
+        if run is None:
+            raise UsageError(f"schedule {schedule_id} is running now: its previous run has not finished")
+        return run
+
     def _stop_all(self, revoked: list[str]) -> list[ScheduleRun]:
         """The CMEK was revoked: no schedule can open its secrets or its databases. Every one is
         paused with a state that says so, once; RESUME SCHEDULE after CMEK is enabled again."""
