@@ -200,3 +200,35 @@ def test_an_operators_day_in_a_real_browser(two_regions: Store, tmp_path: Path) 
         assert not any(s in text for s in secrets)
     restored = open_store(path)
     assert table_rows(restored, "ledger_yesterday", "entries") == table_rows(restored, "ledger", "entries")
+
+
+def test_run_a_schedule_now_and_rotate_data_keys(client: TestClient, two_regions: Store) -> None:
+    import time
+
+    with two_regions.session() as session:
+        [result] = session.execute(
+            "CREATE SCHEDULE weekly FOR BACKUP DATABASE bank INTO 'nodelocal://1/weekly' "
+            "WITH kms = 'local:///east' RECURRING '@weekly' FULL BACKUP ALWAYS"
+        )
+    schedule_id = result.rows[0][0]
+    before = {st.region: st.active_data_key_id for st in two_regions.encryption_status()}
+    csrf = login(client)
+    r = client.post(
+        "/actions/run-schedule", data={"csrf": csrf, "schedule_id": str(schedule_id)}, follow_redirects=False
+    )
+    assert r.status_code == 303
+    r = client.post("/actions/run-schedule", data={"csrf": csrf, "schedule_id": "12"}, follow_redirects=False)
+    assert (r.status_code, r.text) == (400, "schedule 12 does not exist")
+    deadline = time.monotonic() + 60
+    while not str(open_store(two_regions.path).schedules.get(schedule_id).state).startswith("succeeded"):
+        assert time.monotonic() < deadline, open_store(two_regions.path).schedules.get(schedule_id).state
+        time.sleep(0.05)
+    assert client.post("/actions/rotate-data-keys", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    while True:
+        after = {st.region: st.active_data_key_id for st in open_store(two_regions.path).encryption_status()}
+        if all(after[r] != before[r] for r in before):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    page = client.get("/backups")
+    assert "weekly" in page.text and "succeeded at" in page.text
