@@ -37,6 +37,7 @@ from ..errors import AlreadyExistsError, EncryptionError, KMSError, NotFoundErro
 from ..store import RegionStatus, Store
 from ..store.audit import AuditRecord, acting_as
 from ..store.keys import ENABLE_FAILED, REVOKE_FAILED, REVOKED, ROTATE_FAILED
+from .backups_api import backups_router
 from .console import Console
 from .models import (
     CMEKClusterInfo,
@@ -414,6 +415,7 @@ def create_app(store_path: str | Path, token: str, *, schedule_interval: float |
         with service.lock, acting_as(who):
             return service.store.encryption_status()
 
+    app.include_router(backups_router(service, cluster))
     console = Console(service, expected, actor)
     app.include_router(console.router)
     app.add_middleware(Guard, token=expected, routes=app.router.routes, console=console.guard)

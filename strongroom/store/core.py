@@ -28,6 +28,7 @@ part               module                      what it owns
 ``backups``        backups.py                  BACKUP/RESTORE/SHOW/ALTER, each a job
 ``managed``        managed.py                  managed backups: schedule, take, restore
 ``schedules``      schedules.py                CREATE SCHEDULE FOR BACKUP: keep, show, run due
+``restores``       restores.py                 restores asked for through the Cloud API
 ``jobs``           jobs.py                     the job registry and runner (SHOW JOBS)
 =================  ==========================  ==============================================
 """
@@ -61,6 +62,7 @@ from .keys import DEFAULT_ROTATION_PERIOD, RegionKeys, key_type
 from .locks import RotationLock
 from .managed import ManagedBackup, ManagedBackups, Schedule, TakenBackup
 from .meta import DEFAULT_REGION, FORMAT, MARKER, StoreMeta, check_region_name
+from .restores import RestoreRecords
 from .rotation import Rotation
 from .schedules import Schedules
 from .status import RegionStatus, encryption_status
@@ -108,6 +110,7 @@ class Store:
         self.backups = Backups(self.dbs, self.jobs, self.storage_context)
         self.managed = ManagedBackups(path, meta, self.keys, self.dbs, self.backups, self.jobs, self.storage_context)
         self.schedules = Schedules(path / "system.db", meta, self.keys, self.backups)
+        self.restores = RestoreRecords(path / "system.db")
         self.keys.on_cmek_moved = self._rewrap_managed_backups
         self._session: SQLSession | None = None
 
@@ -456,9 +459,44 @@ class Store:
         new_db_name: str | None = None,
         region: str | None = None,
         as_of: datetime | None = None,
+        *,
+        tables: list[str] | None = None,
+        into_db: str | None = None,
+        schema_only: bool = False,
     ) -> JobResult:
         """Restore managed backups into this store (all or nothing; only the store that took them)."""
-        return self.managed.restore(subdir, databases, new_db_name, region, as_of)
+        result = self.managed.restore(
+            subdir, databases, new_db_name, region, as_of, tables=tables, into_db=into_db, schema_only=schema_only
+        )
+        assert isinstance(result, JobResult)
+        return result
+
+    def start_managed_restore(
+        self,
+        subdir: str = LATEST,
+        databases: list[str] | None = None,
+        new_db_name: str | None = None,
+        region: str | None = None,
+        as_of: datetime | None = None,
+        *,
+        tables: list[str] | None = None,
+        into_db: str | None = None,
+        schema_only: bool = False,
+    ) -> int:
+        """``restore_managed`` in the background: checked now, run as a job; returns the job id."""
+        job_id = self.managed.restore(
+            subdir,
+            databases,
+            new_db_name,
+            region,
+            as_of,
+            tables=tables,
+            into_db=into_db,
+            schema_only=schema_only,
+            detached=True,
+        )
+        assert isinstance(job_id, int)
+        return job_id
 
 
 #: The module-level names of :meth:`Store.init` and :meth:`Store.open`.

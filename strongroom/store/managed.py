@@ -44,7 +44,7 @@ from pathlib import Path
 from ..backup import engine, layout
 from ..backup.jobs import JobResult
 from ..backup.keys import Encryption, KMSOpener, add_kms, read_encryption_infos
-from ..backup.requests import LATEST, BackupRequest, RestoreRequest
+from ..backup.requests import LATEST, BackupRequest, RestoreRequest, ShowBackupRequest
 from ..crypto import kms_identity
 from ..errors import EncryptionError, KMSError, NotFoundError, StrongroomError, UsageError
 from ..kms import KMS, open_kms
@@ -518,9 +518,12 @@ class ManagedBackups:
 
     # -- restore -----------------------------------------------------------------------------------
 
-    def _regions_to_restore(self, subdir: str, databases: list[str] | None, region: str | None) -> list[str]:
+    def _regions_to_restore(
+        self, subdir: str, databases: list[str] | None, region: str | None
+    ) -> tuple[list[str], dict[str, str]]:
+        """The regions to restore from, and each named database's region (where its backup is)."""
         if region is not None:
-            return [self.meta.check_region(region)]
+            return [self.meta.check_region(region)], {}
         with_backups = [r for r in self.meta.regions if (self.collection_dir(r) / OWNER_MARKER).exists()]
         if subdir.upper() != "LATEST":
             full = layout.normalize_subdir(subdir).strip("/")
@@ -529,12 +532,40 @@ class ManagedBackups:
                 raise NotFoundError(f"no managed backup {subdir} in this store (strongroom backup-schedule list)")
             if len(holding) > 1:
                 raise UsageError(f"managed backup {subdir} exists in regions {', '.join(holding)}: name one")
-            return holding
+            return holding, dict.fromkeys(databases or [], holding[0])
         if databases:
-            return sorted({self.meta.home_region(name) for name in databases}, key=self.meta.regions.index)
+            where: dict[str, str] = {}
+            for name in databases:
+                if self.databases.exists(name):
+                    where[name] = self.meta.home_region(name)
+                    continue
+                if len(with_backups) <= 1:  # the one place it can be: the engine says if it is not there
+                    where[name] = with_backups[0] if with_backups else self.meta.home_region(name)
+                    continue
+                # Dropped since: its home region is forgotten; the region whose backup holds it is found.
+                holding = [r for r in with_backups if name in self._backed_up_databases(r, subdir)]
+                if not holding:
+                    raise NotFoundError(f'database "{name}" is in no managed backup {subdir} of this store')
+                where[name] = holding[0]
+            return sorted(set(where.values()), key=self.meta.regions.index), where
         if not with_backups:
             raise NotFoundError("this store has no managed backups yet")
-        return with_backups
+        return with_backups, {}
+
+    def _backed_up_databases(self, region: str, subdir: str) -> set[str]:
+        """The databases in a region's managed backup ``subdir`` (LATEST: its newest), from its manifest."""
+        with self._collection(region) as storage:
+            full = _latest_full(storage) if subdir.upper() == LATEST else layout.normalize_subdir(subdir)
+        if full is None:
+            return set()
+        spec = self.keys.current_spec(region)
+        encryption = Encryption(kms=(spec.key_uri,), kms_opener=self._opener(region, RESTORE_PURPOSE))
+        request = ShowBackupRequest(in_=(str(self.collection_dir(region)),), subdir=full, encryption=encryption)
+        try:
+            shown = self.backups.show_backup(request)
+        except StrongroomError:
+            return set()  # unreadable under the current key: restore reports why, region by region
+        return {d.name for d in shown.manifests[-1].databases}
 
     def restore(
         self,
@@ -543,18 +574,29 @@ class ManagedBackups:
         new_db_name: str | None = None,
         region: str | None = None,
         as_of: datetime | None = None,
-    ) -> JobResult:
-        """Restore managed backups into this store: every database of every region (LATEST), or some.
+        *,
+        tables: list[str] | None = None,
+        into_db: str | None = None,
+        schema_only: bool = False,
+        detached: bool = False,
+    ) -> JobResult | int:
+        """Restore managed backups into this store: every database of every region (LATEST), or some
+        databases, or some tables (``database.table``, into ``into_db`` or their own database).
 
         All or nothing: every chain is checked (owner, CMEK) before a byte is restored, and databases
-        restored from one region are removed again if another region's restore fails.
+        restored from one region are removed again if another region's restore fails. ``detached``:
+        the checks run now, the restore in the background; its job id is returned at once.
         """
         if new_db_name is not None:
             check_database_name(new_db_name)
             if not databases or len(databases) != 1:
                 raise UsageError("new_db_name can only be used to restore a single database")
+        if tables and databases:
+            raise UsageError("restore either databases or tables, not both")
+        table_dbs = sorted({t.split(".", 1)[0] for t in tables}) if tables else None
         plan: list[tuple[str, RestoreRequest, RegionSpec]] = []
-        for r in self._regions_to_restore(subdir, databases, region):
+        regions, where = self._regions_to_restore(subdir, databases or table_dbs, region)
+        for r in regions:
             if not self.collection_dir(r).is_dir():
                 raise NotFoundError(f'region "{r}" has no managed backups yet')
             with self._collection(r) as storage:
@@ -566,20 +608,30 @@ class ManagedBackups:
                 reason = _unrestorable(storage, full, spec)
                 if reason:
                     raise KMSError(reason) if spec.status == REVOKED else EncryptionError(reason)
-            wanted = [d for d in databases if region or self.meta.home_region(d) == r] if databases else None
+            wanted = [d for d in databases if region or where.get(d) == r] if databases else None
+            wanted_tables = [t for t in tables if region or where.get(t.split(".", 1)[0]) == r] if tables else None
             request = RestoreRequest(
                 from_=(str(self.collection_dir(r)),),
                 subdir=full,
                 databases=tuple(wanted) if wanted else None,
+                tables=tuple(wanted_tables) if wanted_tables else None,
                 new_db_name=new_db_name,
+                into_db=into_db,
                 encryption=Encryption(kms=(spec.key_uri,), kms_opener=self._opener(r, RESTORE_PURPOSE)),
                 as_of=as_of,
+                schema_only=schema_only,
             )
             plan.append((r, request, spec))
         description = "restore managed backups: " + "; ".join(req.describe() for _r, req, _s in plan)
-        # A rotation running meanwhile would drop the keys of the databases being restored.
-        with self.databases.lock.shared():
-            return self.jobs.run("RESTORE", description, lambda job_id, progress: self._restore_plan(plan, job_id))
+
+        def work(job_id: int, progress: object) -> JobResult:
+            # A rotation running meanwhile would drop the keys of the databases being restored.
+            with self.databases.lock.shared():
+                return self._restore_plan(plan, job_id)
+
+        if detached:
+            return self.jobs.detach("RESTORE", description, work)
+        return self.jobs.run("RESTORE", description, work)
 
     def _restore_plan(self, plan: list[tuple[str, RestoreRequest, RegionSpec]], job_id: int) -> JobResult:
         restored: set[str] = set()
