@@ -197,6 +197,48 @@ def _page(
     return shown, token
 
 
+@dataclass(frozen=True)
+class Listing:
+    """A list request's window: the time range (start inclusive, end exclusive), the listing as it
+    stood at ``as_of`` (``pagination.as_of_time``: nothing newer, so pages stay consistent while
+    backups are added), and the page."""
+
+    page: str | None
+    limit: int | None
+    order: str | None
+    start: datetime | None
+    end: datetime | None
+    as_of: datetime | None
+
+    def admits(self, at: datetime) -> bool:
+        return (
+            (self.start is None or at >= self.start)
+            and (self.end is None or at < self.end)
+            and (self.as_of is None or at <= self.as_of)
+        )
+
+    def paged(self, items: list[Any], key: Callable[[Any], str]) -> tuple[list[Any], str | None]:
+        return _page(items, key, self.page, self.limit, self.order)
+
+
+def listing(
+    page: str | None = Query(None, alias="pagination.page"),
+    limit: int | None = Query(None, alias="pagination.limit"),
+    order: str | None = Query(None, alias="pagination.sort_order"),
+    as_of_time: str | None = Query(None, alias="pagination.as_of_time"),
+    start_time: str | None = None,
+    end_time: str | None = None,
+) -> Listing:
+    return Listing(
+        page,
+        limit,
+        order,
+        _time(start_time, "start_time"),
+        _time(end_time, "end_time"),
+        _time(as_of_time, "pagination.as_of_time"),
+    )
+
+
 # ------------------------------------------------------------------------------------------ restores
 
 
@@ -225,6 +267,10 @@ def restore_view(store: Store, record: RestoreRecord) -> Restore:
         objects=record.objects_list() or None,
         restore_opts=record.opts() or None,
     )
+
+
+def _created(record: RestoreRecord) -> datetime:
+    return datetime.fromisoformat(record.created_at.replace("Z", "+00:00"))
 
 
 def start_restore(store: Store, body: CreateRestoreRequest, who: str) -> RestoreRecord:
@@ -276,7 +322,7 @@ def start_restore(store: Store, body: CreateRestoreRequest, who: str) -> Restore
     # holds what is restored (for CLUSTER, of every region, as a restore of the whole cluster would).
     whole = body.backup_id is None
     with acting_as(who):
-        job_id = store.start_managed_restore(
+        job_id = store.managed.restore(
             "LATEST" if whole else backup.full_subdir,
             databases,
             opts.new_db_name,
@@ -285,7 +331,9 @@ def start_restore(store: Store, body: CreateRestoreRequest, who: str) -> Restore
             tables=tables,
             into_db=opts.into_db,
             schema_only=bool(opts.schema_only),
+            detached=True,
         )
+    assert isinstance(job_id, int)
     record = RestoreRecord(
         id=str(uuid.uuid4()),
         backup_id=chosen.id,
@@ -309,7 +357,7 @@ def backups_router(service: StoreService, cluster: Callable[..., str]) -> APIRou
     # FastAPI resolves in the module's globals, where a local alias is not.
     router = APIRouter()
     base = "/api/v1/clusters/{cluster_id}"
-    actor = Depends(cluster)
+    actor, listed = Depends(cluster), Depends(listing)
 
     @router.get(
         base + "/backups",
@@ -317,22 +365,9 @@ def backups_router(service: StoreService, cluster: Callable[..., str]) -> APIRou
         response_model_exclude_none=True,
         summary="List managed backups",
     )
-    def list_backups(
-        who: str = actor,
-        page: str | None = Query(None, alias="pagination.page"),
-        limit: int | None = Query(None, alias="pagination.limit"),
-        order: str | None = Query(None, alias="pagination.sort_order"),
-        as_of_time: str | None = Query(None, alias="pagination.as_of_time"),
-        start_time: str | None = None,
-        end_time: str | None = None,
-    ) -> ListBackupsResponse:
-        start, end = _time(start_time, "start_time"), _time(end_time, "end_time")
-        found = [
-            f
-            for f in managed_backups(service.view())
-            if (start is None or f.backup.end_time >= start) and (end is None or f.backup.end_time < end)
-        ]
-        shown, token = _page(found, lambda f: f"{rfc3339(f.backup.end_time)}|{f.id}", page, limit, order)
+    def list_backups(who: str = actor, window: Listing = listed) -> ListBackupsResponse:
+        found = [f for f in managed_backups(service.view()) if window.admits(f.backup.end_time)]
+        shown, token = window.paged(found, lambda f: f"{rfc3339(f.backup.end_time)}|{f.id}")
         return ListBackupsResponse(
             backups=[BackupSummary(id=f.id, as_of_time=rfc3339(f.backup.end_time)) for f in shown],
             pagination=KeysetPaginationResponse(next_page=token),
@@ -381,24 +416,10 @@ def backups_router(service: StoreService, cluster: Callable[..., str]) -> APIRou
         response_model_exclude_none=True,
         summary="List restores",
     )
-    def list_restores(
-        who: str = actor,
-        page: str | None = Query(None, alias="pagination.page"),
-        limit: int | None = Query(None, alias="pagination.limit"),
-        order: str | None = Query(None, alias="pagination.sort_order"),
-        as_of_time: str | None = Query(None, alias="pagination.as_of_time"),
-        start_time: str | None = None,
-        end_time: str | None = None,
-    ) -> ListRestoresResponse:
+    def list_restores(who: str = actor, window: Listing = listed) -> ListRestoresResponse:
         view = service.view()
-        start, end = _time(start_time, "start_time"), _time(end_time, "end_time")
-        records = [
-            r
-            for r in view.restores.list()
-            if (start is None or _time(r.created_at, "created_at") >= start)  # type: ignore[operator]
-            and (end is None or _time(r.created_at, "created_at") < end)  # type: ignore[operator]
-        ]
-        shown, token = _page(records, lambda r: f"{r.created_at}|{r.id}", page, limit, order)
+        records = [r for r in view.restores.list() if window.admits(_created(r))]
+        shown, token = window.paged(records, lambda r: f"{r.created_at}|{r.id}")
         return ListRestoresResponse(
             restores=[restore_view(view, r) for r in shown], pagination=KeysetPaginationResponse(next_page=token)
         )

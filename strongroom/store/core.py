@@ -471,33 +471,6 @@ class Store:
         assert isinstance(result, JobResult)
         return result
 
-    def start_managed_restore(
-        self,
-        subdir: str = LATEST,
-        databases: list[str] | None = None,
-        new_db_name: str | None = None,
-        region: str | None = None,
-        as_of: datetime | None = None,
-        *,
-        tables: list[str] | None = None,
-        into_db: str | None = None,
-        schema_only: bool = False,
-    ) -> int:
-        """``restore_managed`` in the background: checked now, run as a job; returns the job id."""
-        job_id = self.managed.restore(
-            subdir,
-            databases,
-            new_db_name,
-            region,
-            as_of,
-            tables=tables,
-            into_db=into_db,
-            schema_only=schema_only,
-            detached=True,
-        )
-        assert isinstance(job_id, int)
-        return job_id
-
 
 #: The module-level names of :meth:`Store.init` and :meth:`Store.open`.
 init_store = Store.init

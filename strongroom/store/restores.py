@@ -6,7 +6,6 @@ that does it. Kept in ``<store>/system.db`` beside the jobs, so ``GET /restores`
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,13 @@ from pathlib import Path
 import apsw
 
 from ..errors import NotFoundError
+from . import systemdb
 
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS api_restores (id TEXT PRIMARY KEY, backup_id TEXT NOT NULL, type TEXT NOT NULL, "
+    "objects TEXT NOT NULL, restore_opts TEXT NOT NULL, created_at TEXT NOT NULL, backup_end_time TEXT NOT NULL, "
+    "job_id INTEGER NOT NULL)"
+)
 _COLUMNS = "id, backup_id, type, objects, restore_opts, created_at, backup_end_time, job_id"
 
 
@@ -47,19 +52,9 @@ class RestoreRecords:
         self._ready = False
 
     def _connect(self) -> apsw.Connection:
-        if not self._ready:  # private to the store owner, as the jobs are
-            os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))
-        conn = apsw.Connection(str(self._path))
-        conn.set_busy_timeout(30_000)
-        conn.execute("PRAGMA journal_mode=WAL").fetchall()
-        if not self._ready:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS api_restores (id TEXT PRIMARY KEY, backup_id TEXT NOT NULL, "
-                "type TEXT NOT NULL, objects TEXT NOT NULL, restore_opts TEXT NOT NULL, created_at TEXT NOT NULL, "
-                "backup_end_time TEXT NOT NULL, job_id INTEGER NOT NULL)"
-            )
-            self._ready = True
-        return conn
+        schema = None if self._ready else _SCHEMA
+        self._ready = True
+        return systemdb.connect(self._path, schema)
 
     def add(self, record: RestoreRecord) -> None:
         with self._lock:

@@ -24,7 +24,6 @@ boot, process), so a killed run does not block ``on_previous_running = 'wait'`` 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -42,6 +41,7 @@ from ..backup.keys import Encryption
 from ..backup.owners import lock_content, owner_gone
 from ..backup.requests import LATEST, BackupRequest
 from ..errors import KMSError, NotFoundError, StrongroomError, UsageError
+from . import systemdb
 from .jobs import _user
 from .keys import REVOKED
 
@@ -314,6 +314,14 @@ class ScheduleRun:
 # ----------------------------------------------------------------------------------------- registry
 
 
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS schedules (id INTEGER PRIMARY KEY, label TEXT NOT NULL, kind TEXT NOT NULL, "
+    "status TEXT NOT NULL, state TEXT, next_run TEXT, recurrence TEXT NOT NULL, owner TEXT NOT NULL, "
+    "created TEXT NOT NULL, statement TEXT NOT NULL, paired_id INTEGER, secret TEXT NOT NULL, options TEXT NOT NULL, "
+    "running TEXT)"
+)
+
+
 class ScheduleTable:
     """The ``schedules`` table of system.db."""
 
@@ -323,20 +331,9 @@ class ScheduleTable:
         self._ready = False
 
     def _connect(self) -> apsw.Connection:
-        if not self._ready:  # the store owner's business alone, as the jobs are (SQLite copies the mode)
-            os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))
-        conn = apsw.Connection(str(self._path))
-        conn.set_busy_timeout(30_000)
-        conn.execute("PRAGMA journal_mode=WAL").fetchall()
-        if not self._ready:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schedules (id INTEGER PRIMARY KEY, label TEXT NOT NULL, "
-                "kind TEXT NOT NULL, status TEXT NOT NULL, state TEXT, next_run TEXT, recurrence TEXT NOT NULL, "
-                "owner TEXT NOT NULL, created TEXT NOT NULL, statement TEXT NOT NULL, paired_id INTEGER, "
-                "secret TEXT NOT NULL, options TEXT NOT NULL, running TEXT)"
-            )
-            self._ready = True
-        return conn
+        schema = None if self._ready else _SCHEMA
+        self._ready = True
+        return systemdb.connect(self._path, schema)
 
     @contextmanager
     def transaction(self) -> Iterator[apsw.Connection]:
