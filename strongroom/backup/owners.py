@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from contextlib import suppress
 from pathlib import Path
 
@@ -35,11 +36,29 @@ def _started(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def lock_content() -> bytes:
-    """What this process writes into a BACKUP-LOCK."""
+def lock_content(op: str = "backup") -> bytes:
+    """What this process writes into a BACKUP-LOCK: its owner, what it does (``backup``, or
+    ``forget`` deleting the layer) and when it took the lock (for prune's grace period)."""
     me = os.getpid()
-    owner = {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": me, "started": _started(me)}
+    owner = {
+        "host": socket.gethostname(),
+        "boot_id": _boot_id(),
+        "pid": me,
+        "started": _started(me),
+        "op": op,
+        "time": time.time(),
+    }
     return json.dumps(owner).encode()
+
+
+def lock_facts(content: bytes) -> tuple[str, float | None]:
+    """(what the lock's owner does, when it took the lock as a Unix time or None if it does not say)."""
+    try:
+        owner = json.loads(content)
+        when = owner.get("time")
+        return str(owner.get("op", "backup")), float(when) if isinstance(when, int | float) else None
+    except (ValueError, AttributeError, TypeError):
+        return "backup", None
 
 
 def owner_gone(content: bytes) -> bool:
