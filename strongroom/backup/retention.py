@@ -109,7 +109,10 @@ class RetentionPolicy:
                 )
             if name in values:
                 raise UsageError(f"invalid retention {text!r}: keep-{name} is given twice")
-            values[name] = Within.parse(value) if name == "within" else parse_count(value, f"keep-{name}")
+            try:
+                values[name] = Within.parse(value) if name == "within" else parse_count(value, f"keep-{name}")
+            except UsageError as exc:
+                raise UsageError(f"invalid retention {text!r}: {exc}") from None
         policy = cls(**values)  # type: ignore[arg-type]
         if policy.empty:
             raise UsageError(f"invalid retention {text!r}: it keeps nothing")
