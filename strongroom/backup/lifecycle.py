@@ -342,7 +342,10 @@ def _prune_layer(
         return None  # complete
     abandoned, forgetting = _locks_state(storage, layer, now, grace)
     if not abandoned:
-        return PruneAction(path, "default", "kept", "running: its lock's owner is alive", 0)
+        why = (
+            f"may be running: its lock's owner is alive, or not provably gone and the lock is under {_hours(grace)} old"
+        )
+        return PruneAction(path, "default", "kept", why, 0)
     newer = [o for o in layers.values() if o.full == layer.full and o.incremental and o.dir > layer.dir and o.manifest]
     complete_newer = [o for o in newer if not o.locks]
     if forgetting:
