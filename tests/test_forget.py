@@ -19,10 +19,11 @@ from retention_util import ENC, Built, layers_on_disk
 
 from strongroom import Store
 from strongroom.backup import engine, layout, lifecycle
+from strongroom.backup.destinations import open_destinations
 from strongroom.backup.owners import lock_content
 from strongroom.backup.retention import RestorePoint, RetentionPolicy, Within, plan_forget
 from strongroom.cli import main
-from strongroom.errors import IntegrityError, UsageError
+from strongroom.errors import ConflictError, IntegrityError, UsageError
 from strongroom.storage.base import TMP_SUFFIX
 
 pytest_plugins = ("cloud_servers",)
@@ -243,6 +244,37 @@ def test_a_running_backup_keeps_its_chain(tmp_path: Path) -> None:
     lock.unlink()
     result = lifecycle.forget(b.coll, RetentionPolicy(last=1))
     assert set(result.removed) == {old, "/" + layout.incrementals_prefix(old) + "20260105/110000.00"}
+
+
+def test_a_forget_and_an_incremental_onto_the_same_chain_never_both_proceed(tmp_path: Path) -> None:
+    """Each writes its lock, then looks for the other's: whichever comes second backs off."""
+    b = Built(str(tmp_path / "coll"), tmp_path / "app.db")
+    old = b.take(T0)
+    tail = b.take(T0 + timedelta(hours=1), incremental=True)
+    b.take(T0 + timedelta(days=1))
+    before = {p: sorted(x.name for x in (Path(b.coll) / p.strip("/")).rglob("*")) for p in layers_on_disk(b.coll)}
+    # a backup locked its layer in the old chain first: the forget's layer is left as it was
+    running = Path(b.coll) / layout.incrementals_prefix(old) / "20260106" / "090000.00" / f"{layout.LOCK_PREFIX}1"
+    running.parent.mkdir(parents=True)
+    running.write_bytes(lock_content())
+    dests = open_destinations(b.coll)
+    try:
+        assert lifecycle.delete_layer(dests, tail.strip("/"), old, job_id=42) is None
+    finally:
+        dests.close()
+    after = {p: sorted(x.name for x in (Path(b.coll) / p.strip("/")).rglob("*")) for p in layers_on_disk(b.coll)}
+    assert after == before
+    running.unlink()
+    # a forget locked the chain's tail first: an incremental onto that chain refuses, leaving nothing
+    forget_lock = Path(b.coll) / tail.strip("/") / f"{layout.LOCK_PREFIX}2"
+    forget_lock.write_bytes(lock_content("forget"))
+    with pytest.raises(ConflictError, match=f"a forget is removing {tail}"):
+        b.take(T0 + timedelta(days=2), onto=old)
+    forget_lock.unlink()
+    assert {
+        p: sorted(x.name for x in (Path(b.coll) / p.strip("/")).rglob("*")) for p in layers_on_disk(b.coll)
+    } == before
+    assert not list((Path(b.coll) / layout.incrementals_prefix(old) / "20260107").rglob("*.pack"))
 
 
 def test_forget_refuses_a_tampered_collection(tmp_path: Path) -> None:

@@ -20,6 +20,11 @@ Order of a forget, and why each state a crash can leave is one readers accept:
 3. A forget killed part way leaves layers that hold its lock: ``prune`` (and the next backup on this
    host, owners.remove_abandoned_layers) sees the owner gone and finishes (b)-(e).
 
+A chain holding a live BACKUP-LOCK (a backup appending to it) loses nothing. What that check cannot
+see: a backup that read the chain's newest layer but has not yet written its lock. A forget only
+removes the newest layer of LATEST's chain never, so ``BACKUP INTO LATEST`` is safe; an incremental
+``BACKUP INTO '<subdir>'`` onto an older chain should not be started while a forget trims that chain.
+
 PRUNE removes: layers whose BACKUP-LOCK's owner is provably gone (same host and boot, process gone)
 or whose lock is older than a grace period (another host's or boot's lock proves nothing either
 way); layers a forget left half-deleted; incremental layers whose full backup is gone; temp files
@@ -45,7 +50,7 @@ from . import layout
 from .destinations import Destinations
 from .engine import Collection, _chain, _destinations, _resolve_full
 from .jobs import new_job_id
-from .owners import lock_content, lock_facts, owner_gone
+from .owners import chain_locks, lock_content, lock_facts, owner_gone
 from .retention import Decision, RestorePoint, RetentionPolicy, plan_forget
 
 DEFAULT_GRACE = timedelta(hours=24)
@@ -167,10 +172,34 @@ def _remove_empty_dir(storage: LocalStorage, layer: str) -> None:
             (storage.root / layout.incrementals_prefix(layer)).rmdir()  # its chain's (now empty) dir
 
 
-def delete_layer(dests: Destinations, layer: str, job_id: int) -> int:
-    """Forget one layer, crash-safely (steps (a)-(e) of the module docstring)."""
+def _chain_busy(storage: ExternalStorage, full: str, grace: timedelta, mine: str = "") -> bool:
+    """Some lock in the chain (not ``mine``) has an owner that may be running."""
+    now = time.time()
+    for lock in chain_locks(storage, full):
+        if lock == mine:
+            continue
+        try:
+            content = storage.get(lock)
+        except StrongroomError:  # gone since the listing: its owner finished
+            continue
+        if not _lock_abandoned(content, now, grace):
+            return True
+    return False
+
+
+def delete_layer(
+    dests: Destinations, layer: str, full: str, job_id: int, grace: timedelta = DEFAULT_GRACE
+) -> int | None:
+    """Forget one layer of the chain of ``full``, crash-safely (steps (a)-(e) of the module
+    docstring). None if a backup started in the chain meanwhile: then nothing of the layer went."""
     lock = f"{layer}/{layout.LOCK_PREFIX}{job_id}"
     dests.default.put(lock, lock_content("forget"), create_only=True)
+    # After our lock, before any deletion: a backup that locked its layer first is seen here, one
+    # that locks later sees ours (owners.forget_in_chain) and refuses. Removing our lock now leaves
+    # the layer as it was.
+    if _chain_busy(dests.default, full, grace, mine=lock):
+        dests.default.delete(lock)
+        return None
     removed = _delete_layer_files(dests, layer, keep=lock)
     _remove_locks(dests, layer)
     return removed + 1
@@ -219,25 +248,24 @@ def forget(
         decisions = plan_forget(points, policy, latest_full=latest_full)
         # A chain with a live BACKUP-LOCK is left alone whole: a backup appending to it reads its
         # newest layer, which may be one this forget would remove.
-        layers = _layers([n for n, _s in storage.list("")])
-        now = time.time()
-        busy = {
-            layer.full for layer in layers.values() if layer.locks and not _locks_state(storage, layer, now, grace)[0]
-        }
-        decisions = [
-            Decision(d.point, True, (*d.reasons, "a backup is running in this chain"))
-            if not d.keep and d.point.full in busy
-            else d
-            for d in decisions
-        ]
+        chains = {d.point.full for d in decisions if not d.keep}
+        busy = {full for full in chains if _chain_busy(storage, full, grace)}
         removed: list[str] = []
         count = 0
-        if not dry_run:
-            # Newest first: within a chain what is removed is a suffix, so each step leaves a prefix.
-            for d in decisions:
-                if not d.keep:
-                    count += delete_layer(dests, d.point.path.strip("/"), job_id)
-                    removed.append(d.point.path)
+        # Newest first: within a chain what is removed is a suffix, so each step leaves a prefix.
+        for i, d in enumerate(decisions):
+            if d.keep:
+                continue
+            gone = None
+            if d.point.full not in busy and not dry_run:
+                gone = delete_layer(dests, d.point.path.strip("/"), d.point.full, job_id, grace)
+                if gone is None:
+                    busy.add(d.point.full)  # and the chain's older layers stay too
+            if d.point.full in busy:
+                decisions[i] = Decision(d.point, True, (*d.reasons, "a backup is running in this chain"))
+            elif gone is not None:
+                count += gone
+                removed.append(d.point.path)
         return ForgetResult(job_id, dry_run, decisions, removed, count)
 
 
@@ -293,7 +321,10 @@ def prune(
         # Newest first, so a chain's layers go from its end (each step leaves a valid prefix).
         for d in sorted(layers, key=lambda d: (layers[d].full, layers[d].incremental, d), reverse=True):
             layer = layers[d]
-            action = _prune_layer(dests, layer, layers, fulls_present, now, grace)
+            try:
+                action = _prune_layer(dests, layer, layers, fulls_present, now, grace)
+            except IntegrityError as exc:  # e.g. the newest LATEST file names a half-forgotten full
+                action = PruneAction("/" + d, "default", "kept", str(exc), 0)
             if action is None:
                 continue
             if action.action == "kept" and layer.locks:

@@ -104,3 +104,28 @@ def remove_abandoned_layers(storage: ExternalStorage) -> list[str]:
         storage.delete(lock)
         cleaned.append(layer)
     return cleaned
+
+
+def chain_locks(storage: ExternalStorage, full: str) -> list[str]:
+    """Every BACKUP-LOCK in one chain: its full backup's dir and its incrementals' dirs."""
+    names = [n for n, _s in storage.list(f"{full.strip('/')}/{layout.LOCK_PREFIX}")]
+    for name, _size in storage.list(layout.incrementals_prefix(full)):
+        if name.rsplit("/", 1)[-1].startswith(layout.LOCK_PREFIX):
+            names.append(name)
+    return names
+
+
+def forget_in_chain(storage: ExternalStorage, full: str) -> str | None:
+    """A layer of the chain a forget is removing (or left half-removed), or None.
+
+    An incremental backup checks this after writing its own lock, and a forget checks for live
+    backup locks after writing its own: whichever writes second sees the other, so an incremental
+    is never built on a layer a forget removes (nor a layer removed under it)."""
+    for lock in chain_locks(storage, full):
+        try:
+            content = storage.get(lock)
+        except Exception:  # gone since the listing
+            continue
+        if lock_facts(content)[0] == "forget":
+            return lock.rsplit("/", 1)[0]
+    return None

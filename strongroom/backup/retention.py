@@ -6,9 +6,9 @@ what restic's do, with buckets in UTC:
 
 - ``keep-last n``: the newest n points.
 - ``keep-hourly|daily|weekly|monthly|yearly n``: for the newest n hours (days, ISO weeks, months,
-  years) that have a point, the newest point of each. If fewer such periods exist than n, the
-  oldest point is kept too (restic 0.15: "oldest daily snapshot"), so the history kept is as long
-  as the counts allow.
+  years) that have a point, the newest point of each. If counts are left at the oldest point, it
+  is kept too (restic keeps it as a plain "daily snapshot"; the reason here says "oldest daily
+  snapshot"), so the history kept is as long as the counts allow.
 - ``keep-within d``: every point newer than d before the *newest point* (not before now: a
   collection nobody backs up any more does not empty itself). d is restic's ``1y5m7d2h``.
 - ``unlimited`` (or -1) for a count keeps every point of that kind.
