@@ -161,6 +161,10 @@ def test_retention_parse_round_trips_and_names_bad_input() -> None:
         assert str(exc.value).startswith(f"invalid retention {bad!r}: "), exc.value
     with pytest.raises(UsageError, match="keeps nothing"):
         RetentionPolicy.parse("keep-daily=0")
+    with pytest.raises(UsageError, match="keep-daily must be a count"):
+        RetentionPolicy(daily=-2)
+    with pytest.raises(UsageError, match="positive duration"):
+        RetentionPolicy(within=Within())
 
 
 # -- real collections -----------------------------------------------------------------------------------

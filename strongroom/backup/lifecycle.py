@@ -20,10 +20,11 @@ Order of a forget, and why each state a crash can leave is one readers accept:
 3. A forget killed part way leaves layers that hold its lock: ``prune`` (and the next backup on this
    host, owners.remove_abandoned_layers) sees the owner gone and finishes (b)-(e).
 
-A chain holding a live BACKUP-LOCK (a backup appending to it) loses nothing. What that check cannot
-see: a backup that read the chain's newest layer but has not yet written its lock. A forget only
-removes the newest layer of LATEST's chain never, so ``BACKUP INTO LATEST`` is safe; an incremental
-``BACKUP INTO '<subdir>'`` onto an older chain should not be started while a forget trims that chain.
+A chain holding a live BACKUP-LOCK (a backup appending to it) loses nothing, and the two sides
+shake hands: a forget writes a layer's lock and only then looks for live locks in the chain (and
+backs off, its lock removed, the layer untouched); an incremental backup writes its lock and only
+then looks for a forget's lock in its chain (and refuses, owners.forget_in_chain). Whichever writes
+second sees the other, so an incremental is never built on a layer a forget removes.
 
 PRUNE removes: layers whose BACKUP-LOCK's owner is provably gone (same host and boot, process gone)
 or whose lock is older than a grace period (another host's or boot's lock proves nothing either
@@ -380,9 +381,10 @@ def _prune_layer(
     newer = [o for o in layers.values() if o.full == layer.full and o.incremental and o.dir > layer.dir and o.manifest]
     complete_newer = [o for o in newer if not o.locks]
     if forgetting:
-        if complete_newer and (layer.incremental or layer.manifest):
-            # Not the end of its chain: a backup appended after the forget began. Removing the lock
-            # makes the layer whole again only while its manifest is there.
+        if complete_newer:
+            # Not the end of its chain (the handshake above should make this impossible): finishing
+            # would break the layers after it. Removing the lock makes the layer whole again only
+            # while its manifest is there.
             if layer.manifest:
                 _remove_locks(dests, layer.dir)
                 return PruneAction(path, "default", "lock removed", "a later backup uses it", len(layer.locks))
