@@ -96,3 +96,7 @@ class NotFoundError(StrongroomError):
 
 class AlreadyExistsError(StrongroomError):
     """Refusing to overwrite something that exists."""
+
+
+class ConflictError(StrongroomError):
+    """Another operation on the same backups is under way (a forget trimming the chain a backup extends)."""

@@ -34,7 +34,7 @@ from typing import Protocol
 import apsw
 import zstandard
 
-from ..errors import AlreadyExistsError, IntegrityError, NotFoundError, StrongroomError, UsageError
+from ..errors import AlreadyExistsError, ConflictError, IntegrityError, NotFoundError, StrongroomError, UsageError
 from ..sqlite import (
     DatabaseStats,
     Snapshot,
@@ -69,7 +69,7 @@ from .destinations import Destinations, open_destinations
 from .jobs import JobResult, Progress, new_job_id
 from .keys import BackupKeys, Encryption, add_kms, existing_backup_keys, new_backup_keys
 from .manifest import DatabaseEntry, FileRef, Manifest, ObjectInfo, read_manifest, write_manifest
-from .owners import lock_content, remove_abandoned_layers
+from .owners import forget_in_chain, lock_content, remove_abandoned_layers
 from .reader import BackupReader
 from .requests import LATEST, AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 
@@ -565,6 +565,12 @@ def backup(
         storage.put(lock, lock_content(), create_only=True)
         latest_file = layout.latest_name(clock()) if incremental is None else ""
         try:
+            forgetting = forget_in_chain(storage, full) if incremental is not None else None
+            if forgetting is not None:
+                raise ConflictError(
+                    f"a forget is removing /{forgetting} from the chain of {full}: run this backup when it "
+                    "is done (strongroom prune finishes a forget that was interrupted)"
+                )
             if info is not None:
                 storage.put(f"{layer_dir}/{layout.ENCRYPTION_INFO}", info, create_only=True)
                 layer.written.append(("", f"{layer_dir}/{layout.ENCRYPTION_INFO}"))

@@ -185,6 +185,45 @@ def list_incrementals(storage: ExternalStorage, full: str) -> list[str]:
     return sorted(d for d, st in scan_incrementals(storage, full).items() if st.manifest and not st.lock)
 
 
+def latest_files(storage: ExternalStorage) -> list[tuple[str, str | None]]:
+    """Every ``LATEST-*`` file, newest first, with the full subdir it holds (None: malformed)."""
+    out: list[tuple[str, str | None]] = []
+    for name, _size in storage.list(LATEST_DIR + "/LATEST-"):
+        try:
+            out.append((name, _parse_latest(storage.get(name))))
+        except IntegrityError:
+            out.append((name, None))
+        except NotFoundError:  # removed since the listing
+            continue
+    return out
+
+
+_LAYER_RE = re.compile(
+    r"^(?:(\d{4}/\d{2}/\d{2}-\d{6}\.\d{2})|"
+    r"(incrementals/\d{4}/\d{2}/\d{2}-\d{6}\.\d{2}/\d{8}/\d{6}\.\d{2}))/."
+)
+
+
+def layer_of(name: str) -> str | None:
+    """The layer dir (collection-relative) an object of the collection lies in, or None."""
+    m = _LAYER_RE.match(name)
+    if m is None:
+        return None
+    return m.group(1) or m.group(2)
+
+
+def end_time_of(layer: str) -> datetime:
+    """A layer's end time (UTC, to the hundredth of a second) as its dir name encodes it."""
+    parts = layer.strip("/").split("/")
+    if parts[0] == INCREMENTALS and len(parts) == 6:
+        stamp = parts[4] + parts[5]  # YYYYMMDD + HHMMSS.ss
+    elif len(parts) == 3:
+        stamp = parts[0] + parts[1] + parts[2].replace("-", "")
+    else:
+        raise UsageError(f"not a backup layer dir: /{layer.strip('/')}")
+    return datetime.strptime(stamp + "0000", "%Y%m%d%H%M%S.%f").replace(tzinfo=UTC)
+
+
 def layer_dir(subdir_or_path: str) -> str:
     """The collection-relative directory of a layer given its full subdir or incremental path."""
     return subdir_or_path.strip("/")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from contextlib import suppress
 from pathlib import Path
 
@@ -35,11 +36,29 @@ def _started(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def lock_content() -> bytes:
-    """What this process writes into a BACKUP-LOCK."""
+def lock_content(op: str = "backup") -> bytes:
+    """What this process writes into a BACKUP-LOCK: its owner, what it does (``backup``, or
+    ``forget`` deleting the layer) and when it took the lock (for prune's grace period)."""
     me = os.getpid()
-    owner = {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": me, "started": _started(me)}
+    owner = {
+        "host": socket.gethostname(),
+        "boot_id": _boot_id(),
+        "pid": me,
+        "started": _started(me),
+        "op": op,
+        "time": time.time(),
+    }
     return json.dumps(owner).encode()
+
+
+def lock_facts(content: bytes) -> tuple[str, float | None]:
+    """(what the lock's owner does, when it took the lock as a Unix time or None if it does not say)."""
+    try:
+        owner = json.loads(content)
+        when = owner.get("time")
+        return str(owner.get("op", "backup")), float(when) if isinstance(when, int | float) else None
+    except (ValueError, AttributeError, TypeError):
+        return "backup", None
 
 
 def owner_gone(content: bytes) -> bool:
@@ -85,3 +104,28 @@ def remove_abandoned_layers(storage: ExternalStorage) -> list[str]:
         storage.delete(lock)
         cleaned.append(layer)
     return cleaned
+
+
+def chain_locks(storage: ExternalStorage, full: str) -> list[str]:
+    """Every BACKUP-LOCK in one chain: its full backup's dir and its incrementals' dirs."""
+    names = [n for n, _s in storage.list(f"{full.strip('/')}/{layout.LOCK_PREFIX}")]
+    for name, _size in storage.list(layout.incrementals_prefix(full)):
+        if name.rsplit("/", 1)[-1].startswith(layout.LOCK_PREFIX):
+            names.append(name)
+    return names
+
+
+def forget_in_chain(storage: ExternalStorage, full: str) -> str | None:
+    """A layer of the chain a forget is removing (or left half-removed), or None.
+
+    An incremental backup checks this after writing its own lock, and a forget checks for live
+    backup locks after writing its own: whichever writes second sees the other, so an incremental
+    is never built on a layer a forget removes (nor a layer removed under it)."""
+    for lock in chain_locks(storage, full):
+        try:
+            content = storage.get(lock)
+        except Exception:  # gone since the listing
+            continue
+        if lock_facts(content)[0] == "forget":
+            return lock.rsplit("/", 1)[0]
+    return None

@@ -27,6 +27,8 @@ COMMANDS = {
     "show": "backups:show",
     "alter-backup": "backups:alter_backup",
     "check": "backups:check",
+    "forget": "retention:forget",
+    "prune": "retention:prune",
     "cmek": "cmek:cmek",
     "rotate": "cmek:rotate",
     "serve": "serve:serve",

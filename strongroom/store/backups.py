@@ -9,15 +9,16 @@ lock shared meanwhile, so no database is re-keyed between key pick and snapshot.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from ..backup import engine
+from ..backup import engine, lifecycle
 from ..backup.destinations import open_destinations
 from ..backup.engine import DatabaseSource, ShowBackupResult
 from ..backup.jobs import JobResult, Progress
 from ..backup.keys import Encryption
 from ..backup.reader import BackupReader
 from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
+from ..backup.retention import RetentionPolicy
 from ..errors import NotFoundError, UsageError
 from ..kms import open_kms
 from ..storage import StorageContext
@@ -55,6 +56,38 @@ class Backups:
         """ALTER BACKUP ... ADD NEW_KMS; returns the ENCRYPTION-INFO file written."""
         return self.jobs.run(
             "ALTER BACKUP", request.describe(), lambda job_id, p: engine.alter_backup(request, context=self.context)
+        )
+
+    def forget(
+        self,
+        collection: str | tuple[str, ...],
+        policy: RetentionPolicy,
+        *,
+        dry_run: bool = False,
+        prune: bool = False,
+        grace: timedelta = lifecycle.DEFAULT_GRACE,
+    ) -> lifecycle.ForgetResult:
+        """Remove the restore points ``policy`` does not keep (a FORGET job); with ``prune`` a PRUNE
+        job follows. A dry run changes nothing and is still a job, so SHOW JOBS says who looked."""
+        result = self.jobs.run(
+            "FORGET",
+            lifecycle.describe_forget(collection, policy, dry_run),
+            lambda job_id, p: lifecycle.forget(
+                collection, policy, dry_run=dry_run, context=self.context, job_id=job_id, grace=grace
+            ),
+        )
+        if prune and not dry_run:
+            result.prune = self.prune(collection, grace=grace)
+        return result
+
+    def prune(
+        self, collection: str | tuple[str, ...], *, grace: timedelta = lifecycle.DEFAULT_GRACE
+    ) -> lifecycle.PruneResult:
+        """Remove what no completed backup of the collection uses (a PRUNE job)."""
+        return self.jobs.run(
+            "PRUNE",
+            lifecycle.describe_prune(collection, grace),
+            lambda job_id, p: lifecycle.prune(collection, grace=grace, context=self.context, job_id=job_id),
         )
 
     # -- reads ------------------------------------------------------------------------------------
