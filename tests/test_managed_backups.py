@@ -455,6 +455,27 @@ def test_backup_configuration_as_cockroachdb_cloud(bank: Store) -> None:
     assert [t.backup_type for t in bank.run_due_managed_backups()] == ["full"]
 
 
+def test_expired_managed_backups_are_deleted_by_the_schedule(bank: Store) -> None:
+    """retention_days: chains wholly older than that, counted back from the newest backup, go; the
+    newest chain, and every layer a kept one needs, stay."""
+    bank.set_managed_backup_schedule(retention_days=2)
+    t0 = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
+    [first] = bank.run_due_managed_backups(now=t0)
+    [inc] = bank.run_due_managed_backups(now=t0 + timedelta(hours=2))
+    [second] = bank.run_due_managed_backups(now=t0 + timedelta(days=1, hours=1))
+    assert (first.backup_type, inc.backup_type, second.backup_type) == ("full", "incremental", "full")
+    assert len(bank.managed_backups()) == 3  # nothing is older than two days yet
+    assert not [j for j in bank.jobs.list() if j.job_type == "FORGET"]  # and no job was run for nothing
+    [third] = bank.run_due_managed_backups(now=t0 + timedelta(days=2, hours=3))  # cutoff: t0 + 3h
+    left = [(b.full_subdir, b.backup_type) for b in bank.managed_backups()]
+    assert left == [(second.full_subdir, "full"), (third.full_subdir, "full")]  # the first chain went whole
+    [forget] = [j for j in bank.jobs.list() if j.job_type == "FORGET"]
+    assert forget.status == "succeeded"
+    bank.drop_database("shop")
+    bank.restore_managed(subdir=second.full_subdir, databases=["shop"])
+    assert len(table_rows(bank, "shop", "accounts")) == 700
+
+
 def test_schedule_errors(bank: Store) -> None:
     with pytest.raises(UsageError) as exc:
         bank.set_managed_backup_schedule(interval=timedelta(hours=2), full_every=timedelta(hours=1))

@@ -414,3 +414,27 @@ def test_schedule_files_are_private(bank: Store) -> None:
         PASS,
     )
     assert os.stat(Path(bank.path) / "system.db").st_mode & 0o077 == 0
+
+
+def test_a_schedules_retention_runs_after_each_success(bank: Store) -> None:
+    coll = coll_of(bank)
+    [row] = create(
+        bank,
+        f"CREATE SCHEDULE kept FOR BACKUP INTO '{coll}' WITH encryption_passphrase = $1 RECURRING '@weekly' "
+        "WITH SCHEDULE OPTIONS retention = 'keep-last=2'",
+        PASS,
+    )
+    assert json.loads(str(shown(bank)[0]["command"]))["retention"] == "keep-last=2"
+    sid = int(str(row["schedule_id"]))
+    for _ in range(3):
+        assert bank.schedules.run_now(sid).status == "succeeded"
+    assert len(q(bank, f"SHOW BACKUPS IN '{coll}'")[0].rows) == 2
+    forgets = [j for j in bank.jobs.list() if j.job_type == "FORGET"]
+    assert len(forgets) == 3 and all(j.status == "succeeded" for j in forgets)
+    with pytest.raises(UsageError, match="invalid retention 'keep-daily'"):
+        q(
+            bank,
+            f"CREATE SCHEDULE bad FOR BACKUP INTO '{coll}' WITH encryption_passphrase = $1 RECURRING '@weekly' "
+            "WITH SCHEDULE OPTIONS retention = 'keep-daily', ignore_existing_backups",
+            [PASS],
+        )

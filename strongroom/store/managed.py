@@ -41,10 +41,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ..backup import engine, layout
+from ..backup import engine, layout, lifecycle
 from ..backup.jobs import JobResult
 from ..backup.keys import Encryption, KMSOpener, add_kms, read_encryption_infos
 from ..backup.requests import LATEST, BackupRequest, RestoreRequest, ShowBackupRequest
+from ..backup.retention import RetentionPolicy, Within, plan_forget
 from ..crypto import kms_identity
 from ..errors import EncryptionError, KMSError, NotFoundError, StrongroomError, UsageError
 from ..kms import KMS, open_kms
@@ -443,7 +444,9 @@ class ManagedBackups:
             return None
         return FULL if (now or datetime.now(UTC)) - last_full >= sched.full_every else INCREMENTAL
 
-    def _take(self, region: str, storage: ExternalStorage, kind: str, names: list[str]) -> TakenBackup:
+    def _take(
+        self, region: str, storage: ExternalStorage, kind: str, names: list[str], clock: engine.Clock
+    ) -> TakenBackup:
         spec = self.keys.current_spec(region)
         # No databases named: the chain follows every database of the region (is_full_cluster).
         request = BackupRequest(
@@ -457,7 +460,7 @@ class ManagedBackups:
                 "BACKUP",
                 f"managed backup of region {region}: {request.describe()}",
                 lambda job_id, progress: engine.backup(
-                    request, sources, context=self.context, progress=progress, job_id=job_id
+                    request, sources, context=self.context, progress=progress, job_id=job_id, clock=clock
                 ),
             )
         except KMSError as exc:
@@ -472,8 +475,11 @@ class ManagedBackups:
         path = layout.list_incrementals(storage, full)[-1]  # the newest: no one else writes under the lock
         return TakenBackup(region, INCREMENTAL, full, path, _incremental_time(path), result)
 
-    def _run(self, now: datetime | None, full: bool | None, *, wait: bool) -> list[TakenBackup]:
-        """Back up each region that is due (every region with databases, when ``now`` is None)."""
+    def _run(
+        self, now: datetime | None, full: bool | None, *, wait: bool, clock: engine.Clock = engine.utcnow
+    ) -> list[TakenBackup]:
+        """Back up each region that is due (every region with databases, when ``now`` is None);
+        ``clock`` stamps the backups."""
         taken: list[TakenBackup] = []
         errors: list[StrongroomError] = []
         with self._writer_lock(wait=wait) as locked:
@@ -492,7 +498,9 @@ class ManagedBackups:
                             # Shared with creates, drops and other backups; a key rotation waits (and
                             # is waited for), so no database is re-keyed between key pick and snapshot.
                             with self.databases.lock.shared():
-                                taken.append(self._take(region, storage, kind, names))
+                                taken.append(self._take(region, storage, kind, names, clock))
+                        if now is not None:  # the schedule's run, not a forced one
+                            self._expire(region, storage, sched)
                 except StrongroomError as exc:
                     errors.append(exc)  # regions are independent: one region's failure stops no other
         if len(errors) == 1 and not taken:
@@ -501,12 +509,26 @@ class ManagedBackups:
             raise ManagedBackupError("; ".join(str(e) for e in errors), taken)
         return taken
 
+    def _expire(self, region: str, storage: ExternalStorage, sched: Schedule) -> None:
+        """Delete the region's managed backups older than ``retention_days`` (CockroachDB Cloud's
+        retention), as a FORGET job, only when one is due to go. Counted back from the newest backup
+        (restic's keep-within), not from now: backups that stopped being taken are not deleted for it."""
+        policy = RetentionPolicy(within=Within(days=sched.retention_days))
+        points, latest = lifecycle.restore_points(storage)
+        if all(d.keep for d in plan_forget(points, policy, latest_full=latest)):
+            return
+        self.backups.forget(str(self.collection_dir(region)), policy)
+
     def run_due(self, now: datetime | None = None) -> list[TakenBackup]:
-        """Take every managed backup that is due at ``now`` (default: the current time); [] if none is
-        due, if managed backups are disabled, or if another process is taking them at this moment."""
+        """Take every managed backup that is due at ``now`` (default: the current time), then delete the
+        expired ones; [] if none is due, if managed backups are disabled, or if another process is
+        taking them at this moment."""
         if not self.schedule().enabled:
             return []
-        return self._run(now or datetime.now(UTC), None, wait=False)
+        # A run "as at" a given time (what-if, tests) stamps its backups with that time too, so what
+        # is due next, and what expires, follow from it as they would in real time.
+        at = now
+        return self._run(now or datetime.now(UTC), None, wait=False, clock=(lambda: at) if at else engine.utcnow)
 
     def take_now(self, full: bool | None = None) -> list[TakenBackup]:
         """Take a managed backup of every region with databases now: full, incremental, or (None) the

@@ -40,6 +40,7 @@ from ..backup.jobs import JobResult, job_id_floor, new_job_id
 from ..backup.keys import Encryption
 from ..backup.owners import lock_content, owner_gone
 from ..backup.requests import LATEST, BackupRequest
+from ..backup.retention import RetentionPolicy
 from ..errors import KMSError, NotFoundError, StrongroomError, UsageError
 from . import systemdb
 from .jobs import _user
@@ -228,7 +229,8 @@ class ScheduleRow:
     paired_id: int | None
     secret: str
     options: str  # JSON of ScheduleOptions.to_doc()
-    running: str | None  # JSON {"owner": lock_content, "job_id": ...} of the run in progress
+    running: str | None  # JSON {"owner": lock_content, "claimed": ...} of the run in progress
+    last_success: str | None = None  # when a run last succeeded (for /metrics)
 
     @property
     def schedule_options(self) -> dict[str, object]:
@@ -273,7 +275,7 @@ class ScheduleRow:
 
 _ROW_COLUMNS = (
     "id, label, kind, status, state, next_run, recurrence, owner, created, statement, paired_id, secret, "
-    "options, running"
+    "options, running, last_success"
 )
 
 
@@ -318,7 +320,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS schedules (id INTEGER PRIMARY KEY, label TEXT NOT NULL, kind TEXT NOT NULL, "
     "status TEXT NOT NULL, state TEXT, next_run TEXT, recurrence TEXT NOT NULL, owner TEXT NOT NULL, "
     "created TEXT NOT NULL, statement TEXT NOT NULL, paired_id INTEGER, secret TEXT NOT NULL, options TEXT NOT NULL, "
-    "running TEXT)"
+    "running TEXT, last_success TEXT)"
 )
 
 
@@ -373,7 +375,7 @@ class ScheduleTable:
     @staticmethod
     def insert(conn: apsw.Connection, row: ScheduleRow) -> None:
         conn.execute(
-            f"INSERT INTO schedules ({_ROW_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+            f"INSERT INTO schedules ({_ROW_COLUMNS}) VALUES ({', '.join('?' * 15)})",
             (
                 row.id,
                 row.label,
@@ -389,6 +391,7 @@ class ScheduleTable:
                 row.secret,
                 row.options,
                 row.running,
+                row.last_success,
             ),
         )
 
@@ -427,8 +430,6 @@ class Schedules:
             full_recurrence = check_crontab(full_clause, "FULL BACKUP")
         options = request.options
         if options.retention is not None:
-            from ..backup.retention import RetentionPolicy
-
             RetentionPolicy.parse(options.retention)  # a bad policy is refused now, not at the first run
         backup = replace(request.backup, incremental=None, detached=False)
         # The checks BACKUP itself makes, now rather than at 3 a.m.: every URI and KMS opens, every
@@ -613,24 +614,35 @@ class Schedules:
                 raise UsageError(f"schedule {row.id}: its sealed statement is missing from the store's keys")
             request = _request_from(secret, row.kind)
             result = self.backups.backup(request)
-            if row.kind == FULL or row.paired_id is None:
-                self._apply_retention(row, request)
         except StrongroomError as exc:
             error = str(exc)
         except Exception as exc:  # a schedule must outlive any failure; its text may hold anything
             error = f"internal error: {type(exc).__name__}"
-        return self._finish(row, claim, now, result, error)
+        note = self._apply_retention(row, request) if result is not None else None
+        return self._finish(row, claim, now, result, error, note)
 
-    def _apply_retention(self, row: ScheduleRow, request: BackupRequest) -> None:
+    def _apply_retention(self, row: ScheduleRow, request: BackupRequest) -> str | None:
+        """The schedule's forget policy, after a successful run; what went wrong, if anything (the
+        backup itself succeeded: a failed forget is noted, and tried again after the next run)."""
         retention = row.schedule_options.get("retention")
         if not retention:
-            return
-        from ..backup.retention import RetentionPolicy
-
-        self.backups.forget(request.collection, RetentionPolicy.parse(str(retention)), encryption=request.encryption)
+            return None
+        try:
+            self.backups.forget(request.collection, RetentionPolicy.parse(str(retention)))
+        except StrongroomError as exc:
+            return f"retention ({retention}) failed: {exc}"
+        except Exception as exc:
+            return f"retention ({retention}) failed: internal error: {type(exc).__name__}"
+        return None
 
     def _finish(
-        self, row: ScheduleRow, claim: str, now: datetime, result: JobResult | None, error: str | None
+        self,
+        row: ScheduleRow,
+        claim: str,
+        now: datetime,
+        result: JobResult | None,
+        error: str | None,
+        note: str | None = None,
     ) -> ScheduleRun:
         later = max(now, _now())  # the next run counts from when this one ended
         with self.table.transaction() as conn:
@@ -645,13 +657,11 @@ class Schedules:
             if error is None:
                 after = None if paused else _shown(next_run(row.recurrence, later))
                 assert result is not None
-                self.table.set(
-                    conn, row.id, running=running, next_run=after,
-                    state=f"succeeded at {_shown(later)}: job {result.job_id}",
-                )  # fmt: skip
+                state = f"succeeded at {_shown(later)}: job {result.job_id}" + (f"; {note}" if note else "")
+                self.table.set(conn, row.id, running=running, next_run=after, state=state, last_success=_shown(later))
                 if row.kind == FULL and row.paired_id is not None:
                     self._unpause_incremental(conn, row.paired_id, later)
-                return ScheduleRun(row.id, row.label, row.kind, result.job_id, "succeeded", after)
+                return ScheduleRun(row.id, row.label, row.kind, result.job_id, "succeeded", after, note)
             mode = str(row.schedule_options.get("on_execution_failure", "reschedule"))
             if self._revoked():
                 mode = "pause"
