@@ -169,5 +169,8 @@ def test_vault_and_local_keys_either_one_restores(bank: strongroom.Store, vault:
         bank.execute(f"RESTORE DATABASE bank FROM LATEST IN 'nodelocal://1/v' WITH kms = '{hv}', new_db_name = no")
     message = str(exc.value)
     assert redact(hv) in message and "Vault is sealed" in message
+    jobs = str(bank.execute("SHOW JOBS").rows)
+    assert "VAULT_SECRET_ID=redacted" in jobs  # the statements are listed, their credentials are not
     issued = [t for t in vault.tokens if t != vault.ROOT_TOKEN]
-    assert issued and not any(secret in message for secret in (vault.SECRET_ID, *issued))
+    for text in (message, jobs):
+        assert issued and not any(secret in text for secret in (vault.SECRET_ID, *issued))

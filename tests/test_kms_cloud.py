@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import strongroom.kms.aws
 import strongroom.kms.azure
@@ -15,7 +17,7 @@ import strongroom.kms.gcp
 import strongroom.kms.pkcs11
 import strongroom.kms.vault  # noqa: F401  (registers the schemes)
 from strongroom.backup.keys import Encryption, new_backup_keys
-from strongroom.errors import KMSError, NotFoundError, StrongroomError, UsageError
+from strongroom.errors import KMSError, NotFoundError, StrongroomError, UsageError, forget_secret
 from strongroom.kms import open_kms
 from strongroom.kms.vault import KEY_FORM, key_version
 from strongroom.uri import redact
@@ -438,6 +440,33 @@ def test_vault_credentials_never_in_repr_redaction_or_errors(vault: VaultServer)
             assert vault.ROOT_TOKEN not in text and vault.SECRET_ID not in text
             assert not any(token in text for token in vault.tokens)  # nor the token AppRole handed out
     assert "VAULT_SECRET_ID=redacted" in redact(role_uri) and f"VAULT_ROLE_ID={vault.ROLE_ID}" in redact(role_uri)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    secret=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40),
+    approle=st.booleans(),
+)
+def test_no_vault_credential_in_any_message(secret: str, approle: bool) -> None:
+    """Whatever the token or secret id holds (URL-encoded into the URI as it must be), neither the
+    redacted URI, the KMS's repr nor the engine's error (Vault unreachable) shows it."""
+    import re
+    from urllib.parse import quote
+
+    from kms_servers import free_port
+
+    name = "VAULT_SECRET_ID" if approle else "VAULT_TOKEN"
+    auth = f"VAULT_ROLE_ID=r&{name}={quote(secret, safe='')}" if approle else f"{name}={quote(secret, safe='')}"
+    uri = f"vault:///transit/keys/k?VAULT_ADDR=http://127.0.0.1:{free_port()}&{auth}"
+    try:
+        shown = [redact(uri), repr(open_kms(uri)), engine_error(uri)]
+    finally:
+        forget_secret(secret)  # random values must not stay registered for the rest of the suite
+    assert "Vault unreachable" in shown[2] and f"{name}=redacted" in shown[2]
+    for text in shown:
+        # Where the parameter is shown its value is the marker, and the value shows nowhere else.
+        assert set(re.findall(rf"{name}=([^&'\s]*)", text)) <= {"redacted"}
+        assert len(secret) < 12 or secret not in text  # shorter values are only redacted by position
 
 
 # -- PKCS#11 (SoftHSM2) --------------------------------------------------------------------------------

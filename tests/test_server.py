@@ -229,7 +229,7 @@ def test_enable_needs_every_region(plain_api: Api) -> None:
             "GCP_CLOUD_KMS key",
         ),
         ("PUT", region_specs({"us": ""}), "key_spec.uri is empty: a LOCAL_KEY_FILE key needs one"),
-        ("PUT", region_specs({"us": "vault:///k"}), "no KMS found for scheme \"vault\" in 'vault:///k'"),
+        ("PUT", region_specs({"us": "gopher:///k"}), "no KMS found for scheme \"gopher\" in 'gopher:///k'"),
         (
             "PUT",
             region_specs({"us": ""}, key_type="NULL_KMS"),
@@ -254,7 +254,12 @@ def test_enable_needs_every_region(plain_api: Api) -> None:
             "give every region of one request the same auth_principal",
         ),
         ("PUT", {"region_specs": [{"region": "us", "key_spec": {"uri": "local:///west"}}]}, None),
-        ("PUT", region_specs({"us": "local:///west"}, key_type="HASHICORP_VAULT"), None),
+        (
+            "PUT",
+            region_specs({"us": "local:///west"}, key_type="HASHICORP_VAULT"),
+            "key_spec.type is HASHICORP_VAULT but 'local:///west' is a LOCAL_KEY_FILE key",
+        ),
+        ("PUT", region_specs({"us": "local:///west"}, key_type="OCI_VAULT"), None),
         ("PATCH", {"action": "DISABLE"}, "unknown action 'DISABLE': the only action is REVOKE"),
         ("PATCH", {}, "invalid request: action: Field required"),
     ],
