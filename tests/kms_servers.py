@@ -748,6 +748,8 @@ class VaultServer(_HTTPServer):
         if op == "keys":  # GET reads the key, DELETE deletes it, POST .../rotate or .../config changes it
             op = {"GET": "read", "DELETE": "delete"}.get(method, f"keys/{action}")
         self.count(op)
+        if op not in ("read", "delete", "keys/rotate", "keys/config", "encrypt", "decrypt"):
+            return errors(405, f"the test server does not implement {method} {route}")
         if op in self.denied_ops:
             return errors(403, VAULT_DENIED)
         key = self.keys.get((namespace, mount, name))
@@ -779,34 +781,33 @@ class VaultServer(_HTTPServer):
             nonce, version = os.urandom(12), key.latest_version
             sealed = AESGCM(key.materials[version - 1]).encrypt(nonce, plain, None)
             return ok({"ciphertext": f"vault:v{version}:{b64(nonce + sealed)}", "key_version": version})
-        if op == "decrypt":
-            value = str(req.get("ciphertext", ""))
-            if not value:
-                return errors(400, "missing ciphertext to decrypt")
-            if not value.startswith("vault:v"):
-                return errors(400, "invalid ciphertext: no prefix")
-            ver_text, sep, payload = value.removeprefix("vault:v").partition(":")
-            if not sep:
-                return errors(400, "invalid ciphertext: wrong number of fields")
-            if not ver_text.isdigit():
-                return errors(400, "invalid ciphertext: version number could not be decoded")
-            version = max(int(ver_text), 1)
-            if version > key.latest_version:
-                return errors(400, "invalid ciphertext: version is too new")
-            if version < key.min_decryption_version:
-                return errors(400, "ciphertext or signature version is disallowed by policy (too old)")
-            try:
-                raw = base64.b64decode(payload, validate=True)
-            except ValueError:
-                return errors(400, "invalid ciphertext: could not decode base64")
-            if len(raw) < 12:
-                return errors(400, "invalid ciphertext length")
-            try:
-                plain = AESGCM(key.materials[version - 1]).decrypt(raw[:12], raw[12:], None)
-            except InvalidTag:
-                return errors(400, "cipher: message authentication failed")
-            return ok({"plaintext": b64(plain)})
-        return errors(405, "unsupported operation")
+        # decrypt, as keysutil.Policy.Decrypt checks a ciphertext, in its order and with its messages
+        value = str(req.get("ciphertext", ""))
+        if not value:
+            return errors(400, "missing ciphertext to decrypt")
+        if not value.startswith("vault:v"):
+            return errors(400, "invalid ciphertext: no prefix")
+        ver_text, sep, payload = value.removeprefix("vault:v").partition(":")
+        if not sep:
+            return errors(400, "invalid ciphertext: wrong number of fields")
+        if not ver_text.isdigit():
+            return errors(400, "invalid ciphertext: version number could not be decoded")
+        version = max(int(ver_text), 1)
+        if version > key.latest_version:
+            return errors(400, "invalid ciphertext: version is too new")
+        if version < key.min_decryption_version:
+            return errors(400, "ciphertext or signature version is disallowed by policy (too old)")
+        try:
+            raw = base64.b64decode(payload, validate=True)
+        except ValueError:
+            return errors(400, "invalid ciphertext: could not decode base64")
+        if len(raw) < 12:
+            return errors(400, "invalid ciphertext length")
+        try:
+            plain = AESGCM(key.materials[version - 1]).decrypt(raw[:12], raw[12:], None)
+        except InvalidTag:
+            return errors(400, "cipher: message authentication failed")
+        return ok({"plaintext": b64(plain)})
 
 
 # -- SoftHSM2 --------------------------------------------------------------------------------------
