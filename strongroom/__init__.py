@@ -12,7 +12,7 @@ The map (dependencies point down the list; ``lint-imports`` checks it, see pypro
               and chunk indexes, keys; the request objects every surface builds (requests.py)
     sqlite/   consistent page snapshots of live databases, restore, backup images as databases
     kms/      key management services by URI scheme: local:// (the embedded default), aws, gs/gcp-kms,
-              azure-kms, pkcs11
+              azure-kms, pkcs11, vault (HashiCorp Vault's transit engine)
     storage/  where backups go, by URI scheme: nodelocal:// and paths, s3://, gs://, azure://
     cloud/    credentials per cloud (AWS, GCP, Azure) from URI parameters, hints for missing extras, and
               the one secret scrubber (by position, and by value through errors.register_secret)

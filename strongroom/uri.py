@@ -25,6 +25,8 @@ SECRET_PARAMS = frozenset(
         "AZURE_CLIENT_SECRET",
         "PIN",
         "pin-value",
+        "VAULT_TOKEN",
+        "VAULT_SECRET_ID",
     }
 )
 REDACTED = "redacted"  # the same word errors.scrub writes

@@ -106,7 +106,7 @@ class _HTTPServer:
                 self.end_headers()
                 self.wfile.write(out)
 
-            do_GET = do_POST = do_PUT = _any
+            do_GET = do_POST = do_PUT = do_DELETE = _any
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -616,6 +616,200 @@ class AzureKeyVaultServer(_HTTPServer):
         return _json(404, {"error": {"code": "NotFound", "message": f"unknown operation {op}"}})
 
 
+# -- HashiCorp Vault, transit engine (HTTPS) -------------------------------------------------------
+
+VAULT_SEALED = "Vault is sealed"
+VAULT_DENIED = "1 error occurred:\n\t* permission denied\n\n"  # Vault wraps errors with go-multierror
+
+
+@dataclass
+class TransitKey:
+    """A transit key: one material per version; Encrypt uses the latest, Decrypt the version the
+    ciphertext names, from ``min_decryption_version`` on (as Vault's keysutil.Policy does)."""
+
+    name: str
+    type: str = "aes256-gcm96"  # "ed25519" makes a signing key, which cannot encrypt
+    materials: list[bytes] = field(default_factory=lambda: [os.urandom(32)])
+    min_decryption_version: int = 1
+    deletion_allowed: bool = False
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def latest_version(self) -> int:
+        return len(self.materials)
+
+    def info(self) -> dict[str, object]:
+        symmetric = self.type != "ed25519"
+        return {
+            "name": self.name,
+            "type": self.type,
+            "keys": {str(v): self.created for v in range(self.min_decryption_version, self.latest_version + 1)},
+            "latest_version": self.latest_version,
+            "min_available_version": 0,
+            "min_decryption_version": self.min_decryption_version,
+            "min_encryption_version": 0,
+            "deletion_allowed": self.deletion_allowed,
+            "derived": False,
+            "exportable": False,
+            "allow_plaintext_backup": False,
+            "supports_encryption": symmetric,
+            "supports_decryption": symmetric,
+            "supports_derivation": symmetric,
+            "supports_signing": not symmetric,
+        }
+
+
+class VaultServer(_HTTPServer):
+    """Vault's HTTP API for the transit calls Strongroom makes, token and AppRole auth, and namespaces.
+
+    Keys live under (namespace, mount, name); ``X-Vault-Namespace`` picks the namespace. ``deny`` answers
+    403 as a policy without the capability would, ``denied_ops`` only for some operations; ``sealed``
+    answers 503 to everything, as a sealed Vault does. ``admin()`` is a real hvac client with the root
+    token, for what an operator does (rotate, ``min_decryption_version``, delete).
+    """
+
+    ROOT_TOKEN = "hvs.root-token-4f1c9a7e2b"
+    ROLE_ID, SECRET_ID = "role-3e1d5c-backup", "secret-id-8a2f6b91c0d4"
+
+    def __init__(self, folder: Path) -> None:
+        self.cert, key = self_signed_cert(folder)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert, key)
+        super().__init__(ctx)
+        self.mounts: set[tuple[str, str]] = {("", "transit")}
+        self.keys: dict[tuple[str, str, str], TransitKey] = {}
+        self.tokens: set[str] = {self.ROOT_TOKEN}
+        self.deny = False
+        self.denied_ops: set[str] = set()  # a narrower policy: these operations only ("read", "encrypt", ...)
+        self.sealed = False
+
+    def create_key(
+        self, name: str, mount: str = "transit", namespace: str = "", type: str = "aes256-gcm96"
+    ) -> TransitKey:
+        self.mounts.add((namespace, mount))
+        key = TransitKey(name, type)
+        self.keys[(namespace, mount, name)] = key
+        return key
+
+    def uri(self, name: str, mount: str = "transit", approle: bool = False, **extra: str) -> str:
+        auth = (
+            {"VAULT_ROLE_ID": self.ROLE_ID, "VAULT_SECRET_ID": self.SECRET_ID}
+            if approle
+            else {"VAULT_TOKEN": self.ROOT_TOKEN}
+        )
+        params = {"VAULT_ADDR": self.url, **auth, "VAULT_CACERT": str(self.cert), **extra}
+        return f"vault:///{mount}/keys/{name}?" + "&".join(f"{k}={v}" for k, v in params.items())
+
+    def admin(self, namespace: str = "") -> Any:
+        import hvac
+
+        return hvac.Client(url=self.url, token=self.ROOT_TOKEN, verify=str(self.cert), namespace=namespace or None)
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+        def errors(status: int, *messages: str) -> Reply:
+            return _json(status, {"errors": list(messages)})
+
+        def ok(data: dict[str, object] | None = None, auth: dict[str, object] | None = None) -> Reply:
+            envelope = {
+                "request_id": str(uuid.uuid4()),
+                "lease_id": "",
+                "renewable": False,
+                "lease_duration": 0,
+                "data": data,
+                "wrap_info": None,
+                "warnings": None,
+                "auth": auth,
+            }
+            return _json(200, envelope)
+
+        route = urlsplit(path).path.removeprefix("/v1/").strip("/")
+        req = json.loads(body or b"{}")
+        if self.sealed:
+            self.count("sealed")
+            return errors(503, VAULT_SEALED)
+        if route == "auth/approle/login":
+            self.count("login")
+            if (req.get("role_id"), req.get("secret_id")) != (self.ROLE_ID, self.SECRET_ID):
+                return errors(400, "invalid role or secret ID")
+            token = f"hvs.approle-{uuid.uuid4().hex}"
+            self.tokens.add(token)
+            return ok(auth={"client_token": token, "lease_duration": 3600, "renewable": True, "policies": ["backup"]})
+        if headers.get("x-vault-token") not in self.tokens or self.deny:
+            self.count("denied")
+            return errors(403, VAULT_DENIED)
+        namespace = headers.get("x-vault-namespace", "").strip("/")
+        for op in ("encrypt", "decrypt", "keys"):
+            mount, sep, rest = route.partition(f"/{op}/")
+            if sep and (namespace, mount) in self.mounts and rest:
+                break
+        else:
+            return errors(404, f'no handler for route "{route}". route entry not found.')
+        name, _, action = rest.partition("/")
+        if op == "keys":  # GET reads the key, DELETE deletes it, POST .../rotate or .../config changes it
+            op = {"GET": "read", "DELETE": "delete"}.get(method, f"keys/{action}")
+        self.count(op)
+        if op not in ("read", "delete", "keys/rotate", "keys/config", "encrypt", "decrypt"):
+            return errors(405, f"the test server does not implement {method} {route}")
+        if op in self.denied_ops:
+            return errors(403, VAULT_DENIED)
+        key = self.keys.get((namespace, mount, name))
+        if op == "read":
+            return ok(key.info()) if key else errors(404)
+        if key is None:
+            return errors(400, "encryption key not found")
+        if op == "keys/rotate":
+            key.materials.append(os.urandom(32))
+            return ok(key.info())
+        if op == "keys/config":
+            if "deletion_allowed" in req:
+                key.deletion_allowed = bool(req["deletion_allowed"])
+            if "min_decryption_version" in req:
+                key.min_decryption_version = int(req["min_decryption_version"])
+            return ok(key.info())
+        if op == "delete":
+            if not key.deletion_allowed:
+                return errors(400, "deletion is not allowed for this key")
+            del self.keys[(namespace, mount, name)]
+            return 204, {}, b""
+        if key.type == "ed25519":
+            return errors(400, f"message {op}ion not supported for key type ed25519")
+        if op == "encrypt":
+            try:
+                plain = base64.b64decode(req.get("plaintext", ""), validate=True)
+            except ValueError:
+                return errors(400, "failed to base64-decode plaintext")
+            nonce, version = os.urandom(12), key.latest_version
+            sealed = AESGCM(key.materials[version - 1]).encrypt(nonce, plain, None)
+            return ok({"ciphertext": f"vault:v{version}:{b64(nonce + sealed)}", "key_version": version})
+        # decrypt, as keysutil.Policy.Decrypt checks a ciphertext, in its order and with its messages
+        value = str(req.get("ciphertext", ""))
+        if not value:
+            return errors(400, "missing ciphertext to decrypt")
+        if not value.startswith("vault:v"):
+            return errors(400, "invalid ciphertext: no prefix")
+        ver_text, sep, payload = value.removeprefix("vault:v").partition(":")
+        if not sep:
+            return errors(400, "invalid ciphertext: wrong number of fields")
+        if not ver_text.isdigit():
+            return errors(400, "invalid ciphertext: version number could not be decoded")
+        version = max(int(ver_text), 1)
+        if version > key.latest_version:
+            return errors(400, "invalid ciphertext: version is too new")
+        if version < key.min_decryption_version:
+            return errors(400, "ciphertext or signature version is disallowed by policy (too old)")
+        try:
+            raw = base64.b64decode(payload, validate=True)
+        except ValueError:
+            return errors(400, "invalid ciphertext: could not decode base64")
+        if len(raw) < 12:
+            return errors(400, "invalid ciphertext length")
+        try:
+            plain = AESGCM(key.materials[version - 1]).decrypt(raw[:12], raw[12:], None)
+        except InvalidTag:
+            return errors(400, "cipher: message authentication failed")
+        return ok({"plaintext": b64(plain)})
+
+
 # -- SoftHSM2 --------------------------------------------------------------------------------------
 
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -713,6 +907,14 @@ def azure_kv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AzureK
     server = AzureKeyVaultServer(tmp_path)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(server.cert))
     yield from _running(server)
+
+
+@pytest.fixture
+def vault(tmp_path: Path) -> Iterator[VaultServer]:
+    """The fake Vault over HTTPS; the URIs it makes name its certificate in VAULT_CACERT."""
+    folder = tmp_path / "vault-tls"  # not tmp_path itself: azure_kv writes its certificate there
+    folder.mkdir()
+    yield from _running(VaultServer(folder))
 
 
 @pytest.fixture(scope="session")

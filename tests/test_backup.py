@@ -356,8 +356,8 @@ def test_unknown_scheme_and_parameter(store: Store) -> None:
     fill_bank(store, accounts=10)
     with pytest.raises(UsageError, match='unsupported storage scheme "ftp"'):
         store.backup("ftp://host/x")
-    with pytest.raises(UsageError, match='no KMS found for scheme "vault"'):
-        store.backup(COLL, encryption=Encryption(kms=("vault:///k",)))
+    with pytest.raises(UsageError, match='no KMS found for scheme "gopher"'):
+        store.backup(COLL, encryption=Encryption(kms=("gopher:///k",)))
     with pytest.raises(UsageError) as exc:
         store.backup(COLL, encryption=Encryption(kms=("local:///east?REGION=x&AUTH=implicit",)))
     assert str(exc.value) == "unknown KMS query parameters: AUTH, REGION"

@@ -16,12 +16,14 @@ from conftest import fill_bank, table_rows
 import strongroom
 import strongroom.kms.aws
 import strongroom.kms.gcp
-import strongroom.kms.pkcs11  # registers the schemes (as do the two above)
+import strongroom.kms.pkcs11
+import strongroom.kms.vault  # registers the schemes (as do the three above)
 from strongroom.errors import KMSError
+from strongroom.kms import create_key, local_kms_uri
 from strongroom.uri import redact
 
 if TYPE_CHECKING:
-    from kms_servers import AwsKmsServer, GcpKmsServer, SoftHSM
+    from kms_servers import AwsKmsServer, GcpKmsServer, SoftHSM, VaultServer
 
 pytest_plugins = ("kms_servers",)  # the server fixtures
 ACCOUNTS = 400
@@ -139,3 +141,36 @@ def test_restore_falls_over_to_the_second_kms_and_names_all_when_down(
     assert redact(aws) in shown and redact(gcp) in shown and shown.count("KMS unreachable") == 2
     for secret in ("sess-secret-9", "fake%2Fsecret", "fake/secret", "test-bearer-token"):
         assert secret not in shown
+
+
+def test_vault_and_local_keys_either_one_restores(bank: strongroom.Store, vault: VaultServer) -> None:
+    vault.create_key("backups")
+    create_key("vault-pair")
+    hv, local = vault.uri("backups", approle=True), local_kms_uri("vault-pair")
+    bank.execute(f"BACKUP INTO 'nodelocal://1/v' WITH kms = ('{hv}', '{local}')")
+    assert vault.calls["encrypt"] == 1
+    # Vault rotates its key; an incremental unwraps the full backup's data key (version 1) and wraps nothing.
+    vault.admin().secrets.transit.rotate_key("backups", mount_point="transit")
+    bank.execute("USE bank; UPDATE accounts SET balance = -3 WHERE id <= 20")
+    bank.execute(f"BACKUP INTO LATEST IN 'nodelocal://1/v' WITH kms = '{hv}'")
+    assert (vault.calls["encrypt"], vault.calls["decrypt"]) == (1, 1)
+    for name, uri in (("by_vault", hv), ("by_local", local)):
+        bank.execute(f"RESTORE DATABASE bank FROM LATEST IN 'nodelocal://1/v' WITH kms = '{uri}', new_db_name = {name}")
+        rows = table_rows(bank, name, "accounts")
+        assert len(rows) == ACCOUNTS and sum(1 for r in rows if r[2] == -3) == 20
+    assert vault.calls["decrypt"] == 2  # one unwrap for the Vault restore, none for the local one
+    shown = bank.execute(f"SHOW BACKUP LATEST IN 'nodelocal://1/v' WITH kms = '{hv}'")
+    assert shown.rows and vault.calls["decrypt"] == 3
+    # Vault sealed: the local key alone still restores; with Vault alone the error names it, redacted.
+    vault.sealed = True
+    bank.execute(f"RESTORE DATABASE bank FROM LATEST IN 'nodelocal://1/v' WITH kms = '{local}', new_db_name = sealed")
+    assert restored_accounts(bank, "sealed") == ACCOUNTS
+    with pytest.raises(KMSError) as exc:
+        bank.execute(f"RESTORE DATABASE bank FROM LATEST IN 'nodelocal://1/v' WITH kms = '{hv}', new_db_name = no")
+    message = str(exc.value)
+    assert redact(hv) in message and "Vault is sealed" in message
+    jobs = str(bank.execute("SHOW JOBS").rows)
+    assert "VAULT_SECRET_ID=redacted" in jobs  # the statements are listed, their credentials are not
+    issued = [t for t in vault.tokens if t != vault.ROOT_TOKEN]
+    for text in (message, jobs):
+        assert issued and not any(secret in text for secret in (vault.SECRET_ID, *issued))

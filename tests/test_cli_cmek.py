@@ -66,8 +66,8 @@ def test_enable_errors(two_regions: Path) -> None:
         'ERROR: region "mars" does not exist\nHINT: valid regions: us, eu\n'
     )
     assert (
-        fails("cmek", "enable", "--cmek", "vault:///k", code=2)
-        == "ERROR: no KMS found for scheme \"vault\" in 'vault:///k'\n"
+        fails("cmek", "enable", "--cmek", "gopher:///k", code=2)
+        == "ERROR: no KMS found for scheme \"gopher\" in 'gopher:///k'\n"
     )
     assert fails("cmek", "enable", "--cmek", "local:///east", "--cmek", "local:///west", code=2) == (
         "ERROR: with several --cmek options, write each as REGION=URI (got 'local:///east')\n"

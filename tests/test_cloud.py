@@ -149,6 +149,7 @@ def test_secret_param_names_have_one_source_of_truth() -> None:
         ("pkcs11", "pkcs11:token=t;object=k?module-path=/nonexistent.so&pin-value=1", "hsm"),
         ("azure.identity", "azure-kms:///k/1?AZURE_VAULT_NAME=v&AUTH=implicit", "azure"),
         ("google.cloud.kms_v1", f"gs:///{GCP_KEY}?BEARER_TOKEN=t", "gcp"),
+        ("hvac", "vault:///transit/keys/k?VAULT_ADDR=https://vault.example:8200&VAULT_TOKEN=t", "vault"),
     ],
 )
 def test_missing_extra_names_the_pip_install(blocked: str, uri: str, extra: str) -> None:

@@ -1,9 +1,9 @@
 """CMEK on a store: the seed's "How CMEK works" and "Rotation of a CMEK key", paragraph by paragraph.
 
 Every KMS here speaks its real protocol (tests/kms_servers.py): the AWS and GCP servers enforce key
-states and count calls, Azure Key Vault runs over HTTPS, PKCS#11 is SoftHSM2. Tests named ``test_seed_*``
-are the seed's sentences; the others are the key hierarchy, "no key, no start" on every scheme, and the
-status report and audit log.
+states and count calls, Azure Key Vault and HashiCorp Vault run over HTTPS, PKCS#11 is SoftHSM2.
+Tests named ``test_seed_*`` are the seed's sentences; the others are the key hierarchy, "no key, no
+start" on every scheme, and the status report and audit log.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from conftest import MARKER, table_rows
 from strongroom import Store
 from strongroom.cli import main
 from strongroom.errors import EncryptionError, KMSError, UsageError
+from strongroom.kms.vault import key_version
 from strongroom.sqlite.connect import connect
 from strongroom.store import RegionStatus
 from strongroom.store.audit import acting_as
 from strongroom.uri import redact
 
 if TYPE_CHECKING:
-    from kms_servers import AwsKey, AwsKmsServer, AzureKeyVaultServer, GcpKmsServer, SoftHSM
+    from kms_servers import AwsKey, AwsKmsServer, AzureKeyVaultServer, GcpKmsServer, SoftHSM, VaultServer
 
 pytest_plugins = ("kms_servers",)  # the KMS protocol servers
 
@@ -372,6 +373,47 @@ def azure_case(how: str) -> Callable[[pytest.FixtureRequest, Path], BrokenKey]:
     return case
 
 
+def vault_case(how: str) -> Callable[[pytest.FixtureRequest, Path], BrokenKey]:
+    """HashiCorp Vault: key version 1 retired (min_decryption_version), the key deleted, the AppRole's
+    policy revoked (permission denied), or Vault sealed."""
+
+    def case(request: pytest.FixtureRequest, tmp_path: Path) -> BrokenKey:
+        vault: VaultServer = request.getfixturevalue("vault")
+        key = vault.create_key("west-cmek")
+        transit = vault.admin().secrets.transit
+
+        def break_key() -> None:
+            if how == "retired":
+                transit.rotate_key("west-cmek", mount_point="transit")
+                transit.update_key_configuration("west-cmek", min_decryption_version=2, mount_point="transit")
+            elif how == "deleted":
+                transit.update_key_configuration("west-cmek", deletion_allowed=True, mount_point="transit")
+                transit.delete_key("west-cmek", mount_point="transit")
+            elif how == "denied":
+                vault.deny = True
+            else:
+                vault.sealed = True
+
+        def restore() -> None:
+            vault.deny = vault.sealed = False
+            key.min_decryption_version = 1
+
+        refusal = {
+            "retired": "ciphertext or signature version is disallowed by policy (too old): the data key was wrapped "
+            "by key version 1, now below the key's min_decryption_version (lower it again to decrypt)",
+            "deleted": "encryption key not found (deleted, or never created in this mount and namespace)",
+            "denied": "permission denied (the token is invalid or expired, or its policies do not allow update on "
+            "transit/decrypt/west-cmek)",
+            "sealed": "Vault is sealed (unseal it, then try again)",
+        }[how]
+        detail = f'Vault key "transit/keys/west-cmek" at {vault.url}: decrypt: {refusal}'
+        secrets = (vault.ROOT_TOKEN, vault.SECRET_ID)
+        uri = vault.uri("west-cmek", approle=how == "denied")
+        return BrokenKey(uri, secrets, break_key, None if how == "deleted" else restore, lambda _s: detail)
+
+    return case
+
+
 def pkcs11_case(how: str) -> Callable[[pytest.FixtureRequest, Path], BrokenKey]:
     """PKCS#11: the key object deleted from the token, or the token's PIN changed (a wrong PIN)."""
 
@@ -410,6 +452,10 @@ def pkcs11_case(how: str) -> Callable[[pytest.FixtureRequest, Path], BrokenKey]:
         pytest.param(gcp_case("missing"), id="gcp-key-missing"),
         pytest.param(azure_case("disabled"), id="azure-disabled"),
         pytest.param(azure_case("deleted"), id="azure-deleted"),
+        pytest.param(vault_case("retired"), id="vault-version-retired"),
+        pytest.param(vault_case("deleted"), id="vault-key-deleted"),
+        pytest.param(vault_case("denied"), id="vault-approle-denied"),
+        pytest.param(vault_case("sealed"), id="vault-sealed"),
         pytest.param(pkcs11_case("deleted"), id="pkcs11-key-deleted"),
         pytest.param(pkcs11_case("wrong-pin"), id="pkcs11-wrong-pin"),
     ],
@@ -665,6 +711,68 @@ def test_seed_rotation_new_version_of_the_same_key_gcp(tmp_path: Path, gcp_kms: 
     store.close()
     key.destroy(1)  # the old version is no longer needed: the store key is under version 2
     assert data_of(Store.open(path)) == data
+
+
+def test_seed_rotation_new_version_of_the_same_key_vault(tmp_path: Path, vault: VaultServer) -> None:
+    vault.create_key("store-cmek")
+    uri, path = vault.uri("store-cmek"), tmp_path / "s"
+    transit = vault.admin().secrets.transit
+    store, data = two_region_store(path, uri)
+    store_keys = {r: region_status(store, r).store_key_id for r in REGIONS}
+
+    def wrapped_by() -> dict[str, int | None]:
+        """The Vault key version each region's store key is wrapped by (the ciphertext says)."""
+        return {r: key_version(store.region_keys(r).spec.wrapped_store_key) for r in REGIONS}
+
+    assert wrapped_by() == {"east": 1, "west": 1}
+    store.close()
+    transit.rotate_key("store-cmek", mount_point="transit")  # 1. Vault makes version 2 the latest
+    store = Store.open(path)  # 2. the store still opens: its wraps name version 1, which Vault keeps
+    assert data_of(store) == data
+    store.rotate_cmek({"east": None, "west": None})  # 3. the same URI: re-wrap under the latest version
+    assert wrapped_by() == {"east": 2, "west": 2}
+    assert {r: region_status(store, r).store_key_id for r in REGIONS} == store_keys  # re-wrapped, not replaced
+    store.close()
+    # Version 1 retired: nothing the store needs is under it any more.
+    transit.update_key_configuration("store-cmek", min_decryption_version=2, mount_point="transit")
+    assert data_of(Store.open(path)) == data
+    # The key made unusable at Vault (deleted): the store does not start, and says why.
+    transit.update_key_configuration("store-cmek", deletion_allowed=True, mount_point="transit")
+    transit.delete_key("store-cmek", mount_point="transit")
+    gone = "encryption key not found (deleted, or never created in this mount and namespace)"
+    message = open_error(path)
+    assert message == cannot_open(
+        "east", "CMEK", uri, f'Vault key "transit/keys/store-cmek" at {vault.url}: decrypt: {gone}'
+    )
+    assert vault.ROOT_TOKEN not in message and "VAULT_TOKEN=redacted" in message
+
+
+def test_vault_cmek_from_the_cli_never_shows_a_credential(tmp_path: Path, vault: VaultServer) -> None:
+    vault.create_key("cli-cmek")
+    uri, path = vault.uri("cli-cmek", approle=True), str(tmp_path / "s")
+    runner = CliRunner()
+    outputs = []
+
+    def run(*args: str, code: int = 0) -> str:
+        result = runner.invoke(main, list(args))
+        assert result.exit_code == code, result.output
+        outputs.append(result.output)
+        return result.output
+
+    assert f"store key wrapped by CMEK {redact(uri)}" in run("init", path, "--cmek", uri)
+    vault.admin().secrets.transit.rotate_key("cli-cmek", mount_point="transit")
+    assert "ENABLED" in run("cmek", "rotate", "--store", path)
+    assert key_version(Store.open(Path(path)).region_keys("local").spec.wrapped_store_key) == 2
+    assert redact(uri) in run("cmek", "status", "--store", path, "--format", "json")
+    run("cmek", "audit", "--store", path)
+    vault.sealed = True
+    assert "Vault is sealed" in run("cmek", "status", "--store", path)  # the NOTE says why the keys are locked
+    assert "Vault is sealed" in run("sql", "--store", path, "-e", "SHOW DATABASES", code=1)
+    issued = [t for t in vault.tokens if t != vault.ROOT_TOKEN]
+    assert issued and vault.calls["login"] >= 1
+    for text in outputs:
+        for secret in (vault.SECRET_ID, *issued):
+            assert secret not in text, f"{secret!r} is shown in {text[:80]!r}"
 
 
 def test_seed_rotation_to_an_entirely_new_cmek_key(

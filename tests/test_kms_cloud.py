@@ -8,18 +8,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import strongroom.kms.aws
 import strongroom.kms.azure
 import strongroom.kms.gcp
-import strongroom.kms.pkcs11  # noqa: F401  (registers the schemes)
+import strongroom.kms.pkcs11
+import strongroom.kms.vault  # noqa: F401  (registers the schemes)
 from strongroom.backup.keys import Encryption, new_backup_keys
-from strongroom.errors import KMSError, NotFoundError, StrongroomError, UsageError
+from strongroom.errors import KMSError, NotFoundError, StrongroomError, UsageError, forget_secret
 from strongroom.kms import open_kms
+from strongroom.kms.vault import KEY_FORM, key_version
 from strongroom.uri import redact
 
 if TYPE_CHECKING:
-    from kms_servers import AwsKmsServer, AzureKeyVaultServer, GcpKmsServer, SoftHSM
+    from kms_servers import AwsKmsServer, AzureKeyVaultServer, GcpKmsServer, SoftHSM, VaultServer
 
 pytest_plugins = ("kms_servers",)  # the server fixtures
 DATA_KEY = bytes(range(32))
@@ -274,6 +278,197 @@ def test_azure_parameter_errors() -> None:
     assert open_kms("azure-kms:///k/v1?AZURE_VAULT_NAME=v&AUTH=implicit").master_key_id == "k"
 
 
+# -- HashiCorp Vault (transit) -------------------------------------------------------------------------
+
+
+def test_vault_round_trip_versions_and_identity(vault: VaultServer) -> None:
+    vault.create_key("backup-key")
+    kms = open_kms(vault.uri("backup-key"))
+    v1 = kms.encrypt(DATA_KEY)
+    assert v1.startswith(b"vault:v1:") and key_version(v1) == 1 and kms.decrypt(v1) == DATA_KEY
+    assert vault.calls == {"read": 1, "encrypt": 1, "decrypt": 1}  # the key is read once, before the first wrap
+    assert kms.encrypt(DATA_KEY) != v1 and vault.calls["read"] == 1
+    # The operator rotates with hvac, as with a real Vault: new wraps use version 2, old ones still open.
+    vault.admin().secrets.transit.rotate_key("backup-key", mount_point="transit")
+    v2 = kms.encrypt(DATA_KEY)
+    assert key_version(v2) == 2 and kms.decrypt(v1) == kms.decrypt(v2) == DATA_KEY
+    # Identity is the key's Vault path: not the address, not the credentials.
+    by_role = open_kms(vault.uri("backup-key", approle=True))
+    assert kms.master_key_id == by_role.master_key_id == "transit/keys/backup-key"
+    assert by_role.decrypt(v1) == DATA_KEY
+    vault.create_key("other")
+    with pytest.raises(KMSError, match=r"decrypt: cipher: message authentication failed$"):  # another key's blob
+        open_kms(vault.uri("other")).decrypt(v1)
+
+
+def test_vault_namespaces_and_nested_mounts(vault: VaultServer) -> None:
+    vault.create_key("k", mount="secrets/transit", namespace="team-a")
+    uri = vault.uri("k", mount="secrets/transit", VAULT_NAMESPACE="team-a")
+    kms = open_kms(uri)
+    assert kms.master_key_id == "team-a/secrets/transit/keys/k"
+    assert kms.decrypt(kms.encrypt(DATA_KEY)) == DATA_KEY
+    sent = {headers.get("x-vault-namespace") for _method, _path, headers in vault.requests}
+    assert sent == {"team-a"}
+    # The same path outside the namespace is another key, which does not exist.
+    with pytest.raises(NotFoundError, match=r'"secrets/transit/keys/k" .*: read: key not found'):
+        open_kms(vault.uri("k", mount="secrets/transit")).encrypt(DATA_KEY)
+
+
+def test_vault_approle_login_and_login_again_when_the_token_expires(vault: VaultServer) -> None:
+    vault.create_key("k")
+    kms = open_kms(vault.uri("k", approle=True))
+    blob = kms.encrypt(DATA_KEY)
+    assert vault.calls["login"] == 1
+    vault.tokens = {vault.ROOT_TOKEN}  # the AppRole token's TTL ran out
+    assert kms.decrypt(blob) == DATA_KEY
+    assert vault.calls["login"] == 2 and vault.calls["denied"] == 1
+    bad = vault.uri("k", approle=True).replace(vault.SECRET_ID, "wrong-secret-id-77")
+    with pytest.raises(KMSError) as exc:
+        open_kms(bad).decrypt(blob)
+    where = f'Vault key "transit/keys/k" at {vault.url}'
+    assert str(exc.value) == f"{where}: AppRole login failed: invalid role or secret ID"
+
+
+def test_vault_parameter_errors() -> None:
+    addr = "VAULT_ADDR=https://vault.example:8200"
+    cases = {
+        f"vault:///transit/k?{addr}&VAULT_TOKEN=t": KEY_FORM,
+        f"vault:///keys/k?{addr}&VAULT_TOKEN=t": KEY_FORM,
+        f"vault://host/transit/keys/k?{addr}&VAULT_TOKEN=t": KEY_FORM,
+        f"vault:///transit/keys/a/b?{addr}&VAULT_TOKEN=t": KEY_FORM,
+        f"vault:///transit/keys/k?{addr}&VAULT_TOKEN=t&REGION=x": "unknown KMS query parameters: REGION",
+        "vault:///transit/keys/k?VAULT_TOKEN=t": (
+            "vault kms VAULT_ADDR parameter not specified (such as https://vault.example.com:8200)"
+        ),
+        "vault:///transit/keys/k?VAULT_ADDR=ftp://v:21&VAULT_TOKEN=t": (
+            "VAULT_ADDR must be an http(s) URL such as https://vault.example.com:8200 (got 'ftp://v:21')"
+        ),
+        "vault:///transit/keys/k?VAULT_ADDR=http://vault.example:8200&VAULT_TOKEN=t": (
+            "VAULT_ADDR 'http://vault.example:8200' is plain http to another machine: the Vault token would "
+            "cross the network in the clear; use https:// (and VAULT_CACERT for a private CA)"
+        ),
+        f"vault:///transit/keys/k?{addr}": (
+            "vault kms VAULT_TOKEN parameter not specified (log in with VAULT_TOKEN, or AppRole's "
+            "VAULT_ROLE_ID and VAULT_SECRET_ID)"
+        ),
+        f"vault:///transit/keys/k?{addr}&VAULT_ROLE_ID=r": (
+            "vault kms VAULT_SECRET_ID parameter not specified (log in with VAULT_TOKEN, or AppRole's "
+            "VAULT_ROLE_ID and VAULT_SECRET_ID)"
+        ),
+        f"vault:///transit/keys/k?{addr}&VAULT_TOKEN=t&VAULT_ROLE_ID=r&VAULT_SECRET_ID=s": (
+            "vault kms: give either VAULT_TOKEN or VAULT_ROLE_ID and VAULT_SECRET_ID, not both"
+        ),
+    }
+    for uri, message in cases.items():
+        with pytest.raises(UsageError) as exc:
+            open_kms(uri)
+        assert str(exc.value) == message, uri
+    local = open_kms("vault:///transit/keys/k?VAULT_ADDR=http://127.0.0.1:8200&VAULT_TOKEN=t")
+    assert local.master_key_id == "transit/keys/k"  # plain http is fine to this machine (a dev server)
+
+
+def test_vault_unusable_keys_denied_sealed_and_unreachable(vault: VaultServer, tmp_path: Path) -> None:
+    vault.create_key("k")
+    uri = vault.uri("k")
+    kms = open_kms(uri)
+    blob = kms.encrypt(DATA_KEY)
+    where = f'Vault key "transit/keys/k" at {vault.url}'
+    admin = vault.admin().secrets.transit
+    admin.rotate_key("k", mount_point="transit")
+    admin.update_key_configuration("k", min_decryption_version=2, mount_point="transit")
+    with pytest.raises(KMSError) as exc:
+        kms.decrypt(blob)
+    assert str(exc.value) == (
+        f"{where}: decrypt: ciphertext or signature version is disallowed by policy (too old): the data key was "
+        "wrapped by key version 1, now below the key's min_decryption_version (lower it again to decrypt)"
+    )
+    admin.update_key_configuration("k", min_decryption_version=1, mount_point="transit")
+    assert kms.decrypt(blob) == DATA_KEY  # a policy floor, not erasure: lowered again, the wrap opens
+    vault.deny = True
+    with pytest.raises(KMSError) as exc:
+        kms.decrypt(blob)
+    assert str(exc.value) == (
+        f"{where}: decrypt: permission denied (the token is invalid or expired, or its policies do not allow "
+        "update on transit/decrypt/k)"
+    )
+    shown = engine_error(uri)
+    assert shown.startswith(f"failed to encrypt data key with KMS {redact(uri)!r}: ")
+    assert "permission denied" in shown and vault.ROOT_TOKEN not in shown and "VAULT_TOKEN=redacted" in shown
+    vault.deny, vault.sealed = False, True
+    with pytest.raises(KMSError, match=r": decrypt: Vault is sealed \(unseal it, then try again\)$"):
+        kms.decrypt(blob)
+    vault.sealed = False
+    admin.update_key_configuration("k", deletion_allowed=True, mount_point="transit")
+    admin.delete_key("k", mount_point="transit")
+    with pytest.raises(NotFoundError) as gone:
+        kms.decrypt(blob)
+    assert str(gone.value) == (
+        f"{where}: decrypt: encryption key not found (deleted, or never created in this mount and namespace)"
+    )
+    vault.create_key("signer", type="ed25519")
+    with pytest.raises(KMSError, match=r"a ed25519 key cannot encrypt and decrypt \(use an aes256-gcm96"):
+        open_kms(vault.uri("signer")).encrypt(DATA_KEY)
+    calls = dict(vault.calls)
+    untrusted = uri.replace(f"&VAULT_CACERT={vault.cert}", "")
+    with pytest.raises(KMSError, match=r"Vault's TLS certificate is not trusted \(set VAULT_CACERT"):
+        open_kms(untrusted).decrypt(blob)
+    with pytest.raises(KMSError, match=r"VAULT_CACERT .*nowhere.pem is not a file"):
+        open_kms(vault.uri("k", VAULT_CACERT=str(tmp_path / "nowhere.pem"))).decrypt(blob)
+    assert vault.calls == calls  # neither request reached Vault
+    vault.stop()
+    with pytest.raises(KMSError, match=r": decrypt: Vault unreachable: ConnectionError$"):
+        kms.decrypt(blob)
+    assert vault.ROOT_TOKEN not in engine_error(uri)
+
+
+def test_vault_least_privilege_token_without_read(vault: VaultServer) -> None:
+    vault.create_key("k")
+    vault.denied_ops = {"read"}  # a policy with update on encrypt/ and decrypt/ only
+    kms = open_kms(vault.uri("k"))
+    assert kms.decrypt(kms.encrypt(DATA_KEY)) == DATA_KEY
+    assert vault.calls == {"read": 1, "encrypt": 1, "decrypt": 1}
+    with pytest.raises(NotFoundError, match=r"encrypt: encryption key not found"):  # Vault's own check remains
+        open_kms(vault.uri("typo")).encrypt(DATA_KEY)
+
+
+def test_vault_credentials_never_in_repr_redaction_or_errors(vault: VaultServer) -> None:
+    token_uri, role_uri = vault.uri("missing"), vault.uri("missing", approle=True)
+    for uri in (token_uri, role_uri):
+        shown = [redact(uri), repr(open_kms(uri)), engine_error(uri)]
+        assert "key not found" in shown[2] and redact(uri) in shown[2]
+        for text in shown:
+            assert vault.ROOT_TOKEN not in text and vault.SECRET_ID not in text
+            assert not any(token in text for token in vault.tokens)  # nor the token AppRole handed out
+    assert "VAULT_SECRET_ID=redacted" in redact(role_uri) and f"VAULT_ROLE_ID={vault.ROLE_ID}" in redact(role_uri)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    secret=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40),
+    approle=st.booleans(),
+)
+def test_no_vault_credential_in_any_message(secret: str, approle: bool) -> None:
+    """Whatever the token or secret id holds (URL-encoded into the URI as it must be), neither the
+    redacted URI, the KMS's repr nor the engine's error (Vault unreachable) shows it."""
+    import re
+    from urllib.parse import quote
+
+    from kms_servers import free_port
+
+    name = "VAULT_SECRET_ID" if approle else "VAULT_TOKEN"
+    auth = f"VAULT_ROLE_ID=r&{name}={quote(secret, safe='')}" if approle else f"{name}={quote(secret, safe='')}"
+    uri = f"vault:///transit/keys/k?VAULT_ADDR=http://127.0.0.1:{free_port()}&{auth}"
+    try:
+        shown = [redact(uri), repr(open_kms(uri)), engine_error(uri)]
+    finally:
+        forget_secret(secret)  # random values must not stay registered for the rest of the suite
+    assert "Vault unreachable" in shown[2] and f"{name}=redacted" in shown[2]
+    for text in shown:
+        # Where the parameter is shown its value is the marker, and the value shows nowhere else.
+        assert set(re.findall(rf"{name}=([^&'\s]*)", text)) <= {"redacted"}
+        assert len(secret) < 12 or secret not in text  # shorter values are only redacted by position
+
+
 # -- PKCS#11 (SoftHSM2) --------------------------------------------------------------------------------
 
 
@@ -344,6 +539,7 @@ def test_sdk_free_import_and_lazy_sdk_loading() -> None:
         "gs:///projects/p/locations/l/keyRings/r/cryptoKeys/k?AUTH=implicit",
         "azure-kms:///k/1?AZURE_VAULT_NAME=v&AUTH=implicit",
         "pkcs11:token=t;object=k?module-path=/nonexistent.so",
+        "vault:///transit/keys/k?VAULT_ADDR=https://vault.example:8200&VAULT_TOKEN=t",
     ):
         kms = open_kms(uri)
         kms.close()

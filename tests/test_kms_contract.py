@@ -1,5 +1,6 @@
 """The KMS contract: one suite every key management service passes (the local key file, AWS KMS,
-GCP Cloud KMS, Azure Key Vault on their protocol servers, PKCS#11 on SoftHSM). A new KMS scheme is
+GCP Cloud KMS, Azure Key Vault and HashiCorp Vault's transit engine on their protocol servers, PKCS#11 on
+SoftHSM). A new KMS scheme is
 done when it passes this file."""
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ import pytest
 
 pytest.register_assert_rewrite("kms_servers")
 
-from kms_servers import SOFTHSM_MODULE, AwsKmsServer, AzureKeyVaultServer, GcpKmsServer, SoftHSM  # noqa: E402
+from kms_servers import (  # noqa: E402
+    SOFTHSM_MODULE,
+    AwsKmsServer,
+    AzureKeyVaultServer,
+    GcpKmsServer,
+    SoftHSM,
+    VaultServer,
+)
 
 from strongroom.errors import StrongroomError, UsageError  # noqa: E402
 from strongroom.kms import create_key, open_kms  # noqa: E402
@@ -31,7 +39,7 @@ class Key:
     randomized: bool = True  # every encryption of the same plaintext differs
 
 
-@pytest.fixture(params=["local", "aws", "gcp", "azure", "pkcs11"])
+@pytest.fixture(params=["local", "aws", "gcp", "azure", "vault", "pkcs11"])
 def key(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Key]:
     kind = request.param
     if kind == "local":
@@ -49,11 +57,22 @@ def key(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Key]:
         vault: AzureKeyVaultServer = request.getfixturevalue("azure_kv")
         ak = vault.create_key("contract")
         yield Key(vault.uri(ak), ak.name, lambda: setattr(ak, "enabled", False), vault.SECRET)
+    elif kind == "vault":
+        hv: VaultServer = request.getfixturevalue("vault")
+        hv.create_key("contract")
+        yield Key(hv.uri("contract"), "transit/keys/contract", lambda: _retire_version_1(hv, "contract"), hv.ROOT_TOKEN)
     else:
         hsm: SoftHSM = request.getfixturevalue("softhsm")
         label = f"contract-{os.urandom(4).hex()}"
         hsm.create_key(label)
         yield Key(hsm.uri(label), hsm.uri(label).split("?")[0], lambda: _delete_hsm_key(hsm, label), hsm.pin)
+
+
+def _retire_version_1(hv: VaultServer, name: str) -> None:
+    """What a Vault operator does to make old wraps unusable: rotate, then raise min_decryption_version."""
+    transit = hv.admin().secrets.transit
+    transit.rotate_key(name, mount_point="transit")
+    transit.update_key_configuration(name, min_decryption_version=2, mount_point="transit")
 
 
 def _delete_hsm_key(hsm: SoftHSM, label: str) -> None:

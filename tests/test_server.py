@@ -34,7 +34,7 @@ from strongroom.server.models import CMEKKeySpecification, CMEKKeyType, kms_uri
 from strongroom.store.keys import KEY_TYPES
 
 if TYPE_CHECKING:
-    from kms_servers import AwsKmsServer
+    from kms_servers import AwsKmsServer, VaultServer
 
 pytest_plugins = ("kms_servers",)  # the AWS KMS protocol server fixture
 
@@ -229,7 +229,7 @@ def test_enable_needs_every_region(plain_api: Api) -> None:
             "GCP_CLOUD_KMS key",
         ),
         ("PUT", region_specs({"us": ""}), "key_spec.uri is empty: a LOCAL_KEY_FILE key needs one"),
-        ("PUT", region_specs({"us": "vault:///k"}), "no KMS found for scheme \"vault\" in 'vault:///k'"),
+        ("PUT", region_specs({"us": "gopher:///k"}), "no KMS found for scheme \"gopher\" in 'gopher:///k'"),
         (
             "PUT",
             region_specs({"us": ""}, key_type="NULL_KMS"),
@@ -254,7 +254,12 @@ def test_enable_needs_every_region(plain_api: Api) -> None:
             "give every region of one request the same auth_principal",
         ),
         ("PUT", {"region_specs": [{"region": "us", "key_spec": {"uri": "local:///west"}}]}, None),
-        ("PUT", region_specs({"us": "local:///west"}, key_type="HASHICORP_VAULT"), None),
+        (
+            "PUT",
+            region_specs({"us": "local:///west"}, key_type="HASHICORP_VAULT"),
+            "key_spec.type is HASHICORP_VAULT but 'local:///west' is a LOCAL_KEY_FILE key",
+        ),
+        ("PUT", region_specs({"us": "local:///west"}, key_type="OCI_VAULT"), None),
         ("PATCH", {"action": "DISABLE"}, "unknown action 'DISABLE': the only action is REVOKE"),
         ("PATCH", {}, "invalid request: action: Field required"),
     ],
@@ -459,6 +464,29 @@ def test_no_secret_in_responses_logs_or_audit(
     for text in [*bodies, caplog.text, audit]:
         assert secret not in text and secret.replace("+", "%2B") not in text and TOKEN not in text
     assert "CMEK rotate failed" in caplog.text and "PUT /api/v1/clusters/" in caplog.text
+
+
+def test_a_vault_cmek_rotates_through_the_api_without_showing_its_credentials(
+    tmp_path: Path, vault: VaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from strongroom.kms.vault import key_version
+
+    vault.create_key("api-cmek")
+    store = init_store(tmp_path / "vault", regions=("us",), cmek=vault.uri("api-cmek", approle=True))
+    caplog.set_level(logging.INFO)
+    with serving(store.path) as api:
+        info = api.get()
+        spec = info["region_infos"][0]["key_infos"][0]["spec"]
+        assert spec["type"] == "HASHICORP_VAULT" and "VAULT_SECRET_ID=redacted" in spec["uri"]
+        vault.admin().secrets.transit.rotate_key("api-cmek", mount_point="transit")
+        # Cloud's PUT with the URI GET showed: the same key, re-wrapped under its new version.
+        body = api.call("PUT", body=region_specs({"us": spec["uri"]}, key_type="HASHICORP_VAULT")).text
+        assert statuses(api.settle()) == {"us": "ENABLED"}
+        shown = [body, api.call("GET", api.cmek).text, api.call("GET", api.cmek + "/audit").text]
+    assert key_version(open_store(store.path).region_keys("us").spec.wrapped_store_key) == 2
+    issued = [t for t in vault.tokens if t != vault.ROOT_TOKEN]
+    for text in [*shown, caplog.text, (store.path / "audit.log").read_text()]:
+        assert not any(secret in text for secret in (vault.SECRET_ID, *issued))
 
 
 # -- key specs as Cloud writes them ----------------------------------------------------------------------------

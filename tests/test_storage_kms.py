@@ -74,9 +74,11 @@ def test_redaction_of_every_secret_parameter() -> None:
     uri = (
         "s3://bucket/path?AWS_ACCESS_KEY_ID=AKID&AWS_SECRET_ACCESS_KEY=abc%2Bdef&AWS_SESSION_TOKEN=tok"
         "&CREDENTIALS=Y3JlZHM=&AZURE_ACCOUNT_KEY=azk&AZURE_CLIENT_SECRET=cs&BEARER_TOKEN=bt&REGION=us-east-1"
+        "&VAULT_TOKEN=hvs.vt&VAULT_SECRET_ID=vsid&VAULT_ROLE_ID=role-1"
     )
     shown = redact(uri)
-    for secret in ("abc", "tok", "Y3JlZHM", "azk", "=cs", "=bt"):
+    assert "VAULT_ROLE_ID=role-1" in shown  # AppRole's role id names the role, like an access key id
+    for secret in ("abc", "tok", "Y3JlZHM", "azk", "=cs", "=bt", "hvs.vt", "vsid"):
         assert secret not in shown
     assert "AWS_ACCESS_KEY_ID=AKID" in shown and "REGION=us-east-1" in shown
     assert redact("https://user:pw@host/x") == "https://user:redacted@host/x"

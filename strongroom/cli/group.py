@@ -20,7 +20,15 @@ EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 DEFAULT_STORE = "./strongroom-data"
 
 # A missing optional dependency: the top-level module it imports, and the extra that installs it.
-EXTRAS = {"google": "gcp", "pkcs11": "hsm", "boto3": "aws", "botocore": "aws", "obstore": "aws", "azure": "azure"}
+EXTRAS = {
+    "google": "gcp",
+    "pkcs11": "hsm",
+    "boto3": "aws",
+    "botocore": "aws",
+    "obstore": "aws",
+    "azure": "azure",
+    "hvac": "vault",
+}
 
 
 def _exit(message: str, code: int) -> None:

@@ -1,7 +1,7 @@
 """Key management services by URI scheme: ``open_kms(uri)`` gives a :class:`KMS`."""
 
 # Each module registers its schemes; cloud SDKs are imported only when a URI of theirs is opened.
-from . import aws, azure, gcp, local, pkcs11  # noqa: F401
+from . import aws, azure, gcp, local, pkcs11, vault  # noqa: F401
 from .base import KMS, kms_schemes, open_kms, register_kms
 from .local import LocalKMS, create_key, default_keyring, local_kms_uri
 

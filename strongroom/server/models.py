@@ -26,6 +26,7 @@ class CMEKKeyType(StrEnum):
     GCP_CLOUD_KMS = "GCP_CLOUD_KMS"
     AZURE_KEY_VAULT = "AZURE_KEY_VAULT"
     PKCS11_HSM = "PKCS11_HSM"
+    HASHICORP_VAULT = "HASHICORP_VAULT"
     LOCAL_KEY_FILE = "LOCAL_KEY_FILE"
     NULL_KMS = "NULL_KMS"  # "no CMEK": refused, a store that used encryption cannot drop it
 

@@ -52,6 +52,7 @@ KEY_TYPES = {
     "gcp-kms": "GCP_CLOUD_KMS",
     "azure-kms": "AZURE_KEY_VAULT",
     "pkcs11": "PKCS11_HSM",
+    "vault": "HASHICORP_VAULT",
     "local": "LOCAL_KEY_FILE",
 }
 
