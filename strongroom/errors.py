@@ -96,3 +96,7 @@ class NotFoundError(StrongroomError):
 
 class AlreadyExistsError(StrongroomError):
     """Refusing to overwrite something that exists."""
+
+
+class JobCanceledError(StrongroomError):
+    """A job stopped because CANCEL JOB, Ctrl-C or SIGTERM asked it to; its partial work is undone."""

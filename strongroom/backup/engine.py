@@ -846,6 +846,8 @@ def restore(
         try:
             for entry, name, path in plan:
                 image = BackupImage(dests.storage_for, entry.index, manifest.packs, keys)
+                if progress:
+                    image.on_chunk = _restore_ticks(progress, done, entry.size, total, f"restoring {name}")
                 try:
                     image.check_files()
                     prepared.append(name)
@@ -904,6 +906,18 @@ def open_backup(
         dests.close()
         raise
     return BackupReader(dests, manifest, keys)
+
+
+def _restore_ticks(progress: Progress, base: int, size: int, total: int, what: str) -> Callable[[int], None]:
+    """Progress as a database's chunks are read (a chunk read twice counts twice: capped at its size)."""
+    read = 0
+
+    def tick(n: int) -> None:
+        nonlocal read
+        read += n
+        progress(base + min(read, size), total, what)
+
+    return tick
 
 
 def _counted_in(manifest: Manifest, entry: DatabaseEntry) -> tuple[int, int, int] | None:

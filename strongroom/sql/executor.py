@@ -21,11 +21,12 @@ from ..backup.reader import BackupReader
 from ..backup.requests import parse_as_of
 from ..errors import NotFoundError, UsageError
 from ..output import render
-from ..store.jobs import JOB_COLUMNS
+from ..store.jobs import JOB_COLUMNS, UNFINISHED
 from ..uri import redact
 from .ast import (
     AlterBackup,
     Backup,
+    CancelJob,
     CreateDatabase,
     DropDatabase,
     Options,
@@ -220,13 +221,17 @@ class Session:
                     if not found:
                         raise NotFoundError(f"job with ID {job_id} does not exist")
                     jobs.append(found[0])
-                if all(j.status != "running" for j in jobs):
+                if all(j.status not in UNFINISHED for j in jobs):
                     return Result(JOB_COLUMNS, [j.row() for j in jobs])
                 time.sleep(_WHEN_COMPLETE_POLL_S)
         rows = [j.row() for j in self.store.jobs.list(stmt.job_id)]
         if stmt.job_id is not None and not rows:
             raise NotFoundError(f"job with ID {stmt.job_id} does not exist")
         return Result(JOB_COLUMNS, rows)
+
+    def _run_CancelJob(self, stmt: CancelJob, params: object) -> Result:
+        self.store.jobs.cancel(stmt.job_id)
+        return Result(status="CANCEL JOBS 1")  # CockroachDB's command tag
 
     # -- backup statements ------------------------------------------------------------------------
     def _targets(self, stmt: Backup | Restore) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:

@@ -30,6 +30,7 @@ from .ast import (
     LATEST,
     AlterBackup,
     Backup,
+    CancelJob,
     CreateDatabase,
     DropDatabase,
     Options,
@@ -68,6 +69,7 @@ UNRESERVED_KEYWORDS = frozenset(
         "JOB", "JOBS", "LATEST", "NEW_KMS", "OF", "OLD_KMS", "OPTIONS", "PRIMARY", "REGION", "RESTORE",
         "RESTRICT", "SET",
         "SHOW", "SYSTEM", "TABLES", "TIME", "USE", "WHEN", "COMPLETE",
+        "CANCEL",
     }
 )  # fmt: skip
 KEYWORDS = RESERVED_KEYWORDS | UNRESERVED_KEYWORDS
@@ -128,6 +130,7 @@ jobs: SHOW JOBS                      -> show_jobs
     | SHOW JOB job_ref                  -> show_job
     | SHOW JOB WHEN COMPLETE job_ref    -> show_jobs_when_complete
     | SHOW JOBS WHEN COMPLETE LPAR job_ref (COMMA job_ref)* RPAR -> show_jobs_when_complete
+    | CANCEL JOB job_ref                -> cancel_job
 job_ref: INT | PLACEHOLDER
 
 name: IDENT | @UNRESERVED@
@@ -314,6 +317,8 @@ def _is_ours(toks: list[_Tok]) -> bool:
         return True
     if _is_word(first, "ALTER"):
         return _is_word(second, "BACKUP")
+    if _is_word(first, "CANCEL"):
+        return _is_word(second, "JOB")
     if _is_word(first, "CREATE", "DROP", "SET"):
         return _is_word(second, "DATABASE")
     return False
@@ -737,6 +742,9 @@ class _ToAST(Transformer):
 
     def show_jobs_when_complete(self, children: list[Any]) -> ShowJobs:
         return ShowJobs(when_complete=tuple(c for c in children if isinstance(c, int) and not isinstance(c, Token)))
+
+    def cancel_job(self, children: list[Any]) -> CancelJob:
+        return CancelJob(children[-1])
 
     def job_ref(self, children: list[Token]) -> int:
         tok = children[-1]
