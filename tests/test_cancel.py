@@ -12,19 +12,23 @@ enough on their own (moto).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pexpect
 import pytest
+from click.testing import CliRunner
 
 pytest.register_assert_rewrite("cloud_servers")
 
 from cloud_servers import BACKUP_BUCKET, S3_SECRET, CloudTarget  # noqa: E402
 
 from strongroom import Encryption, JobCanceledError, NotFoundError, Store, UsageError, open_store  # noqa: E402
+from strongroom.cli import main  # noqa: E402
 
 pytest_plugins = ("cloud_servers",)
 
@@ -209,6 +213,9 @@ def test_cancel_job_errors_are_cockroachdbs(store: Store) -> None:
     with pytest.raises(UsageError, match=r"^job with status succeeded cannot be requested to be canceled$"):
         store.execute("CANCEL JOB $1", [result.job_id])
     assert store.jobs.list(result.job_id)[0].status == "succeeded"
+    runner = CliRunner()
+    out = runner.invoke(main, ["job", "cancel", "12345", "--store", str(store.path)])
+    assert (out.exit_code, out.output.strip()) == (1, "ERROR: job with ID 12345 does not exist")
 
 
 def test_canceling_a_job_again_is_no_error(store: Store) -> None:
@@ -245,6 +252,63 @@ def test_a_canceled_jobs_row_holds_no_secret(store: Store, moto_s3: CloudTarget,
     assert "AWS_SECRET_ACCESS_KEY=redacted" in row[2] and "encryption_passphrase = '*****'" in row[2]
     for text in (repr(row), str(exc.value)):
         assert S3_SECRET not in text and PASSPHRASE not in text
+
+
+# --------------------------------------------------------------------------------- Ctrl-C, SIGTERM
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_to_a_cli_backup_cancels_it(
+    store: Store, tmp_path: Path, moto_s3: CloudTarget, signum: int, status: int
+) -> None:
+    _fill_big(store, 64)
+    prefix = f"sig-{tmp_path.name}"
+    coll = moto_s3.uri(prefix, bucket=BACKUP_BUCKET)
+    args = [sys.executable, "-m", "strongroom.cli", "backup", coll, "--store", str(store.path), "--passphrase"]
+    proc = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job_id = _job_running_with_progress(store, "BACKUP", proc)
+    proc.send_signal(signum)
+    code, out, err = _ended(proc)
+    assert code == status, (out, err)
+    assert err.strip() == "ERROR: job canceled by user"
+    assert S3_SECRET not in out + err and "Traceback" not in err
+    _assert_canceled(store, job_id)
+    assert _s3_state(moto_s3, prefix + "/") == (set(), [])  # the first backup of the collection: nothing left
+
+
+def test_ctrl_c_in_the_sql_shell_cancels_the_statement_and_keeps_the_session(
+    store: Store, tmp_path: Path, moto_s3: CloudTarget
+) -> None:
+    rows = _fill_big(store, 64)
+    prefix = f"shell-{tmp_path.name}"
+    coll = moto_s3.uri(prefix, bucket=BACKUP_BUCKET)
+    env = {**_env(tmp_path), "STRONGROOM_STORE": str(store.path), "TERM": "dumb"}
+    shell = pexpect.spawn(sys.executable, ["-m", "strongroom.cli", "sql"], env=env, encoding="utf-8", timeout=60)
+    try:
+        shell.expect_exact("\\q quits")
+        shell.sendline("USE big;")
+        shell.expect_exact("big> ")
+        shell.sendline(f"BACKUP DATABASE big INTO '{coll}' WITH encryption_passphrase = $1;")
+        shell.expect_exact("$1: ")
+        shell.sendline(PASSPHRASE)
+        job_id = _job_running_with_progress(store, "BACKUP")
+        shell.sendintr()  # a real SIGINT, from the terminal's Ctrl-C
+        shell.expect_exact("ERROR: job canceled by user")
+        shell.expect_exact("big> ")  # the session goes on, its USE too
+        _assert_canceled(store, job_id)
+        assert _s3_state(moto_s3, prefix + "/") == (set(), [])
+        shell.sendline("SELECT count(*) AS n FROM blobs;")
+        shell.expect_exact("(1 row)")
+        assert f"  {rows}" in shell.before
+        shell.expect_exact("big> ")
+        shell.sendintr()  # at an empty prompt: a new prompt, as in a shell
+        shell.expect_exact("big> ")
+        shell.sendeof()  # Ctrl-D ends the shell
+        shell.expect(pexpect.EOF)
+    finally:
+        shell.close(force=True)
+    assert shell.exitstatus == 0
+    assert PASSPHRASE not in (tmp_path / "home" / ".strongroom" / "sql_history").read_text()
 
 
 def test_a_python_caller_sees_job_canceled_error(store: Store) -> None:

@@ -32,6 +32,7 @@ COMMANDS = {
     "serve": "serve:serve",
     "backup-schedule": "managed:backup_schedule",
     "sql": "sql:sql",
+    "job": "jobs:job",
     "demo": "demo:demo",
 }
 
