@@ -159,6 +159,8 @@ def test_cancel_job_stops_a_local_backup_from_another_process(store: Store, tmp_
     proc = _helper(store, "backup", coll, 0.05, tmp_path)  # ~1 MiB a tick: a few seconds in all
     job_id = _job_running_with_progress(store, "BACKUP", proc)
     assert store.execute("CANCEL JOB $1", [str(job_id)]).status == "CANCEL JOBS 1"
+    # WHEN COMPLETE waits through cancel-requested, until the job has undone its work.
+    assert store.execute(f"SHOW JOB WHEN COMPLETE {job_id}").rows[0][5] == "canceled"
     code, out, err = _ended(proc)
     assert (code, out.strip()) == (CANCELED_EXIT, "job canceled by user"), err
     _assert_canceled(store, job_id)
@@ -308,7 +310,9 @@ def test_ctrl_c_in_the_sql_shell_cancels_the_statement_and_keeps_the_session(
     finally:
         shell.close(force=True)
     assert shell.exitstatus == 0
-    assert PASSPHRASE not in (tmp_path / "home" / ".strongroom" / "sql_history").read_text()
+    history = (tmp_path / "home" / ".strongroom" / "sql_history").read_text()
+    assert "USE big;" in history and "SELECT count(*) AS n FROM blobs;" in history  # the session's history kept
+    assert PASSPHRASE not in history
 
 
 def test_a_python_caller_sees_job_canceled_error(store: Store) -> None:
