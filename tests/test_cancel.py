@@ -218,6 +218,17 @@ def test_cancel_job_errors_are_cockroachdbs(store: Store) -> None:
     runner = CliRunner()
     out = runner.invoke(main, ["job", "cancel", "12345", "--store", str(store.path)])
     assert (out.exit_code, out.output.strip()) == (1, "ERROR: job with ID 12345 does not exist")
+    out = runner.invoke(main, ["sql", "--store", str(store.path), "-e", f"CANCEL JOB {result.job_id}"])
+    assert (out.exit_code, out.output.strip()) == (
+        1,
+        "ERROR: job with status succeeded cannot be requested to be canceled",
+    )
+    running = store.jobs.registry.start("RESTORE", "RESTORE FROM LATEST IN 'nodelocal://1/done'")  # another process's
+    out = runner.invoke(main, ["job", "cancel", str(running), "--store", str(store.path)])
+    assert (out.exit_code, out.output.strip()) == (0, f"job {running}: cancel requested")
+    assert store.jobs.list(running)[0].status == "cancel-requested"
+    out = runner.invoke(main, ["job", "cancel", "12x", "--store", str(store.path)])
+    assert (out.exit_code, out.output.strip()) == (2, "ERROR: not a job ID: '12x'")
 
 
 def test_canceling_a_job_again_is_no_error(store: Store) -> None:
