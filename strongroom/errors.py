@@ -100,3 +100,7 @@ class AlreadyExistsError(StrongroomError):
 
 class ConflictError(StrongroomError):
     """Another operation on the same backups is under way (a forget trimming the chain a backup extends)."""
+
+
+class JobCanceledError(StrongroomError):
+    """A job stopped because CANCEL JOB, Ctrl-C or SIGTERM asked it to; its partial work is undone."""

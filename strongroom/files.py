@@ -11,7 +11,7 @@ from pathlib import Path
 import apsw
 
 from .backup import engine
-from .backup.jobs import JobResult, Progress
+from .backup.jobs import Cancel, JobResult, Progress, checking, foreground
 from .backup.keys import Encryption
 from .backup.requests import BackupRequest, RestoreRequest, ShowBackupRequest
 from .errors import UsageError
@@ -43,7 +43,11 @@ def backup_file(
     # A plain file may be backed up unencrypted by choice (the result says so); a store's databases
     # may not without consent (store/backups.py).
     request = BackupRequest(into=(into,), encryption=encryption or Encryption(), incremental=incremental)
-    return replace(engine.backup(request, [source], progress=progress), encryption=request.encryption.kind)
+    # No store, so no job registry for CANCEL JOB; Ctrl-C or SIGTERM in the CLI still stops the
+    # backup at a progress point, so its cleanup knows every object it started.
+    with foreground(cancel := Cancel()):
+        result = engine.backup(request, [source], progress=checking(progress, cancel))
+    return replace(result, encryption=request.encryption.kind)
 
 
 class _FileTarget:
@@ -98,5 +102,6 @@ def restore_file(
     request = RestoreRequest(
         from_=(from_,), subdir=subdir, databases=(database,), encryption=enc, verify=verify, as_of=as_of
     )
-    result = engine.restore(request, _FileTarget(d, key), progress=progress)
+    with foreground(cancel := Cancel()):  # as backup_file
+        result = engine.restore(request, _FileTarget(d, key), progress=checking(progress, cancel))
     return replace(result, encryption=enc.kind)

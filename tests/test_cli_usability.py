@@ -95,7 +95,8 @@ def test_ctrl_c_exits_130_without_a_traceback(store: Path, tmp_path: Path) -> No
 
 def test_ctrl_c_during_a_backup_exits_130(store: Path, tmp_path: Path) -> None:
     """SIGINT in the middle of a long backup, sent once its lock shows in the collection (so the
-    backup has started writing): exit status 130, no traceback, LATEST never written."""
+    backup has started writing): the job is canceled, exit status 130, no traceback, LATEST never
+    written, and nothing of the layer left."""
     import signal
     import subprocess
     import time
@@ -125,8 +126,9 @@ def test_ctrl_c_during_a_backup_exits_130(store: Path, tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     out, errout = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, errout)
-    assert errout.decode().strip().endswith("ERROR: interrupted") and b"Traceback" not in errout
+    assert errout.decode().strip().endswith("ERROR: job canceled by user") and b"Traceback" not in errout
     assert not (collection / "metadata").exists()  # LATEST never moved
+    assert not [p for p in collection.rglob("*") if p.is_file()]
 
 
 # -- 5: missing extras ----------------------------------------------------------------------------------

@@ -378,6 +378,9 @@ class BackupImage:
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._open_lock = threading.Lock()
+        #: Called (in the reading thread) with the size of each chunk fetched: a restore's progress,
+        #: and so the points where it can be canceled.
+        self.on_chunk: Callable[[int], None] | None = None
 
     def check_files(self) -> None:
         """Fail fast, before writing anything, if a referenced pack is missing or has the wrong size."""
@@ -450,7 +453,10 @@ class BackupImage:
                         inflight.append(pool.submit(self._decode_batch, first, batch))
                         first += len(batch)
                     if inflight and (not batch or len(inflight) >= workers * RESTORE_INFLIGHT):
-                        yield from inflight.popleft().result()
+                        for data in inflight.popleft().result():
+                            yield data
+                            if self.on_chunk is not None:
+                                self.on_chunk(len(data))
                     elif not batch:
                         return
             finally:
@@ -503,6 +509,8 @@ class BackupImage:
                 return hit
         rec = self.index.record(i)
         data = self._decode(i, rec, self._pack(rec.pack).read_range(rec.offset, rec.length))
+        if self.on_chunk is not None:
+            self.on_chunk(len(data))
         with self._cache_lock:
             self._cache[i] = data
             while len(self._cache) > 64:

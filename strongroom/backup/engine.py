@@ -69,7 +69,7 @@ from .destinations import Destinations, open_destinations
 from .jobs import JobResult, Progress, new_job_id
 from .keys import BackupKeys, Encryption, add_kms, existing_backup_keys, new_backup_keys
 from .manifest import DatabaseEntry, FileRef, Manifest, ObjectInfo, read_manifest, write_manifest
-from .owners import forget_in_chain, lock_content, remove_abandoned_layers
+from .owners import forget_in_chain, lock_content, remove_abandoned_layers, remove_temp_files
 from .reader import BackupReader
 from .requests import LATEST, AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 
@@ -594,17 +594,11 @@ def backup(
             layer.written += _write_partitions(dests, manifest, keys)
             write_manifest(storage, layer_dir, manifest, keys)
         except BaseException:
-            layer.abort()
-            # Best effort: a failed backup leaves no half-written layer behind (it has no manifest, so it
-            # is never used either way; this just returns the space).
-            clean = True
-            for locality, name in layer.written:
-                try:
-                    dests.storage_for(locality).delete(name)
-                except Exception:  # cleanup must not mask the real error
-                    clean = False
-            if clean:  # the lock goes last, and stays if anything is left: it marks the layer partial
-                with suppress(Exception):
+            layer.abort()  # aborts in-flight uploads (an S3 multipart upload leaves no parts behind)
+            # Best effort: a failed or canceled backup leaves no half-written layer behind (it has no
+            # manifest, so it is never used either way; this returns the space).
+            if _remove_layer(dests, layer):  # the lock goes last, and stays if anything is left: the
+                with suppress(Exception):  # layer is then marked partial, never "manifest missing"
                     storage.delete(lock)
             raise
         if backup_type == "full":
@@ -612,6 +606,30 @@ def backup(
             layout.write_latest(storage, full, latest_file)
         storage.delete(lock)
     return JobResult(job_id, "succeeded", 1.0, manifest.rows, manifest.index_entries, manifest.bytes)
+
+
+def _remove_layer(dests: Destinations, layer: _LayerWriter) -> bool:
+    """Delete a failed layer's files; True if none is left (but its lock).
+
+    The files it recorded go first; then whatever else is under the layer's directory at any of its
+    locations: a file whose upload completed but that an interrupt (a KeyboardInterrupt lands at any
+    bytecode) kept from being recorded, and writers' hidden temp objects. The layer directory is
+    this backup's own (it was empty when the backup began), so nothing of another backup is there."""
+    clean = True
+    for locality, name in layer.written:
+        try:
+            dests.storage_for(locality).delete(name)
+        except Exception:  # cleanup must not mask the real error
+            clean = False
+    for storage in (dests.default, *dests.localities.values()):
+        try:
+            for name, _size in list(storage.list(layer.layer_dir + "/")):
+                if not name.rsplit("/", 1)[-1].startswith(layout.LOCK_PREFIX):
+                    storage.delete(name)
+            remove_temp_files(storage, layer.layer_dir + "/")
+        except Exception:
+            clean = False
+    return clean
 
 
 def _partition_files(manifest: Manifest) -> dict[str, list[FileRef]]:
@@ -834,6 +852,8 @@ def restore(
         try:
             for entry, name, path in plan:
                 image = BackupImage(dests.storage_for, entry.index, manifest.packs, keys)
+                if progress:
+                    image.on_chunk = _restore_ticks(progress, done, entry.size, total, f"restoring {name}")
                 try:
                     image.check_files()
                     prepared.append(name)
@@ -892,6 +912,18 @@ def open_backup(
         dests.close()
         raise
     return BackupReader(dests, manifest, keys)
+
+
+def _restore_ticks(progress: Progress, base: int, size: int, total: int, what: str) -> Callable[[int], None]:
+    """Progress as a database's chunks are read (a chunk read twice counts twice: capped at its size)."""
+    read = 0
+
+    def tick(n: int) -> None:
+        nonlocal read
+        read += n
+        progress(base + min(read, size), total, what)
+
+    return tick
 
 
 def _counted_in(manifest: Manifest, entry: DatabaseEntry) -> tuple[int, int, int] | None:

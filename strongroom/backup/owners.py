@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..storage import ExternalStorage
 from ..storage.local import LocalStorage
+from ..storage.objectstore import ObjectStoreStorage
 from . import layout
 
 
@@ -99,8 +100,7 @@ def remove_abandoned_layers(storage: ExternalStorage) -> list[str]:
         if not complete:
             for name in files:
                 storage.delete(name)
-            if isinstance(storage, LocalStorage):  # a file system also keeps killed writers' temp files
-                storage.remove_temp_files(layer)
+            remove_temp_files(storage, layer)
         storage.delete(lock)
         cleaned.append(layer)
     return cleaned
@@ -129,3 +129,10 @@ def forget_in_chain(storage: ExternalStorage, full: str) -> str | None:
         if lock_facts(content)[0] == "forget":
             return lock.rsplit("/", 1)[0]
     return None
+
+
+def remove_temp_files(storage: ExternalStorage, prefix: str) -> None:
+    """Remove the hidden temp objects that killed or interrupted writers left under ``prefix`` (a
+    file system's, and an object store's upload-aside copies); only for a prefix no live writer uses."""
+    if isinstance(storage, LocalStorage | ObjectStoreStorage):
+        storage.remove_temp_files(prefix)

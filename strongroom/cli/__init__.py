@@ -35,6 +35,7 @@ COMMANDS = {
     "backup-schedule": "managed:backup_schedule",
     "schedules": "schedules:schedules",
     "sql": "sql:sql",
+    "job": "jobs:job",
     "demo": "demo:demo",
 }
 

@@ -14,11 +14,12 @@ import apsw
 import click
 
 from ..backup import engine as backup_engine
-from ..errors import StrongroomError, UsageError
+from ..errors import JobCanceledError, StrongroomError, UsageError
 from ..sql import Use, parse
 from ..sql.executor import BackupSession, Session
 from ..sql.parser import check_sql_text
 from .common import AS_OF, FORMAT, STORE, encryption, encryption_options, maybe_store, open_store, resolve_collection
+from .group import take_signal
 
 _MISSING_PARAM = re.compile(r"no value provided for placeholder: \$(\d+)")
 
@@ -49,8 +50,20 @@ def _run_statements(session: Session, text: str, params: list[str], fmt: str, in
     for stmt in statements:
         try:
             result = session.run(stmt, values)
+        except JobCanceledError as exc:
+            if not interactive:
+                raise  # the command's exit status says whether Ctrl-C (130) or a CANCEL JOB (1) did it
+            take_signal()
+            click.echo(f"ERROR: {exc}", err=True)  # the job undid its work; the session goes on
+            return False
         except StrongroomError as exc:
             click.echo(f"ERROR: {exc}", err=True)
+            return False
+        except KeyboardInterrupt:
+            if not interactive:
+                raise
+            # Ctrl-C during a statement that is not a job (a wait, a query): stop it, keep the session.
+            click.echo("ERROR: query execution canceled", err=True)
             return False
         click.echo(result.render(fmt))
         if interactive and result.columns and fmt == "table":
@@ -93,7 +106,10 @@ def _shell(session: Session, fmt: str) -> None:
             continue
         if apsw.complete(text):  # SQLite's own "is this a whole statement" (quotes, triggers)
             buffer.clear()
-            _run_statements(session, text, [], fmt, interactive=True)
+            try:
+                _run_statements(session, text, [], fmt, interactive=True)
+            except KeyboardInterrupt:  # at a hidden $n prompt: drop the statement, keep the session
+                click.echo()
     with suppress(OSError):
         readline.write_history_file(history)
 

@@ -226,6 +226,13 @@ class ControlSchedule(Statement):
 
 
 @dataclass(frozen=True)
+class CancelJob(Statement):
+    """``CANCEL JOB <id>``: stop a running BACKUP or RESTORE, in any process using the store."""
+
+    job_id: int
+
+
+@dataclass(frozen=True)
 class Passthrough(Statement):
     """Any other statement, as written, for SQLite to run in the current database."""
 
@@ -237,6 +244,7 @@ __all__ = [
     "LATEST",
     "AlterBackup",
     "Backup",
+    "CancelJob",
     "ControlSchedule",
     "CreateDatabase",
     "CreateSchedule",

@@ -21,12 +21,13 @@ from ..backup.reader import BackupReader
 from ..backup.requests import parse_as_of
 from ..errors import NotFoundError, UsageError
 from ..output import render
-from ..store.jobs import JOB_COLUMNS
+from ..store.jobs import JOB_COLUMNS, UNFINISHED
 from ..store.schedules import CREATE_COLUMNS, SHOW_COLUMNS, CreateScheduleRequest, ScheduleOptions
 from ..uri import redact
 from .ast import (
     AlterBackup,
     Backup,
+    CancelJob,
     ControlSchedule,
     CreateDatabase,
     CreateSchedule,
@@ -237,7 +238,7 @@ class Session:
                     if not found:
                         raise NotFoundError(f"job with ID {job_id} does not exist")
                     jobs.append(found[0])
-                if all(j.status != "running" for j in jobs):
+                if all(j.status not in UNFINISHED for j in jobs):
                     return Result(JOB_COLUMNS, [j.row() for j in jobs])
                 time.sleep(_WHEN_COMPLETE_POLL_S)
         rows = [j.row() for j in self.store.jobs.list(stmt.job_id)]
@@ -268,6 +269,10 @@ class Session:
         schedules = self.store.schedules
         {"PAUSE": schedules.pause, "RESUME": schedules.resume, "DROP": schedules.drop}[stmt.action](stmt.schedule_id)
         return Result(status=f"{stmt.action} SCHEDULE")
+
+    def _run_CancelJob(self, stmt: CancelJob, params: object) -> Result:
+        self.store.jobs.cancel(stmt.job_id)
+        return Result(status="CANCEL JOBS 1")  # CockroachDB's command tag
 
     # -- backup statements ------------------------------------------------------------------------
     def _targets(

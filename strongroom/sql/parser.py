@@ -31,6 +31,7 @@ from .ast import (
     LATEST,
     AlterBackup,
     Backup,
+    CancelJob,
     ControlSchedule,
     CreateDatabase,
     CreateSchedule,
@@ -76,6 +77,7 @@ UNRESERVED_KEYWORDS = frozenset(
         "SHOW", "SYSTEM", "TABLES", "TIME", "USE", "WHEN", "COMPLETE",
         "SCHEDULE", "SCHEDULES", "RECURRING", "FULL", "ALWAYS", "NEVER", "RUNNING", "PAUSED", "PAUSE",
         "RESUME",
+        "CANCEL",
     }
 )  # fmt: skip
 KEYWORDS = RESERVED_KEYWORDS | UNRESERVED_KEYWORDS
@@ -137,6 +139,7 @@ jobs: SHOW JOBS                      -> show_jobs
     | SHOW JOB job_ref                  -> show_job
     | SHOW JOB WHEN COMPLETE job_ref    -> show_jobs_when_complete
     | SHOW JOBS WHEN COMPLETE LPAR job_ref (COMMA job_ref)* RPAR -> show_jobs_when_complete
+    | CANCEL JOB job_ref                -> cancel_job
 job_ref: INT | PLACEHOLDER
 
 create_schedule: CREATE SCHEDULE [if_not_exists] [schedule_label] FOR BACKUP [targets] INTO dest [options] when
@@ -333,6 +336,8 @@ def _is_ours(toks: list[_Tok]) -> bool:
         return True
     if _is_word(first, "ALTER"):
         return _is_word(second, "BACKUP")
+    if _is_word(first, "CANCEL"):
+        return _is_word(second, "JOB")
     if _is_word(first, "CREATE", "DROP"):
         return _is_word(second, "DATABASE", "SCHEDULE")
     if _is_word(first, "SET"):
@@ -849,6 +854,9 @@ class _ToAST(Transformer):
 
     def control_schedule(self, children: list[Any]) -> ControlSchedule:
         return ControlSchedule(children[0].type, children[-1])
+
+    def cancel_job(self, children: list[Any]) -> CancelJob:
+        return CancelJob(children[-1])
 
     def job_ref(self, children: list[Token]) -> int:
         tok = children[-1]

@@ -213,6 +213,23 @@ class ObjectStoreStorage:
     def delete(self, name: str) -> None:
         self._delete_key(self._key(name))
 
+    def remove_temp_files(self, prefix: str) -> int:
+        """Delete the upload-aside temp objects (``*.strongroom-tmp``, never listed) under ``prefix``
+        that interrupted writers left; only for a prefix no live writer uses. Returns how many went."""
+        directory = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        removed = 0
+        with self._errors("list", prefix):
+            found = [
+                meta["path"]
+                for page in self._obs.list(self._store, directory or None)
+                for meta in page
+                if meta["path"].startswith(prefix) and meta["path"].endswith(TMP_SUFFIX)
+            ]
+        for key in found:
+            self._delete_key(key)
+            removed += 1
+        return removed
+
     def close(self) -> None:
         pass
 

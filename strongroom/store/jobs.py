@@ -21,8 +21,8 @@ from typing import TypeVar
 
 import apsw
 
-from ..backup.jobs import NODE_ID, Progress, new_job_id
-from ..errors import StrongroomError
+from ..backup.jobs import CANCELED_MESSAGE, NODE_ID, Cancel, Progress, checking, foreground, new_job_id
+from ..errors import JobCanceledError, NotFoundError, StrongroomError, UsageError
 
 T = TypeVar("T")
 # CockroachDB's SHOW JOBS columns, in its order.
@@ -52,6 +52,11 @@ _ADDED_COLUMNS = {
     "coordinator_id": "INTEGER",
 }
 _PROGRESS_EVERY_S = 1.0
+# CockroachDB's statuses: a CANCEL JOB moves a running job to cancel-requested; the job itself, once
+# it has undone its work, to canceled.
+RUNNING, CANCEL_REQUESTED, CANCELED = "running", "cancel-requested", "canceled"
+#: Statuses of a job that has not ended (SHOW JOBS WHEN COMPLETE waits while a job has one).
+UNFINISHED = frozenset({RUNNING, CANCEL_REQUESTED})
 
 
 def _user() -> str:
@@ -148,6 +153,43 @@ class JobRegistry:
             (fraction, running_status, _now(), job_id),
         )
 
+    def request_cancel(self, job_id: int) -> None:
+        """CANCEL JOB: mark a running job cancel-requested (the job notices and stops). As in
+        CockroachDB, a job already cancel-requested or canceled is left as it is, and any other
+        ended job is an error."""
+        with self._lock:
+            conn = self._connect()
+            try:
+                # One conditional UPDATE, so a job that ends meanwhile is never marked after its end.
+                conn.execute(
+                    "UPDATE jobs SET status = ?, modified = ? WHERE job_id = ? AND status = ?",
+                    (CANCEL_REQUESTED, _now(), job_id, RUNNING),
+                )
+                if conn.changes():
+                    return
+                row = conn.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            finally:
+                conn.close()
+        if row is None:
+            raise NotFoundError(f"job with ID {job_id} does not exist")
+        if row[0] not in (CANCEL_REQUESTED, CANCELED):
+            raise UsageError(f"job with status {row[0]} cannot be requested to be canceled")
+
+    def status(self, job_id: int) -> str | None:
+        """The job's status (None if there is no such job): a running job's cancel poll."""
+        conn = self._connect()
+        try:
+            row = conn.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        finally:
+            conn.close()
+        return None if row is None else str(row[0])
+
+    def finish_canceled(self, job_id: int) -> None:
+        self._write(
+            "UPDATE jobs SET status = ?, running_status = NULL, error = ?, finished = ?, modified = ? WHERE job_id = ?",
+            (CANCELED, CANCELED_MESSAGE, now := _now(), now, job_id),
+        )
+
     def finish(self, job_id: int, error: str | None = None) -> None:
         if error is None:
             self._write(
@@ -194,6 +236,8 @@ class JobRunner:
     def __init__(self, registry: Callable[[], JobRegistry]) -> None:
         self._registry = registry  # opened on first use: a store that runs no job makes no system.db
         self._threads: list[threading.Thread] = []
+        self._cancels: dict[int, Cancel] = {}  # the jobs running in this process
+        self._cancels_lock = threading.Lock()
 
     @property
     def registry(self) -> JobRegistry:
@@ -204,11 +248,13 @@ class JobRunner:
     ) -> T:
         """Run ``work`` now, as job ``job_type``; its errors are recorded, then raised."""
         job_id = self.registry.start(job_type, description)
-        return self._finish(job_id, work, progress)
+        with foreground(self._cancel_for(job_id)):  # this process's Ctrl-C or SIGTERM cancels it
+            return self._finish(job_id, work, progress)
 
     def detach(self, job_type: str, description: str, work: Callable[[int, Progress], object]) -> int:
         """Start ``work`` in the background and return its job id at once (``WITH detached``)."""
         job_id = self.registry.start(job_type, description)
+        self._cancel_for(job_id)
 
         def background() -> None:
             with suppress(BaseException):  # the outcome is recorded in the job registry
@@ -218,6 +264,23 @@ class JobRunner:
         thread.start()
         self._threads.append(thread)
         return job_id
+
+    def cancel(self, job_id: int) -> None:
+        """``CANCEL JOB``: stop a running job, in this process or any other using the store. Returns
+        once the request is recorded; the job ends ``canceled`` (SHOW JOB WHEN COMPLETE waits for it)
+        after deleting what it wrote."""
+        self.registry.request_cancel(job_id)
+        with self._cancels_lock:
+            local = self._cancels.get(job_id)
+        if local is not None:  # ours: no need to wait for its next look at the registry
+            local.set()
+
+    def _cancel_for(self, job_id: int) -> Cancel:
+        registry = self.registry
+        cancel = Cancel(lambda: registry.status(job_id) == CANCEL_REQUESTED)
+        with self._cancels_lock:
+            self._cancels[job_id] = cancel
+        return cancel
 
     def list(self, job_id: int | None = None) -> list[JobRow]:
         """``SHOW JOBS`` (``SHOW JOB <id>``)."""
@@ -232,6 +295,8 @@ class JobRunner:
     def _finish(self, job_id: int, work: Callable[[int, Progress], T], progress: Progress | None) -> T:
         registry = self.registry
         recorder = registry.progress_callback(job_id)
+        with self._cancels_lock:
+            cancel = self._cancels[job_id]
 
         def report(done: int, total: int, what: str) -> None:
             recorder(done, total, what)
@@ -239,12 +304,24 @@ class JobRunner:
                 progress(done, total, what)
 
         try:
-            result = work(job_id, report)
-        except StrongroomError as exc:
-            registry.finish(job_id, str(exc))
-            raise
+            result = work(job_id, checking(report, cancel))
         except BaseException as exc:
-            registry.finish(job_id, f"internal error: {type(exc).__name__}")
+            # Canceled: the job stopped at a progress point with JobCanceledError, or (a page read
+            # inside SQLite) with whatever error SQLite made of it; a KeyboardInterrupt with no
+            # handler installed (a Python caller's Ctrl-C) is a cancel too, and stays one.
+            if isinstance(exc, JobCanceledError | KeyboardInterrupt) or cancel.is_set():
+                registry.finish_canceled(job_id)
+                if isinstance(exc, JobCanceledError | KeyboardInterrupt):
+                    raise
+                raise JobCanceledError(CANCELED_MESSAGE) from exc
+            self._record_failure(job_id, exc)
             raise
+        finally:
+            with self._cancels_lock:
+                self._cancels.pop(job_id, None)
         registry.finish(job_id)
         return result
+
+    def _record_failure(self, job_id: int, exc: BaseException) -> None:
+        message = str(exc) if isinstance(exc, StrongroomError) else f"internal error: {type(exc).__name__}"
+        self.registry.finish(job_id, message)
