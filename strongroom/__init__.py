@@ -24,7 +24,12 @@ One route: every surface (CLI, Python, SQL, HTTP, schedules) builds the same req
 it as a job (``SHOW JOBS``).
 """
 
+import logging
 from typing import TYPE_CHECKING, Any
+
+# A library logs, an application decides where to: without a handler of its own, Python's last-resort
+# handler would print every failed job's WARNING line to a Python caller's stderr.
+logging.getLogger("strongroom").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 

@@ -158,6 +158,11 @@ class BackupRequest:
         """What the engine opens: one location, or the locality-aware set."""
         return self.into[0] if len(self.into) == 1 else self.into
 
+    @property
+    def shown_collection(self) -> str:
+        """The collection as it may be shown (a metric's label): its URIs, redacted."""
+        return ", ".join(redact(u) for u in self.into)
+
     def describe(self) -> str:
         opts = _encryption_options(self.encryption)
         opts += [name for name in ("detached", "include_unencrypted_data") if getattr(self, name)]

@@ -48,8 +48,21 @@ COMMANDS = {
     help=f"Store directory for every command (default $STRONGROOM_STORE or {DEFAULT_STORE}); "
     "a command's own --store wins.",
 )
-def main(store: str | None) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Log more: every job's line even on a terminal, and debug lines.")
+@click.option("-q", "--quiet", is_flag=True, help="Log errors only.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json", "none"]),
+    envvar="STRONGROOM_LOG_FORMAT",
+    help="Log lines (one per finished job when stderr is not a terminal): text (default), json or none.",
+)
+def main(store: str | None, verbose: bool, quiet: bool, log_format: str | None) -> None:
     """Encrypted BACKUP / RESTORE for SQLite, the CockroachDB way."""
+    if verbose and quiet:
+        raise click.UsageError("use --verbose or --quiet, not both")
+    from .logs import configure
+
+    configure(verbose=verbose, quiet=quiet, fmt=log_format)
 
 
 def __getattr__(name: str) -> Any:

@@ -27,7 +27,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
@@ -39,6 +39,9 @@ from ..store.audit import AuditRecord, acting_as
 from ..store.keys import ENABLE_FAILED, REVOKE_FAILED, REVOKED, ROTATE_FAILED
 from .backups_api import backups_router
 from .console import Console
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import metrics_registry
+from .metrics import render as render_metrics
 from .models import (
     CMEKClusterInfo,
     CMEKClusterSpecification,
@@ -220,6 +223,7 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
     return JSONResponse(ErrorBody(code=status, message=message).model_dump(), status_code=status, headers=headers)
 
 
+PROTECTED = ("/api/", "/metrics")  # paths that take the bearer token (Prometheus sends one too)
 MAX_BODY = 1 << 20  # 1 MiB: the largest CMEK request is a few KiB
 MISSING_TOKEN = "missing API token: send Authorization: Bearer <token>"
 
@@ -286,7 +290,7 @@ class Guard:
         return _error(413, f"the request body is larger than {self.max_body} bytes", {"Connection": "close"})
 
     def check(self, scope: Scope) -> JSONResponse | None:
-        if not scope["path"].startswith("/api/"):
+        if not scope["path"].startswith(PROTECTED):
             return self.console(scope) if self.console is not None else None
         method = scope["method"]
         allowed = self.allowed(scope)
@@ -416,6 +420,12 @@ def create_app(store_path: str | Path, token: str, *, schedule_interval: float |
             return service.store.encryption_status()
 
     app.include_router(backups_router(service, cluster))
+    registry = metrics_registry(service)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(who: Annotated[str, Depends(authenticate)]) -> Response:
+        return Response(render_metrics(registry), media_type=METRICS_CONTENT_TYPE)
+
     console = Console(service, expected, actor)
     app.include_router(console.router)
     app.add_middleware(Guard, token=expected, routes=app.router.routes, console=console.guard)

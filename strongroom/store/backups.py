@@ -36,7 +36,13 @@ class Backups:
     # -- jobs -------------------------------------------------------------------------------------
     def backup(self, request: BackupRequest, progress: Progress | None = None) -> JobResult:
         self.plan(request)
-        return self.jobs.run("BACKUP", request.describe(), lambda job_id, p: self._backup(request, p, job_id), progress)
+        return self.jobs.run(
+            "BACKUP",
+            request.describe(),
+            lambda job_id, p: self._backup(request, p, job_id),
+            progress,
+            collection=request.shown_collection,
+        )
 
     def restore(self, request: RestoreRequest, progress: Progress | None = None) -> JobResult:
         self.plan(request)
@@ -49,7 +55,12 @@ class Backups:
         planning errors surface now, not in the job."""
         self.plan(request)
         if isinstance(request, BackupRequest):
-            return self.jobs.detach("BACKUP", request.describe(), lambda job_id, p: self._backup(request, p, job_id))
+            return self.jobs.detach(
+                "BACKUP",
+                request.describe(),
+                lambda job_id, p: self._backup(request, p, job_id),
+                collection=request.shown_collection,
+            )
         return self.jobs.detach("RESTORE", request.describe(), lambda job_id, p: self._restore(request, p, job_id))
 
     def alter_backup(self, request: AlterBackupRequest) -> str:

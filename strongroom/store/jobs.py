@@ -9,6 +9,7 @@ job is started, run (in the caller's thread, or detached in the background) and 
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ from ..backup.jobs import CANCELED_MESSAGE, NODE_ID, Cancel, Progress, checking,
 from ..errors import JobCanceledError, NotFoundError, StrongroomError, UsageError
 
 T = TypeVar("T")
+log = logging.getLogger("strongroom.jobs")
 # CockroachDB's SHOW JOBS columns, in its order.
 JOB_COLUMNS = (
     "job_id",
@@ -50,7 +52,12 @@ _ADDED_COLUMNS = {
     "started": "TEXT",
     "modified": "TEXT",
     "coordinator_id": "INTEGER",
+    # Strongroom's, for /metrics (not in SHOW JOBS): the collection a backup wrote (redacted) and
+    # the bytes it stored.
+    "collection": "TEXT",
+    "bytes": "INTEGER",
 }
+_SELECTED = ", ".join((*JOB_COLUMNS, "collection", "bytes"))
 _PROGRESS_EVERY_S = 1.0
 # CockroachDB's statuses: a CANCEL JOB moves a running job to cancel-requested; the job itself, once
 # it has undone its work, to canceled.
@@ -87,6 +94,8 @@ class JobRow:
     fraction_completed: float
     error: str | None
     coordinator_id: int | None
+    collection: str | None = None
+    bytes: int | None = None
 
     def row(self) -> tuple[object, ...]:
         return tuple(getattr(self, c) for c in JOB_COLUMNS)
@@ -128,7 +137,7 @@ class JobRegistry:
             finally:
                 conn.close()
 
-    def start(self, job_type: str, description: str) -> int:
+    def start(self, job_type: str, description: str, collection: str | None = None) -> int:
         """Record a new running job; returns its id, unique in this registry even if two processes
         drew the same node id (new_job_id) in the same tick: the second one draws again."""
         while True:
@@ -137,8 +146,8 @@ class JobRegistry:
                 now = _now()
                 self._write(
                     "INSERT INTO jobs(job_id, job_type, description, statement, user_name, status, created, "
-                    "started, modified, coordinator_id) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-                    (job_id, job_type, description, description, _user(), now, now, now, NODE_ID),
+                    "started, modified, coordinator_id, collection) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                    (job_id, job_type, description, description, _user(), now, now, now, NODE_ID, collection),
                 )
             except apsw.ConstraintError:
                 continue
@@ -190,12 +199,12 @@ class JobRegistry:
             (CANCELED, CANCELED_MESSAGE, now := _now(), now, job_id),
         )
 
-    def finish(self, job_id: int, error: str | None = None) -> None:
+    def finish(self, job_id: int, error: str | None = None, stored_bytes: int | None = None) -> None:
         if error is None:
             self._write(
                 "UPDATE jobs SET status='succeeded', fraction_completed=1, running_status=NULL, finished=?, "
-                "modified=? WHERE job_id=?",
-                (now := _now(), now, job_id),
+                "modified=?, bytes=? WHERE job_id=?",
+                (now := _now(), now, stored_bytes, job_id),
             )
         else:
             self._write(
@@ -207,9 +216,9 @@ class JobRegistry:
         conn = self._connect()
         try:
             if job_id is None:
-                rows = conn.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs ORDER BY created, job_id").fetchall()
+                rows = conn.execute(f"SELECT {_SELECTED} FROM jobs ORDER BY created, job_id").fetchall()
             else:
-                rows = conn.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE job_id = ?", (job_id,)).fetchall()
+                rows = conn.execute(f"SELECT {_SELECTED} FROM jobs WHERE job_id = ?", (job_id,)).fetchall()
         finally:
             conn.close()
         return [JobRow(*r) for r in rows]  # type: ignore[arg-type]  # the table's columns, in JOB_COLUMNS order
@@ -244,16 +253,29 @@ class JobRunner:
         return self._registry()
 
     def run(
-        self, job_type: str, description: str, work: Callable[[int, Progress], T], progress: Progress | None = None
+        self,
+        job_type: str,
+        description: str,
+        work: Callable[[int, Progress], T],
+        progress: Progress | None = None,
+        *,
+        collection: str | None = None,
     ) -> T:
         """Run ``work`` now, as job ``job_type``; its errors are recorded, then raised."""
-        job_id = self.registry.start(job_type, description)
+        job_id = self.registry.start(job_type, description, collection)
         with foreground(self._cancel_for(job_id)):  # this process's Ctrl-C or SIGTERM cancels it
             return self._finish(job_id, work, progress)
 
-    def detach(self, job_type: str, description: str, work: Callable[[int, Progress], object]) -> int:
+    def detach(
+        self,
+        job_type: str,
+        description: str,
+        work: Callable[[int, Progress], object],
+        *,
+        collection: str | None = None,
+    ) -> int:
         """Start ``work`` in the background and return its job id at once (``WITH detached``)."""
-        job_id = self.registry.start(job_type, description)
+        job_id = self.registry.start(job_type, description, collection)
         self._cancel_for(job_id)
 
         def background() -> None:
@@ -311,6 +333,7 @@ class JobRunner:
             # handler installed (a Python caller's Ctrl-C) is a cancel too, and stays one.
             if isinstance(exc, JobCanceledError | KeyboardInterrupt) or cancel.is_set():
                 registry.finish_canceled(job_id)
+                log_job(registry, job_id)
                 if isinstance(exc, JobCanceledError | KeyboardInterrupt):
                     raise
                 raise JobCanceledError(CANCELED_MESSAGE) from exc
@@ -319,9 +342,35 @@ class JobRunner:
         finally:
             with self._cancels_lock:
                 self._cancels.pop(job_id, None)
-        registry.finish(job_id)
+        stored = getattr(result, "bytes", None)
+        registry.finish(job_id, stored_bytes=stored if isinstance(stored, int) else None)
+        log_job(registry, job_id)
         return result
 
     def _record_failure(self, job_id: int, exc: BaseException) -> None:
         message = str(exc) if isinstance(exc, StrongroomError) else f"internal error: {type(exc).__name__}"
         self.registry.finish(job_id, message)
+        log_job(self.registry, job_id)
+
+
+def log_job(registry: JobRegistry, job_id: int) -> None:
+    """One log line per finished job (``strongroom.jobs``): its row, as SHOW JOBS has it (redacted)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    found = registry.list(job_id)
+    if not found:
+        return
+    job = found[0]
+    fields = {
+        "job_id": str(job.job_id),
+        "job_type": job.job_type,
+        "status": job.status,
+        "description": job.description,
+        "started": job.started,
+        "finished": job.finished,
+        "error": job.error,
+        "bytes": job.bytes,
+    }
+    level = logging.INFO if job.status == "succeeded" else logging.WARNING
+    what = f"job {job.job_id} ({job.job_type}) {job.status}" + (f": {job.error}" if job.error else "")
+    log.log(level, what, extra={"job": fields})

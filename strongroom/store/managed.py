@@ -462,6 +462,7 @@ class ManagedBackups:
                 lambda job_id, progress: engine.backup(
                     request, sources, context=self.context, progress=progress, job_id=job_id, clock=clock
                 ),
+                collection=request.shown_collection,
             )
         except KMSError as exc:
             raise KMSError(
