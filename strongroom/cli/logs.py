@@ -33,15 +33,19 @@ class JsonFormatter(logging.Formatter):
 
 
 _quiet = False
+_handler: logging.Handler | None = None
 
 
 def configure(*, verbose: bool, quiet: bool, fmt: str | None) -> None:
-    """Set up the ``strongroom`` loggers for one CLI run (``fmt`` none: no job lines, other lines stay)."""
-    global _quiet
+    """Set up the ``strongroom`` loggers for one CLI run (``fmt`` none: no job lines, other lines stay).
+
+    One handler of ours on the ``strongroom`` logger, replaced (never added twice) when the CLI runs
+    again in one process; records still propagate, so a host application's handlers see them too."""
+    global _quiet, _handler
     _quiet = quiet
     logger = logging.getLogger("strongroom")
-    logger.handlers[:] = []
-    logger.propagate = False
+    if _handler is not None:
+        logger.removeHandler(_handler)
     terminal = sys.stderr.isatty()
     if quiet:
         level = logging.ERROR
@@ -49,11 +53,11 @@ def configure(*, verbose: bool, quiet: bool, fmt: str | None) -> None:
         level = logging.DEBUG
     else:
         level = logging.INFO if (not terminal or fmt == "json") else logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(
         JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
-    logger.addHandler(handler)
+    logger.addHandler(_handler)
     logger.setLevel(level)
     logging.getLogger("strongroom.jobs").setLevel(logging.CRITICAL + 1 if fmt == "none" else logging.NOTSET)
 
@@ -61,5 +65,5 @@ def configure(*, verbose: bool, quiet: bool, fmt: str | None) -> None:
 def serving() -> None:
     """A server logs what it does at INFO even on a terminal (unless --quiet)."""
     logger = logging.getLogger("strongroom")
-    if not _quiet and logger.level > logging.INFO:
+    if not _quiet and logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from .common import STORE, open_store
@@ -37,8 +35,7 @@ def serve(store: str | None, host: str, port: int, token_file: str | None, sched
     token, message = api_token(s.path, token_file)
     if message:
         click.echo(message, err=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serving()  # the strongroom loggers: INFO, in the format --log-format chose
+    serving()  # the strongroom loggers: INFO, in the format --log-format chose (uvicorn logs its own way)
     app = create_app(s.path, token, schedule_interval=schedule_interval)
     click.echo(f"serving http://{host}:{port}/api/v1/clusters/{s.id}/cmek (OpenAPI: /openapi.json)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
