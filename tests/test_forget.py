@@ -312,6 +312,8 @@ def test_cli_dry_run_json_and_table_then_delete_with_prune(tmp_path: Path) -> No
     doc = json.loads(out)
     assert sum(r["action"] == "remove" for r in doc["forget"]) == 4 and doc["prune"] == []
     assert len(layers_on_disk(b.coll)) == 2
+    code, out = _cli("forget", b.coll, "--keep-daily", "1", "--prune", "--format", "json")
+    assert code == 0 and json.loads(out)["prune"] is None  # nothing removed: no prune (restic's rule)
     code, out = _cli("forget", b.coll)
     assert code == 2 and "no retention policy given" in out
     code, out = _cli("forget", b.coll, "--keep-daily", "many")
