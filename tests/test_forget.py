@@ -250,13 +250,18 @@ def test_a_running_backup_keeps_its_chain(tmp_path: Path) -> None:
     assert set(result.removed) == {old, "/" + layout.incrementals_prefix(old) + "20260105/110000.00"}
 
 
+def _tree(coll: str) -> dict[str, list[str]]:
+    """Every completed layer and the names of its files."""
+    return {p: sorted(x.name for x in (Path(coll) / p.strip("/")).rglob("*")) for p in layers_on_disk(coll)}
+
+
 def test_a_forget_and_an_incremental_onto_the_same_chain_never_both_proceed(tmp_path: Path) -> None:
     """Each writes its lock, then looks for the other's: whichever comes second backs off."""
     b = Built(str(tmp_path / "coll"), tmp_path / "app.db")
     old = b.take(T0)
     tail = b.take(T0 + timedelta(hours=1), incremental=True)
     b.take(T0 + timedelta(days=1))
-    before = {p: sorted(x.name for x in (Path(b.coll) / p.strip("/")).rglob("*")) for p in layers_on_disk(b.coll)}
+    before = _tree(b.coll)
     # a backup locked its layer in the old chain first: the forget's layer is left as it was
     running = Path(b.coll) / layout.incrementals_prefix(old) / "20260106" / "090000.00" / f"{layout.LOCK_PREFIX}1"
     running.parent.mkdir(parents=True)
@@ -266,7 +271,7 @@ def test_a_forget_and_an_incremental_onto_the_same_chain_never_both_proceed(tmp_
         assert lifecycle.delete_layer(dests, tail.strip("/"), old, job_id=42) is None
     finally:
         dests.close()
-    after = {p: sorted(x.name for x in (Path(b.coll) / p.strip("/")).rglob("*")) for p in layers_on_disk(b.coll)}
+    after = _tree(b.coll)
     assert after == before
     running.unlink()
     # a forget locked the chain's tail first: an incremental onto that chain refuses, leaving nothing
@@ -279,6 +284,16 @@ def test_a_forget_and_an_incremental_onto_the_same_chain_never_both_proceed(tmp_
         p: sorted(x.name for x in (Path(b.coll) / p.strip("/")).rglob("*")) for p in layers_on_disk(b.coll)
     } == before
     assert not list((Path(b.coll) / layout.incrementals_prefix(old) / "20260107").rglob("*.pack"))
+    # an incremental that completed after the forget planned: the layers it builds on stay
+    b.take(T0 + timedelta(days=2), onto=old)
+    now = _tree(b.coll)
+    dests = open_destinations(b.coll)
+    try:
+        assert lifecycle.delete_layer(dests, tail.strip("/"), old, job_id=43) is None
+        assert lifecycle.delete_layer(dests, old.strip("/"), old, job_id=44) is None
+    finally:
+        dests.close()
+    assert _tree(b.coll) == now
 
 
 def test_forget_refuses_a_tampered_collection(tmp_path: Path) -> None:
