@@ -21,10 +21,11 @@ Order of a forget, and why each state a crash can leave is one readers accept:
    host, owners.remove_abandoned_layers) sees the owner gone and finishes (b)-(e).
 
 A chain holding a live BACKUP-LOCK (a backup appending to it) loses nothing, and the two sides
-shake hands: a forget writes a layer's lock and only then looks for live locks in the chain (and
-backs off, its lock removed, the layer untouched); an incremental backup writes its lock and only
-then looks for a forget's lock in its chain (and refuses, owners.forget_in_chain). Whichever writes
-second sees the other, so an incremental is never built on a layer a forget removes.
+shake hands: a forget writes a layer's lock and only then looks in the chain for live locks and for
+layers newer than its plan knew (and backs off, its lock removed, the layer untouched); an
+incremental backup writes its lock and only then looks for a forget's lock in its chain (and
+refuses, owners.forget_in_chain). Whichever writes second sees the other, so an incremental is
+never built on a layer a forget removes.
 
 PRUNE removes: layers whose BACKUP-LOCK's owner is provably gone (same host and boot, process gone)
 or whose lock is older than a grace period (another host's or boot's lock proves nothing either
