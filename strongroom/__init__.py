@@ -9,7 +9,8 @@ The map (dependencies point down the list; ``lint-imports`` checks it, see pypro
               status, backups (BACKUP/RESTORE/SHOW/ALTER as jobs), managed backups, jobs, audit
     files.py  back up / restore a plain SQLite file, no store
     backup/   the engine: collections and their layout, locality-aware destinations, manifests, packs
-              and chunk indexes, keys; the request objects every surface builds (requests.py)
+              and chunk indexes, keys; the request objects every surface builds (requests.py);
+              retention policies (retention.py), FORGET and PRUNE (lifecycle.py)
     sqlite/   consistent page snapshots of live databases, restore, backup images as databases
     kms/      key management services by URI scheme: local:// (the embedded default), aws, gs/gcp-kms,
               azure-kms, pkcs11, vault (HashiCorp Vault's transit engine)

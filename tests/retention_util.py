@@ -12,6 +12,7 @@ from strongroom import Encryption
 from strongroom.backup import engine, layout
 from strongroom.backup.requests import BackupRequest
 from strongroom.files import restore_file
+from strongroom.storage import ExternalStorage, open_storage
 
 PASS = "correct horse battery staple"
 ENC = Encryption(passphrase=PASS)
@@ -59,9 +60,7 @@ class Built:
             conn.close()
 
 
-def _storage(coll: str):  # type: ignore[no-untyped-def]
-    from strongroom.storage import open_storage
-
+def _storage(coll: str) -> ExternalStorage:
     return open_storage(coll)
 
 

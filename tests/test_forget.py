@@ -24,7 +24,7 @@ from strongroom.backup.owners import lock_content
 from strongroom.backup.retention import RestorePoint, RetentionPolicy, Within, plan_forget
 from strongroom.cli import main
 from strongroom.errors import ConflictError, IntegrityError, UsageError
-from strongroom.storage.base import TMP_SUFFIX
+from strongroom.storage import open_storage
 
 pytest_plugins = ("cloud_servers",)
 
@@ -250,13 +250,18 @@ def test_a_running_backup_keeps_its_chain(tmp_path: Path) -> None:
     assert set(result.removed) == {old, "/" + layout.incrementals_prefix(old) + "20260105/110000.00"}
 
 
+def _tree(coll: str) -> dict[str, list[str]]:
+    """Every completed layer and the names of its files."""
+    return {p: sorted(x.name for x in (Path(coll) / p.strip("/")).rglob("*")) for p in layers_on_disk(coll)}
+
+
 def test_a_forget_and_an_incremental_onto_the_same_chain_never_both_proceed(tmp_path: Path) -> None:
     """Each writes its lock, then looks for the other's: whichever comes second backs off."""
     b = Built(str(tmp_path / "coll"), tmp_path / "app.db")
     old = b.take(T0)
     tail = b.take(T0 + timedelta(hours=1), incremental=True)
     b.take(T0 + timedelta(days=1))
-    before = {p: sorted(x.name for x in (Path(b.coll) / p.strip("/")).rglob("*")) for p in layers_on_disk(b.coll)}
+    before = _tree(b.coll)
     # a backup locked its layer in the old chain first: the forget's layer is left as it was
     running = Path(b.coll) / layout.incrementals_prefix(old) / "20260106" / "090000.00" / f"{layout.LOCK_PREFIX}1"
     running.parent.mkdir(parents=True)
@@ -266,7 +271,7 @@ def test_a_forget_and_an_incremental_onto_the_same_chain_never_both_proceed(tmp_
         assert lifecycle.delete_layer(dests, tail.strip("/"), old, job_id=42) is None
     finally:
         dests.close()
-    after = {p: sorted(x.name for x in (Path(b.coll) / p.strip("/")).rglob("*")) for p in layers_on_disk(b.coll)}
+    after = _tree(b.coll)
     assert after == before
     running.unlink()
     # a forget locked the chain's tail first: an incremental onto that chain refuses, leaving nothing
@@ -279,6 +284,16 @@ def test_a_forget_and_an_incremental_onto_the_same_chain_never_both_proceed(tmp_
         p: sorted(x.name for x in (Path(b.coll) / p.strip("/")).rglob("*")) for p in layers_on_disk(b.coll)
     } == before
     assert not list((Path(b.coll) / layout.incrementals_prefix(old) / "20260107").rglob("*.pack"))
+    # an incremental that completed after the forget planned: the layers it builds on stay
+    b.take(T0 + timedelta(days=2), onto=old)
+    now = _tree(b.coll)
+    dests = open_destinations(b.coll)
+    try:
+        assert lifecycle.delete_layer(dests, tail.strip("/"), old, job_id=43) is None
+        assert lifecycle.delete_layer(dests, old.strip("/"), old, job_id=44) is None
+    finally:
+        dests.close()
+    assert _tree(b.coll) == now
 
 
 def test_forget_refuses_a_tampered_collection(tmp_path: Path) -> None:
@@ -312,6 +327,8 @@ def test_cli_dry_run_json_and_table_then_delete_with_prune(tmp_path: Path) -> No
     doc = json.loads(out)
     assert sum(r["action"] == "remove" for r in doc["forget"]) == 4 and doc["prune"] == []
     assert len(layers_on_disk(b.coll)) == 2
+    code, out = _cli("forget", b.coll, "--keep-daily", "1", "--prune", "--format", "json")
+    assert code == 0 and json.loads(out)["prune"] is None  # nothing removed: no prune (restic's rule)
     code, out = _cli("forget", b.coll)
     assert code == 2 and "no retention policy given" in out
     code, out = _cli("forget", b.coll, "--keep-daily", "many")
@@ -346,15 +363,36 @@ def test_forget_and_prune_on_s3(tmp_path: Path, request: pytest.FixtureRequest) 
 # -- crash safety ----------------------------------------------------------------------------------------
 
 
-def test_a_forget_killed_part_way_leaves_restorable_points_and_prune_finishes_it(tmp_path: Path) -> None:
+def _locks(coll: str) -> list[str]:
+    return [n for n, _s in open_storage(coll).list("") if n.rsplit("/", 1)[1].startswith(layout.LOCK_PREFIX)]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_forget_killed_part_way_leaves_restorable_points_and_prune_finishes_it(
+    tmp_path: Path, where: str, request: pytest.FixtureRequest
+) -> None:
     """Kill -9 a forget in a subprocess once its first deletion has begun (seen by polling the
     collection); whatever it left restores, and prune finishes what it began."""
-    b = Built(str(tmp_path / "coll"), tmp_path / "app.db")
-    _daily_chains(b, days=12, incrementals=3)
+    if where == "s3":
+        coll = request.getfixturevalue("moto_s3").uri(f"crash-{os.getpid()}-{time.monotonic_ns()}")
+        days, incrementals = 4, 2
+    else:
+        coll, days, incrementals = str(tmp_path / "coll"), 12, 3
+    b = Built(coll, tmp_path / "app.db")
+    _daily_chains(b, days=days, incrementals=incrementals)
     policy = ["--keep-last", "2"]
     plan = lifecycle.forget(b.coll, RetentionPolicy(last=2), dry_run=True)
     keep = {d.point.path for d in plan.decisions if d.keep}
-    first = Path(b.coll) / next(d.point.path for d in plan.decisions if not d.keep).strip("/")
+    first_layer = next(d.point.path for d in plan.decisions if not d.keep).strip("/")
+    storage = open_storage(b.coll)
+
+    def deletion_begun() -> bool:
+        if where == "local":  # a cheap look at one dir: a local forget is fast
+            first = Path(b.coll) / first_layer
+            return not first.exists() or any(n.startswith(layout.LOCK_PREFIX) for n in os.listdir(first))
+        names = [n.rsplit("/", 1)[1] for n, _s in storage.list(first_layer + "/")]
+        return layout.MANIFEST not in names or any(n.startswith(layout.LOCK_PREFIX) for n in names)
+
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from strongroom.cli import main; main()", "forget", b.coll, *policy],
@@ -365,7 +403,7 @@ def test_a_forget_killed_part_way_leaves_restorable_points_and_prune_finishes_it
     deadline = time.monotonic() + 60
     begun = False
     while not begun and proc.poll() is None and time.monotonic() < deadline:
-        begun = not first.exists() or any(n.startswith(layout.LOCK_PREFIX) for n in os.listdir(first))
+        begun = deletion_begun()
     killed = proc.poll() is None
     if killed:
         os.kill(proc.pid, signal.SIGKILL)
@@ -378,12 +416,12 @@ def test_a_forget_killed_part_way_leaves_restorable_points_and_prune_finishes_it
     # every point left is whole: it restores its own rows (the chain tails went first)
     for point in sorted(left):
         assert b.restore_rows(point, tmp_path / "restored.db") == b.rows[point], point
-    half = [p for p in Path(b.coll).rglob(f"{layout.LOCK_PREFIX}*") if not p.name.endswith(TMP_SUFFIX)]
+    half = _locks(b.coll)
     show = dict(engine.show_backups_detail(b.coll))
     assert "manifest missing" not in show.values()  # an interrupted forget is never taken for tampering
     pruned = lifecycle.prune(b.coll)
     assert len([a for a in pruned.actions if a.reason == "a forget was interrupted: finished"]) == len(half)
-    assert not [p for p in Path(b.coll).rglob(f"{layout.LOCK_PREFIX}*") if not p.name.endswith(TMP_SUFFIX)]
+    assert not _locks(b.coll)
     lifecycle.forget(b.coll, RetentionPolicy(last=2))
     assert layers_on_disk(b.coll) == keep
     assert all(status == "complete" for status in dict(engine.show_backups_detail(b.coll)).values())

@@ -228,3 +228,20 @@ def test_prune_on_s3(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     assert not list(storage.list("2026/01/04-090000.00/")) and list(storage.list("2026/01/06-090000.00/"))
     assert layers_on_disk(b.coll) == {full, inc}
     assert b.restore_rows(inc, tmp_path / "r.db") == b.rows[inc]
+
+
+def test_prune_finishes_a_full_whose_forget_was_killed_right_after_its_lock(tmp_path: Path) -> None:
+    """Killed between (a) and (b): the old full still has its manifest and its LATEST file. Prune
+    removes both, and never the newest LATEST file."""
+    b = Built(str(tmp_path / "coll"), tmp_path / "app.db")
+    old = b.take(T0)
+    new = b.take(T0 + timedelta(days=1))
+    storage = open_storage(b.coll)
+    latest_before = layout.latest_files(storage)
+    assert [named for _n, named in latest_before] == [new, old]
+    storage.put(f"{old.strip('/')}/{layout.LOCK_PREFIX}5", _foreign_lock(30, op="forget"))
+    [action] = lifecycle.prune(b.coll).actions
+    assert (action.path, action.action, action.reason) == (old, "removed", "a forget was interrupted: finished")
+    assert layout.latest_files(storage) == latest_before[:1]
+    assert layers_on_disk(b.coll) == {new} and not (Path(b.coll) / old.strip("/")).exists()
+    assert b.restore_rows(new, tmp_path / "r.db") == b.rows[new]

@@ -21,10 +21,11 @@ Order of a forget, and why each state a crash can leave is one readers accept:
    host, owners.remove_abandoned_layers) sees the owner gone and finishes (b)-(e).
 
 A chain holding a live BACKUP-LOCK (a backup appending to it) loses nothing, and the two sides
-shake hands: a forget writes a layer's lock and only then looks for live locks in the chain (and
-backs off, its lock removed, the layer untouched); an incremental backup writes its lock and only
-then looks for a forget's lock in its chain (and refuses, owners.forget_in_chain). Whichever writes
-second sees the other, so an incremental is never built on a layer a forget removes.
+shake hands: a forget writes a layer's lock and only then looks in the chain for live locks and for
+layers newer than its plan knew (and backs off, its lock removed, the layer untouched); an
+incremental backup writes its lock and only then looks for a forget's lock in its chain (and
+refuses, owners.forget_in_chain). Whichever writes second sees the other, so an incremental is
+never built on a layer a forget removes.
 
 PRUNE removes: layers whose BACKUP-LOCK's owner is provably gone (same host and boot, process gone)
 or whose lock is older than a grace period (another host's or boot's lock proves nothing either
@@ -108,8 +109,8 @@ def _locks_state(storage: ExternalStorage, layer: _Layer, now: float, grace: tim
     for lock in layer.locks:
         try:
             content = storage.get(lock)
-        except StrongroomError:  # gone since the listing: its owner finished
-            continue
+        except StrongroomError:  # gone since the listing: its owner was running until just now
+            return False, False
         abandoned = abandoned and _lock_abandoned(content, now, grace)
         forgetting = forgetting or lock_facts(content)[0] == "forget"
     return abandoned, forgetting
@@ -173,19 +174,32 @@ def _remove_empty_dir(storage: LocalStorage, layer: str) -> None:
             (storage.root / layout.incrementals_prefix(layer)).rmdir()  # its chain's (now empty) dir
 
 
-def _chain_busy(storage: ExternalStorage, full: str, grace: timedelta, mine: str = "") -> bool:
-    """Some lock in the chain (not ``mine``) has an owner that may be running."""
+def _chain_busy(storage: ExternalStorage, full: str, grace: timedelta, mine: str = "", after: str = "") -> bool:
+    """Someone else works on the chain of ``full``: a lock (not ``mine``) whose owner may be running
+    (or that vanished since the listing: its owner was running a moment ago), or, with ``after``
+    (the layer about to be removed), a layer newer than it that this forget did not plan for (a
+    backup completed since the plan). Layers whose every lock is abandoned do not count: nothing
+    uses a killed backup's layer."""
     now = time.time()
+    abandoned: set[str] = set()
     for lock in chain_locks(storage, full):
         if lock == mine:
             continue
         try:
             content = storage.get(lock)
-        except StrongroomError:  # gone since the listing: its owner finished
-            continue
+        except StrongroomError:
+            return True
         if not _lock_abandoned(content, now, grace):
             return True
-    return False
+        abandoned.add(lock.rsplit("/", 1)[0])
+    if not after:
+        return False
+    newer = {
+        d
+        for name, _size in storage.list(layout.incrementals_prefix(full))
+        if (d := layout.layer_of(name)) is not None and d != after and (d > after or after == full.strip("/"))
+    }
+    return bool(newer - abandoned)
 
 
 def delete_layer(
@@ -195,10 +209,10 @@ def delete_layer(
     docstring). None if a backup started in the chain meanwhile: then nothing of the layer went."""
     lock = f"{layer}/{layout.LOCK_PREFIX}{job_id}"
     dests.default.put(lock, lock_content("forget"), create_only=True)
-    # After our lock, before any deletion: a backup that locked its layer first is seen here, one
-    # that locks later sees ours (owners.forget_in_chain) and refuses. Removing our lock now leaves
-    # the layer as it was.
-    if _chain_busy(dests.default, full, grace, mine=lock):
+    # After our lock, before any deletion: a backup that locked its layer first (or completed since
+    # the plan) is seen here; one that locks later sees ours (owners.forget_in_chain) and refuses.
+    # Removing our lock now leaves the layer as it was.
+    if _chain_busy(dests.default, full, grace, mine=lock, after=layer):
         dests.default.delete(lock)
         return None
     removed = _delete_layer_files(dests, layer, keep=lock)

@@ -69,7 +69,7 @@ def _prune_rows(result: lifecycle.PruneResult) -> list[tuple[object, ...]]:
 @STORE
 @_keep_options
 @click.option("--dry-run", is_flag=True, help="Only print what would be kept and removed, and why.")
-@click.option("--prune", "also_prune", is_flag=True, help="Then run prune.")
+@click.option("--prune", "also_prune", is_flag=True, help="Then run prune, if any restore point was removed.")
 @OLDER_THAN
 @FORMAT
 def forget(
@@ -98,19 +98,14 @@ def forget(
         result = s.backups.forget(where, policy, dry_run=dry_run, prune=also_prune, grace=grace)
     else:
         result = lifecycle.forget(where, policy, dry_run=dry_run, grace=grace)
-        if also_prune and not dry_run:
+        if also_prune and result.removed:
             result.prune = lifecycle.prune(where, grace=grace)
     rows = [d.row() for d in result.decisions]
-    if fmt == "json" and result.prune is not None:  # one JSON document, not two
-        click.echo(
-            json.dumps(
-                {
-                    "forget": json.loads(render(DECISION_COLUMNS, rows, "json")),
-                    "prune": json.loads(render(lifecycle.PRUNE_COLUMNS, _prune_rows(result.prune), "json")),
-                },
-                indent=2,
-            )
-        )
+    if fmt == "json" and also_prune:  # one JSON document, not two; "prune": null if it did not run
+        doc = {"forget": json.loads(render(DECISION_COLUMNS, rows, "json")), "prune": None}
+        if result.prune is not None:
+            doc["prune"] = json.loads(render(lifecycle.PRUNE_COLUMNS, _prune_rows(result.prune), "json"))
+        click.echo(json.dumps(doc, indent=2))
         return
     echo_table(DECISION_COLUMNS, rows, fmt)
     if result.prune is not None:

@@ -79,7 +79,8 @@ class Backups:
         grace: timedelta = lifecycle.DEFAULT_GRACE,
     ) -> lifecycle.ForgetResult:
         """Remove the restore points ``policy`` does not keep (a FORGET job); with ``prune`` a PRUNE
-        job follows. A dry run changes nothing and is still a job, so SHOW JOBS says who looked."""
+        job follows if any point was removed (restic's ``forget --prune``). A dry run changes nothing
+        and is still a job, so SHOW JOBS says who looked."""
         result = self.jobs.run(
             "FORGET",
             lifecycle.describe_forget(collection, policy, dry_run),
@@ -87,7 +88,7 @@ class Backups:
                 collection, policy, dry_run=dry_run, context=self.context, job_id=job_id, grace=grace
             ),
         )
-        if prune and not dry_run:
+        if prune and result.removed:
             result.prune = self.prune(collection, grace=grace)
         return result
 
