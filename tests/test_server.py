@@ -224,8 +224,11 @@ def test_openapi_document_describes_the_cmek_models(api: Api) -> None:
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     for operations in doc["paths"].values():  # errors are Cloud's body, and a bad request is 400, not 422
         for operation in operations.values():
-            assert set(operation["responses"]) == {"200", "4XX"}
-            assert operation["responses"]["4XX"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+            assert set(operation["responses"]) == {"200", "4XX", "5XX"}
+            for errors in ("4XX", "5XX"):
+                assert operation["responses"][errors]["content"]["application/json"]["schema"]["$ref"].endswith(
+                    "/ErrorBody"
+                )
 
 
 def test_the_official_spec_check_catches_what_a_generated_client_would_reject() -> None:
@@ -730,6 +733,17 @@ def test_the_cluster_resource_has_clouds_fields_a_store_can_fill(api: Api) -> No
     assert (after["state"], after["operation_status"]) == ("CREATED", "UNSPECIFIED")
     r = api.call("GET", "/api/v1/clusters/other")
     assert (r.status_code, r.json()) == (404, {"code": 404, "message": 'cluster "other" not found', "details": []})
+
+
+def test_an_unexpected_error_is_500_with_clouds_status_body(cmek_store: Path) -> None:
+    with serving(cmek_store) as api:
+        [key_file] = (cmek_store / "keys" / "eu").glob("KEYS-*")
+        key_file.write_text("{ not json")  # a damaged key file: the server's problem, not the client's
+        r = api.call("GET")
+        assert (r.status_code, r.json()) == (
+            500,
+            {"code": 500, "message": "internal error (JSONDecodeError); see the server's log", "details": []},
+        )
 
 
 def test_key_files_written_before_key_history_still_load(cmek_store: Path) -> None:

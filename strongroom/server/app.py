@@ -442,7 +442,10 @@ def create_app(store_path: str | Path, token: str, *, schedule_interval: float |
         description=__doc__,
         lifespan=lifespan,
         # Cloud's error body for every client error (a bad body is 400, never FastAPI's 422)
-        responses={"4XX": {"model": ErrorBody, "description": "A client error"}},
+        responses={
+            "4XX": {"model": ErrorBody, "description": "A client error"},
+            "5XX": {"model": ErrorBody, "description": "A server error (or a KMS that cannot be reached)"},
+        },
     )
     app.state.service = service
     bearer = HTTPBearer(auto_error=False, description="The API token (see strongroom serve --help)")
@@ -466,6 +469,13 @@ def create_app(store_path: str | Path, token: str, *, schedule_interval: float |
     async def strongroom_error(request: Request, exc: StrongroomError) -> JSONResponse:
         status = next((code for cls, code in _HTTP_STATUS.items() if isinstance(exc, cls)), 500)
         return _error(status, str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # Cloud's Status body here too (clients parse every error as one); the name of the error
+        # only, as its text may come from a library that echoes what it was given.
+        log.error("unexpected error in %s %s: %s", request.method, request.url.path, safe_message(exc))
+        return _error(500, f"internal error ({type(exc).__name__}); see the server's log")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
