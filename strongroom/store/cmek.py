@@ -19,6 +19,7 @@ from ..uri import parse_uri
 from .audit import AuditedKMS, AuditLog
 from .keys import (
     ENABLE_FAILED,
+    KEY_SIZE,
     REVOKED,
     ROTATE_FAILED,
     CMEKSpec,
@@ -27,6 +28,7 @@ from .keys import (
     key_type,
     read_spec,
     set_revoked_on_disk,
+    wrap_checked,
 )
 from .locks import RotationLock
 from .meta import StoreMeta
@@ -142,18 +144,14 @@ class KeyHierarchy:
         (audited as "check CMEK"). A key the KMS refuses, or that cannot be reached, is the
         caller's to fix, so the HTTP API answers 400 at once rather than 200 and a failure later."""
         for region, spec in _cmek_specs(specs, None).items():
-            probe = os.urandom(32)
             try:
                 kms = AuditedKMS(open_kms(spec.uri), self.audit, region, "check CMEK")
+                try:
+                    wrap_checked(kms, os.urandom(KEY_SIZE), spec.shown)
+                finally:
+                    kms.close()
             except StrongroomError as exc:
                 raise UsageError(f'region "{region}": the key {spec.shown} cannot be used: {exc}') from None
-            try:
-                if kms.decrypt(kms.encrypt(probe)) != probe:
-                    raise KMSError("the key did not decrypt what it encrypted")
-            except StrongroomError as exc:
-                raise UsageError(f'region "{region}": the key {spec.shown} cannot be used: {exc}') from None
-            finally:
-                kms.close()
 
     def enable_cmek(self, specs: Mapping[str, str | CMEKSpec], *, auth_principal: str | None = None) -> None:
         """Enable CMEK: every region of the store gets a CMEK (CockroachDB Cloud's POST).

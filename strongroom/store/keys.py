@@ -370,6 +370,14 @@ def commit_generation(folder: Path, spec: RegionSpec, sealed_registry: bytes) ->
     return generation
 
 
+def wrap_checked(kms: AuditedKMS, key: bytes, shown_uri: str) -> bytes:
+    """Wrap ``key`` and prove the wrap unwraps before anything depends on it."""
+    wrapped = kms.encrypt(key)
+    if kms.decrypt(wrapped) != key:
+        raise KMSError(f"{shown_uri}: the key did not decrypt what it encrypted")
+    return wrapped
+
+
 class RegionKeys:
     """One region's unwrapped store key and data-key registry, kept in step with its key files."""
 
@@ -415,15 +423,11 @@ class RegionKeys:
         return key
 
     def _wrap(self, uri: str, store_key: bytes, purpose: str) -> bytes:
-        """Wrap with ``uri`` and prove the wrap unwraps before anything depends on it."""
         kms = self._kms(uri, purpose)
         try:
-            wrapped = kms.encrypt(store_key)
-            if kms.decrypt(wrapped) != store_key:
-                raise KMSError(f"{redact(uri)}: the key did not decrypt what it encrypted")
+            return wrap_checked(kms, store_key, redact(uri))
         finally:
             kms.close()
-        return wrapped
 
     # -- create, load, refresh ---------------------------------------------------------------------
     @classmethod
