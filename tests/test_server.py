@@ -39,7 +39,7 @@ from official_api import (
 from strongroom import Store, init_store, open_store
 from strongroom.errors import KMSError
 from strongroom.server import Scheduler, StoreService, create_app
-from strongroom.server.models import CMEKKeySpecification, CMEKKeyType, kms_uri
+from strongroom.server.models import CMEKKeySpecification, CMEKKeyType, cmek_spec, kms_uri
 from strongroom.store.keys import KEY_TYPES
 
 if TYPE_CHECKING:
@@ -643,6 +643,13 @@ def test_cloud_key_ids_become_kms_uris() -> None:
     # without a type, the URI's own (what a client generated from Cloud's spec may send)
     assert kms_uri(CMEKKeySpecification(uri=arn)) == f"aws:///{arn}?AUTH=implicit&REGION=us-east-1"
     assert kms_uri(CMEKKeySpecification(uri=ours)) == ours
+    # the store keeps what the client wrote beside the KMS URI it uses, and shows that back
+    for given in (arn, gcp):
+        spec = cmek_spec(CMEKKeySpecification(uri=given, auth_principal="p"))
+        assert (spec.given_uri, spec.shown, spec.auth_principal) == (given, given, "p") and spec.uri != given
+    secret = "aws:///k?AUTH=specified&REGION=us-east-1&AWS_ACCESS_KEY_ID=AKIA1&AWS_SECRET_ACCESS_KEY=s3cr3t-value-long"
+    spec = cmek_spec(CMEKKeySpecification(uri=secret))
+    assert spec.uri == secret and spec.given_uri == "" and "s3cr3t" not in spec.shown + repr(spec)
     with pytest.raises(Exception, match=r"^key_spec.type is GCP_CLOUD_KMS but 'arn:aws:kms:us-east-1:"):
         uri("GCP_CLOUD_KMS", arn)
 
