@@ -13,7 +13,7 @@ import httpx
 import pytest
 from conftest import fill_bank, table_rows
 from fastapi.testclient import TestClient
-from official_spec import validated
+from official_api import checking_hook
 
 from strongroom import init_store, open_store
 from strongroom.server import create_app
@@ -33,6 +33,12 @@ def bank(tmp_path: Path) -> Store:
     conn.execute("INSERT INTO entries(amount) VALUES (10), (20), (30)")
     conn.close()
     return store
+
+
+def validated(client: TestClient) -> TestClient:
+    """Every exchange checked against CockroachDB Cloud's published spec and our served document."""
+    client.event_hooks["response"].append(checking_hook(lambda: client.get("/openapi.json").json()))
+    return client
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -26,11 +27,19 @@ import httpx
 import pytest
 import uvicorn
 from conftest import MARKER, fill_bank, table_rows
+from official_api import (
+    UNTRUE_FOR_A_STORE,
+    SpecViolation,
+    check_official,
+    checking_hook,
+    official_document,
+    uses_our_key_types,
+)
 
 from strongroom import Store, init_store, open_store
 from strongroom.errors import KMSError
 from strongroom.server import Scheduler, StoreService, create_app
-from strongroom.server.models import CMEKKeySpecification, CMEKKeyType, kms_uri
+from strongroom.server.models import CMEKKeySpecification, CMEKKeyType, cmek_spec, kms_uri
 from strongroom.store.keys import KEY_TYPES
 
 if TYPE_CHECKING:
@@ -103,12 +112,20 @@ def serving(store: Path, schedule_interval: float | None = None) -> Iterator[Api
     thread.start()
     assert wait_until(lambda: server.started, 10)
     service = app.state.service
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    base = f"http://127.0.0.1:{port}"
+    with official_client(base) as client:
         try:
             yield Api(client, service, store, service.cluster_id)
         finally:
             server.should_exit = True
             thread.join(30)
+
+
+def official_client(base: str) -> httpx.Client:
+    """A client whose every exchange is checked against Cloud's API spec and the served /openapi.json."""
+    served = httpx.get(base + "/openapi.json", timeout=10).json()
+    hook = checking_hook(lambda: served)
+    return httpx.Client(base_url=base, timeout=30, event_hooks={"response": [hook]})
 
 
 @contextmanager
@@ -157,7 +174,7 @@ def test_bearer_token_is_required_and_compared(api: Api) -> None:
             r = api.client.request(method, path, headers=headers, json={"action": "REVOKE"})
             assert r.status_code == 401, (method, path, headers)
             assert r.headers["www-authenticate"] == "Bearer"
-            assert r.json() == {"code": 401, "message": message}
+            assert r.json() == {"code": 401, "message": message, "details": []}
     assert statuses(api.get()) == {"us": "ENABLED", "eu": "ENABLED"}  # the unauthenticated PATCH did nothing
 
 
@@ -171,7 +188,10 @@ def test_a_cluster_id_other_than_the_store_id_is_404(api: Api) -> None:
         ("GET", "/api/v1/clusters/other/encryption-status"),
     ]:
         r = api.call(method, path, {"action": "REVOKE"})
-        assert (r.status_code, r.json()) == (404, {"code": 404, "message": 'cluster "other" not found'}), method
+        assert (r.status_code, r.json()) == (
+            404,
+            {"code": 404, "message": 'cluster "other" not found', "details": []},
+        ), method
     assert api.call("GET", "/api/v1/nothing").status_code == 404
 
 
@@ -188,20 +208,54 @@ def test_get_cmek_reports_every_region_in_cockroach_clouds_shape(api: Api) -> No
 def test_openapi_document_describes_the_cmek_models(api: Api) -> None:
     doc = api.client.get("/openapi.json").json()
     assert set(doc["paths"]) == {
+        "/api/v1/clusters/{cluster_id}",
         "/api/v1/clusters/{cluster_id}/cmek",
         "/api/v1/clusters/{cluster_id}/cmek/audit",
         "/api/v1/clusters/{cluster_id}/encryption-status",
+        "/api/v1/clusters/{cluster_id}/backups",
+        "/api/v1/clusters/{cluster_id}/backups-config",
+        "/api/v1/clusters/{cluster_id}/restores",
+        "/api/v1/clusters/{cluster_id}/restores/{restore_id}",
     }
     assert set(doc["paths"]["/api/v1/clusters/{cluster_id}/cmek"]) == {"get", "post", "put", "patch"}
     schemas = doc["components"]["schemas"]
-    for name in ("CMEKClusterSpecification", "CMEKClusterInfo", "CMEKKeyInfo", "CMEKStatus", "RegionStatus"):
+    for name in ("CMEKClusterSpecification", "CMEKClusterInfo", "CMEKKeyInfo", "CMEKStatus", "RegionStatus", "Cluster"):
         assert name in schemas
+    assert set(schemas["ErrorBody"]["properties"]) == {"code", "message", "details"}  # Cloud's Status
+    assert schemas["CMEKClusterSpecification"]["required"] == ["region_specs"]  # as in Cloud: nothing else
+    assert "required" not in schemas["CMEKRegionSpecification"] and "required" not in schemas["CMEKKeySpecification"]
     assert set(schemas["CMEKKeyType"]["enum"]) == {*KEY_TYPES.values(), "NULL_KMS"}
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     for operations in doc["paths"].values():  # errors are Cloud's body, and a bad request is 400, not 422
         for operation in operations.values():
-            assert set(operation["responses"]) == {"200", "4XX"}
-            assert operation["responses"]["4XX"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+            assert set(operation["responses"]) == {"200", "4XX", "5XX"}
+            for errors in ("4XX", "5XX"):
+                assert operation["responses"][errors]["content"]["application/json"]["schema"]["$ref"].endswith(
+                    "/ErrorBody"
+                )
+
+
+def test_the_official_spec_check_catches_what_a_generated_client_would_reject() -> None:
+    def exchange(method: str, status: int, answer: object, body: object = None) -> tuple[httpx.Request, httpx.Response]:
+        request = httpx.Request(method, "http://127.0.0.1/api/v1/clusters/c/cmek", json=body, headers=AUTH)
+        return request, httpx.Response(status, json=answer, request=request)
+
+    good = {"status": "ENABLED", "region_infos": [{"region": "us", "status": "ENABLED", "key_infos": []}]}
+    assert check_official(*exchange("GET", 200, good))
+    for method, status, answer, body in [
+        ("GET", 200, {**good, "status": "HEALTHY"}, None),  # not a CMEKStatus
+        ("GET", 200, {**good, "region_infos": {"us": {}}}, None),  # not an array
+        ("GET", 409, {"code": 409, "message": "busy", "details": {}}, None),  # Status.details is an array
+        ("POST", 200, good, {"region_specs": [{"region": "us", "key_spec": {"type": "VAULT"}}]}),  # accepted, invalid
+        ("POST", 200, good, {}),  # region_specs is required
+    ]:
+        with pytest.raises(SpecViolation):
+            check_official(*exchange(method, status, answer, body))
+    # our key types pass only as the documented addition, and only where they are used
+    ours = {"region_specs": [{"region": "us", "key_spec": {"type": "LOCAL_KEY_FILE", "uri": "local:///k"}}]}
+    assert uses_our_key_types(json.dumps(ours).encode()) and check_official(*exchange("PUT", 200, good, ours))
+    audit = httpx.Request("GET", "http://127.0.0.1/api/v1/clusters/c/cmek/audit", headers=AUTH)
+    assert not check_official(audit, httpx.Response(200, json=[], request=audit))  # ours alone: not in Cloud's spec
 
 
 # -- bad requests change nothing ---------------------------------------------------------------------------
@@ -244,16 +298,11 @@ def test_enable_needs_every_region(plain_api: Api) -> None:
             'region "us" appears more than once in region_specs',
         ),
         (
-            "POST",
-            {
-                "region_specs": [
-                    *region_specs({"us": "local:///west"}, principal="a")["region_specs"],
-                    *region_specs({"eu": "local:///west"}, principal="b")["region_specs"],
-                ]
-            },
-            "give every region of one request the same auth_principal",
+            "PUT",
+            {"region_specs": [{"key_spec": {"uri": "local:///west"}}]},
+            "region_specs.0.region is empty: name the region",
         ),
-        ("PUT", {"region_specs": [{"region": "us", "key_spec": {"uri": "local:///west"}}]}, None),
+        ("PUT", {"region_specs": [{"region": "us"}]}, "key_spec.uri is empty: a CMEK key needs one"),
         (
             "PUT",
             region_specs({"us": "local:///west"}, key_type="HASHICORP_VAULT"),
@@ -324,7 +373,7 @@ def test_one_operation_at_a_time(api: Api) -> None:
             ("PATCH", {"action": "REVOKE"}),
         ]:
             r = api.call(method, body=body)
-            assert (r.status_code, r.json()) == (409, {"code": 409, "message": busy}), method
+            assert (r.status_code, r.json()) == (409, {"code": 409, "message": busy, "details": []}), method
     info = api.settle()
     assert statuses(info) == {"us": "ENABLED", "eu": "ENABLED"}
     assert info["region_infos"][1]["key_infos"][0]["spec"]["uri"] == "local:///east"
@@ -332,21 +381,81 @@ def test_one_operation_at_a_time(api: Api) -> None:
     assert {(a.actor, a.region, a.key) for a in rotated} == {(ACTOR, "eu", "local:///east")}
 
 
-def test_rotating_to_a_key_that_does_not_exist_fails_with_a_message(api: Api, _keyring: Path) -> None:
-    r = api.call("PUT", body=region_specs({"us": "local:///missing"}))
-    assert r.status_code == 200 and r.json()["status"] == "ROTATING"
+def test_a_key_the_kms_cannot_use_is_400_at_once_after_an_audited_probe(api: Api, _keyring: Path) -> None:
+    before = api.get()
+    for method, body in [
+        ("PUT", region_specs({"us": "local:///missing"})),
+        ("POST", region_specs({"us": "local:///east", "eu": "local:///missing"})),
+    ]:
+        r = api.call(method, body=body)
+        region = "us" if method == "PUT" else "eu"
+        assert (r.status_code, r.json()) == (400, {"code": 400, "details": [], "message": (
+            f'region "{region}": the key local:///missing cannot be used: local KMS key "missing" not found in '
+            f"keyring {_keyring} (create it with: strongroom keys create missing)"
+        )}), method  # fmt: skip
+    assert api.service.operation is None and api.get() == before
+    probes = [a for a in open_store(api.store).audit_records() if a.purpose == "check CMEK"]
+    assert probes and {a.actor for a in probes} == {ACTOR}
+    missing = [a for a in probes if a.key == "local:///missing"]
+    assert len(missing) == 2 and all(a.operation == "encrypt" and a.result.startswith("error: ") for a in missing)
+    # the POST's usable key was probed too (encrypt and decrypt) before the refusal
+    assert [a.operation for a in probes if a.key == "local:///east"] == ["encrypt", "decrypt"]
+
+
+def test_a_rotation_that_fails_later_shows_the_requested_key_beside_the_current(api: Api, _keyring: Path) -> None:
+    """The key works when the request is checked, and is gone when the rotation runs."""
+    with rotation_held(api.store):
+        r = api.call("PUT", body=region_specs({"us": "local:///stranger"}, principal="ops"))
+        assert r.status_code == 200, r.text
+        for info in (r.json(), api.get()):
+            us = info["region_infos"][0]
+            assert us["status"] == "ROTATING"
+            assert [(k["spec"]["uri"], k["spec"]["auth_principal"], k["status"]) for k in us["key_infos"]] == [
+                ("local:///east", "", "ENABLED"),
+                ("local:///stranger", "ops", "ROTATING"),
+            ]
+        (_keyring / "stranger.key").rename(_keyring / "stranger.key.away")
     info = api.settle()
     us, eu = info["region_infos"]
     assert info["status"] == "ROTATE_FAILED" and (us["status"], eu["status"]) == ("ROTATE_FAILED", "ENABLED")
-    assert us["key_infos"][0]["user_message"] == (
-        f'local KMS key "missing" not found in keyring {_keyring} (create it with: strongroom keys create missing)'
+    current, failed = us["key_infos"]
+    assert (current["spec"]["uri"], current["status"], current["user_message"]) == ("local:///east", "ENABLED", "")
+    assert (failed["spec"]["uri"], failed["status"]) == ("local:///stranger", "ROTATE_FAILED")
+    assert failed["user_message"].startswith('local KMS key "stranger" not found in keyring')
+    assert len(table_rows(open_store(api.store), "bank", "accounts")) == 200  # still wrapped by the old key
+    # the failure is on disk: a new server shows it the same way
+    assert [k["status"] for k in StoreService(api.store).info().model_dump()["region_infos"][0]["key_infos"]] == [
+        "ENABLED",
+        "ROTATE_FAILED",
+    ]
+    # a later rotation that works clears the failure; the old key is a past one, DISABLED
+    (_keyring / "stranger.key.away").rename(_keyring / "stranger.key")
+    api.call("PUT", body=region_specs({"us": "local:///stranger"}))
+    info = api.settle()
+    assert statuses(info) == {"us": "ENABLED", "eu": "ENABLED"}
+    new, old = info["region_infos"][0]["key_infos"]
+    assert (new["spec"]["uri"], new["status"], old["spec"]["uri"], old["status"]) == (
+        "local:///stranger",
+        "ENABLED",
+        "local:///east",
+        "DISABLED",
     )
-    assert us["key_infos"][0]["spec"]["uri"] == "local:///east"  # still wrapped by the old key
-    store = open_store(api.store)
-    assert len(table_rows(store, "bank", "accounts")) == 200
-    # a later rotation that works clears the failure
-    api.call("PUT", body=region_specs({"us": "local:///west"}))
-    assert statuses(api.settle()) == {"us": "ENABLED", "eu": "ENABLED"}
+    assert old["created_at"] <= old["updated_at"] and new["created_at"] >= old["created_at"]
+
+
+def test_key_history_lists_every_past_key_newest_first_and_survives_a_restart(api: Api) -> None:
+    for uri in ("local:///west", "local:///stranger", "local:///east"):
+        api.call("PUT", body=region_specs({"eu": uri}))
+        assert statuses(api.settle())["eu"] == "ENABLED"
+    eu = api.get()["region_infos"][1]
+    shown = [(k["spec"]["uri"], k["status"]) for k in eu["key_infos"]]
+    assert shown == [
+        ("local:///east", "ENABLED"),
+        ("local:///stranger", "DISABLED"),
+        ("local:///west", "DISABLED"),  # it was eu's key before this test's first PUT, which kept it
+    ]
+    with serving(api.store) as again:
+        assert again.get()["region_infos"][1]["key_infos"] == eu["key_infos"]
 
 
 def test_the_current_uri_means_a_new_version_of_the_same_key(api: Api) -> None:
@@ -373,7 +482,16 @@ def test_revoke_then_re_enable(api: Api) -> None:
     # re-enabling with keys the store can use opens it again, data intact
     r = api.call("POST", body=region_specs({"us": "local:///stranger", "eu": "local:///west"}))
     assert (r.status_code, r.json()["status"]) == (200, "ENABLING")
-    assert statuses(api.settle()) == {"us": "ENABLED", "eu": "ENABLED"}
+    info = api.settle()
+    assert statuses(info) == {"us": "ENABLED", "eu": "ENABLED"}
+    # us has a new key: the revoked one is a past key, still REVOKED; eu took its key back
+    assert [(k["spec"]["uri"], k["status"]) for k in info["region_infos"][0]["key_infos"]] == [
+        ("local:///stranger", "ENABLED"),
+        ("local:///east", "REVOKED"),
+    ]
+    assert [(k["spec"]["uri"], k["status"]) for k in info["region_infos"][1]["key_infos"]] == [
+        ("local:///west", "ENABLED")
+    ]
     store = open_store(api.store)
     assert len(table_rows(store, "bank", "accounts")) == 200
     r = api.call("GET", f"/api/v1/clusters/{api.cluster_id}/encryption-status")
@@ -400,7 +518,10 @@ def test_a_failure_the_store_cannot_record_is_shown_until_the_keys_change(cmek_s
         info = api.settle()
         eu = info["region_infos"][1]
         assert info["status"] == "ENABLE_FAILED" and eu["status"] == "ENABLE_FAILED"
-        assert eu["key_infos"][0]["user_message"].startswith(
+        current, requested = eu["key_infos"]  # the revoked key still wraps the region's store key
+        assert (current["spec"]["uri"], current["status"]) == ("local:///west", "REVOKED")
+        assert (requested["spec"]["uri"], requested["status"]) == ("local:///stranger", "ENABLE_FAILED")
+        assert requested["user_message"].startswith(
             'cannot open region "eu": its CMEK local:///west cannot decrypt the store key: local KMS key "west" '
             "not found in keyring"
         )
@@ -446,13 +567,23 @@ def test_no_secret_in_responses_logs_or_audit(
         # the redacted URI GET shows names the same key: a new version of it
         bodies.append(api.call("PUT", body=region_specs({"us-east-1": shown}, key_type="AWS_KMS")).text)
         assert statuses(api.settle()) == {"us-east-1": "ENABLED"}
-        assert aws_kms.calls["Encrypt"] == 2  # created, then re-wrapped with the same key
-        aws_kms.deny = True  # a rotation to another key that the KMS refuses
-        bodies.append(api.call("PUT", body=region_specs({"us-east-1": aws_kms.uri(other.key_id)}, "AWS_KMS")).text)
+        assert aws_kms.calls["Encrypt"] == 3  # created, probed, then re-wrapped with the same key
+        assert [k["spec"]["uri"] for k in api.get()["region_infos"][0]["key_infos"]] == [shown]  # no new key
+        aws_kms.deny = True  # a rotation to another key that the KMS refuses: 400 at once
+        refused = api.call("PUT", body=region_specs({"us-east-1": aws_kms.uri(other.key_id)}, "AWS_KMS"))
+        bodies.append(refused.text)
+        assert refused.status_code == 400 and "is not authorized to perform: kms:Encrypt" in refused.json()["message"]
+        aws_kms.deny = False
+        # one the KMS refuses only once the rotation runs: ROTATE_FAILED, with the KMS's words
+        with rotation_held(api.store):
+            r = api.call("PUT", body=region_specs({"us-east-1": aws_kms.uri(other.key_id)}, "AWS_KMS"))
+            assert r.status_code == 200, r.text
+            bodies.append(r.text)
+            aws_kms.deny = True
         failed = api.settle()
         bodies.append(repr(failed))
         assert failed["status"] == "ROTATE_FAILED"
-        assert "is not authorized to perform: kms:Encrypt" in failed["region_infos"][0]["key_infos"][0]["user_message"]
+        assert "is not authorized to perform: kms:Encrypt" in failed["region_infos"][0]["key_infos"][1]["user_message"]
         aws_kms.deny = False
         bad = aws_kms.uri(other.key_id).replace("aws:", "gs:")
         bodies.append(api.call("PUT", body=region_specs({"us-east-1": bad}, "AWS_KMS")).text)
@@ -506,13 +637,28 @@ def test_an_aws_key_arn_uses_the_servers_credentials(
     assert r.status_code == 200, r.text
     info = plain_api.settle()
     assert statuses(info) == {"us": "ENABLED", "eu": "ENABLED"}
-    assert info["region_infos"][1]["key_infos"][0]["spec"] == {
-        "type": "AWS_KMS",
-        "uri": f"aws:///{eu.arn}?AUTH=implicit&REGION=eu-west-1",
-        "auth_principal": "arn:aws:iam::1:role/r",
-    }
-    assert aws_kms.calls["Encrypt"] == 2
+    # as the Terraform provider reads it back: the key whose uri is exactly the one it sent
+    for region, key in (("us", us), ("eu", eu)):
+        [found] = [
+            k
+            for r in info["region_infos"]
+            if r["region"] == region
+            for k in r["key_infos"]
+            if k["spec"]["uri"] == key.arn
+        ]
+        assert found["spec"] == {"type": "AWS_KMS", "uri": key.arn, "auth_principal": "arn:aws:iam::1:role/r"}
+        assert found["status"] == "ENABLED"
+    assert aws_kms.calls["Encrypt"] == 4  # per region: the probe, then the store key's wrap
+    store_keys = [st.store_key_id for st in open_store(plain_api.store).encryption_status()]
     assert [st.key_type for st in open_store(plain_api.store).encryption_status()] == ["AWS_KMS", "AWS_KMS"]
+    # the same ARN again (Terraform re-applying its plan) is a new version of the same key, not a new key
+    r = plain_api.call("PUT", body={"region_specs": [
+        {"region": "eu", "key_spec": {"type": "AWS_KMS", "uri": eu.arn, "auth_principal": "arn:aws:iam::1:role/r"}},
+    ]})  # fmt: skip
+    assert r.status_code == 200, r.text
+    info = plain_api.settle()
+    assert [k["spec"]["uri"] for k in info["region_infos"][1]["key_infos"]] == [eu.arn]
+    assert [st.store_key_id for st in open_store(plain_api.store).encryption_status()] == store_keys
 
 
 def test_cloud_key_ids_become_kms_uris() -> None:
@@ -526,8 +672,138 @@ def test_cloud_key_ids_become_kms_uris() -> None:
     ours = "azure-kms:///k/1?AZURE_VAULT_NAME=v&AUTH=implicit"
     assert uri("AZURE_KEY_VAULT", ours) == ours
     assert uri("NULL_KMS", "") == ""
+    # without a type, the URI's own (what a client generated from Cloud's spec may send)
+    assert kms_uri(CMEKKeySpecification(uri=arn)) == f"aws:///{arn}?AUTH=implicit&REGION=us-east-1"
+    assert kms_uri(CMEKKeySpecification(uri=ours)) == ours
+    # the store keeps what the client wrote beside the KMS URI it uses, and shows that back
+    for given in (arn, gcp):
+        spec = cmek_spec(CMEKKeySpecification(uri=given, auth_principal="p"))
+        assert (spec.given_uri, spec.shown, spec.auth_principal) == (given, given, "p") and spec.uri != given
+    secret = "aws:///k?AUTH=specified&REGION=us-east-1&AWS_ACCESS_KEY_ID=AKIA1&AWS_SECRET_ACCESS_KEY=s3cr3t-value-long"
+    spec = cmek_spec(CMEKKeySpecification(uri=secret))
+    assert spec.uri == secret and spec.given_uri == "" and "s3cr3t" not in spec.shown + repr(spec)
     with pytest.raises(Exception, match=r"^key_spec.type is GCP_CLOUD_KMS but 'arn:aws:kms:us-east-1:"):
         uri("GCP_CLOUD_KMS", arn)
+
+
+def test_each_region_has_its_own_auth_principal(plain_api: Api) -> None:
+    body = {
+        "region_specs": [
+            *region_specs({"us": "local:///east"}, principal="role-us")["region_specs"],
+            *region_specs({"eu": "local:///west"}, principal="role-eu")["region_specs"],
+        ]
+    }
+    assert plain_api.call("POST", body=body).status_code == 200
+    info = plain_api.settle()
+    assert {r["region"]: r["key_infos"][0]["spec"]["auth_principal"] for r in info["region_infos"]} == {
+        "us": "role-us",
+        "eu": "role-eu",
+    }
+    assert [st.auth_principal for st in open_store(plain_api.store).encryption_status()] == ["role-us", "role-eu"]
+
+
+def test_key_spec_type_may_be_left_out_and_is_taken_from_the_uri(api: Api) -> None:
+    r = api.call("PUT", body={"region_specs": [{"region": "us", "key_spec": {"uri": "local:///west"}}]})
+    assert r.status_code == 200, r.text
+    info = api.settle()
+    assert info["region_infos"][0]["key_infos"][0]["spec"] == {
+        "type": "LOCAL_KEY_FILE",
+        "uri": "local:///west",
+        "auth_principal": "",
+    }
+
+
+def test_a_region_without_cmek_is_disabled_with_no_key_in_cockroach_clouds_own_values(plain_api: Api) -> None:
+    r = plain_api.call("GET")
+    assert r.json() == {
+        "status": "DISABLED",
+        "region_infos": [
+            {"region": "us", "status": "DISABLED", "key_infos": []},
+            {"region": "eu", "status": "DISABLED", "key_infos": []},
+        ],
+    }
+    # the local key file wrapping each store key is no CMEK: nothing outside Cloud's enums is shown
+    assert not uses_our_key_types(r.content) and check_official(r.request, r)
+
+
+def test_a_store_on_official_key_types_answers_only_official_values(tmp_path: Path, aws_kms: AwsKmsServer) -> None:
+    key, other = aws_kms.create_key(), aws_kms.create_key()
+    store = init_store(tmp_path / "aws", regions=("us-east-1",), cmek=aws_kms.uri(key.key_id))
+    with serving(store.path) as api:
+        answers = [api.call("GET")]
+        answers.append(api.call("PUT", body=region_specs({"us-east-1": aws_kms.uri(other.key_id)}, "AWS_KMS")))
+        api.settle()
+        answers += [api.call("GET"), api.call("GET", f"/api/v1/clusters/{api.cluster_id}")]
+        for r in answers:
+            assert r.status_code == 200 and not uses_our_key_types(r.request.content, r.content), r.text
+            assert check_official(r.request, r)  # Cloud's enums as published
+        assert [k["status"] for k in answers[2].json()["region_infos"][0]["key_infos"]] == ["ENABLED", "DISABLED"]
+
+
+def test_the_cluster_resource_has_clouds_fields_a_store_can_fill(api: Api) -> None:
+    path = f"/api/v1/clusters/{api.cluster_id}"
+    cluster = api.call("GET", path).json()
+    assert cluster == {
+        "id": api.cluster_id,
+        "name": "store",
+        "state": "CREATED",
+        "operation_status": "UNSPECIFIED",
+        "regions": [
+            {"name": r, "sql_dns": "", "ui_dns": "", "internal_dns": "", "private_endpoint_dns": "", "node_count": 0}
+            for r in ("us", "eu")
+        ],
+        "created_at": open_store(api.store, unlock=False).meta.doc["created"],
+        "cockroach_version": "",
+        "creator_id": "",
+        "cidr_range": "",
+        "config": {},
+        "labels": {},
+        "is_customer_cloud_account": False,
+    }
+    # Cloud's required fields that have no true value for a store are the only ones left out
+    required = set(official_document()["components"]["schemas"]["Cluster"]["required"])
+    assert required - set(cluster) == set(UNTRUE_FOR_A_STORE["Cluster"]) == {"plan", "cloud_provider", "upgrade_status"}
+    with rotation_held(api.store):  # a CMEK change locks the cluster, as Cloud's exclusive operations do
+        assert api.call("PUT", body=region_specs({"us": "local:///west"})).status_code == 200
+        during = api.call("GET", path).json()
+        assert (during["state"], during["operation_status"]) == ("LOCKED", "CRDB_CMEK_OPERATION_RUNNING")
+    api.settle()
+    after = api.call("GET", path).json()
+    assert (after["state"], after["operation_status"]) == ("CREATED", "UNSPECIFIED")
+    r = api.call("GET", "/api/v1/clusters/other")
+    assert (r.status_code, r.json()) == (404, {"code": 404, "message": 'cluster "other" not found', "details": []})
+
+
+def test_an_unexpected_error_is_500_with_clouds_status_body(cmek_store: Path) -> None:
+    with serving(cmek_store) as api:
+        [key_file] = (cmek_store / "keys" / "eu").glob("KEYS-*")
+        key_file.write_text("{ not json")  # a damaged key file: the server's problem, not the client's
+        r = api.call("GET")
+        assert (r.status_code, r.json()) == (
+            500,
+            {"code": 500, "message": "internal error (JSONDecodeError); see the server's log", "details": []},
+        )
+
+
+def test_key_files_written_before_key_history_still_load(cmek_store: Path) -> None:
+    folder = cmek_store / "keys" / "us"
+    [name] = [n.name for n in folder.glob("KEYS-*")]
+    doc = json.loads((folder / name).read_text())
+    for added in ("given_uri", "key_since", "key_status", "key_history"):
+        del doc[added]
+    (folder / name).write_text(json.dumps(doc))
+    with serving(cmek_store) as api:
+        [key] = api.get()["region_infos"][0]["key_infos"]
+        assert (key["spec"]["uri"], key["status"], key["created_at"]) == (
+            "local:///east",
+            "ENABLED",
+            doc["cmek_enabled_at"],
+        )
+        api.call("PUT", body=region_specs({"us": "local:///west"}))
+        assert [k["spec"]["uri"] for k in api.settle()["region_infos"][0]["key_infos"]] == [
+            "local:///west",
+            "local:///east",
+        ]
 
 
 # -- the scheduler -------------------------------------------------------------------------------------------------
@@ -607,17 +883,19 @@ def test_strongroom_serve_makes_a_token_rotates_on_schedule_and_serves_cmek(
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         token = token_file.read_text().strip()
         headers = {"Authorization": f"Bearer {token}"}
-        cmek = f"{base}/api/v1/clusters/{store.id}/cmek"
-        assert httpx.get(cmek).status_code == 401
-        r = httpx.post(cmek, headers=headers, json=region_specs({"us": "local:///east", "eu": "local:///west"}))
+        cmek = f"/api/v1/clusters/{store.id}/cmek"
+        client = official_client(base)
+        assert client.get(cmek).status_code == 401
+        r = client.post(cmek, headers=headers, json=region_specs({"us": "local:///east", "eu": "local:///west"}))
         assert (r.status_code, r.json()["status"]) == (200, "ENABLING")
-        assert wait_until(lambda: httpx.get(cmek, headers=headers).json()["status"] == "ENABLED", 10)
+        assert wait_until(lambda: client.get(cmek, headers=headers).json()["status"] == "ENABLED", 10)
 
         def rotated() -> bool:
-            status = httpx.get(f"{base}/api/v1/clusters/{store.id}/encryption-status", headers=headers).json()
+            status = client.get(f"/api/v1/clusters/{store.id}/encryption-status", headers=headers).json()
             return status[0]["active_data_key_id"] != first and status[0]["data_keys"][-1]["files"] == 1
 
         assert wait_until(rotated, 20)  # the scheduler's doing: the period is 2 s, the tick 1 s
+        client.close()
     finally:
         out = _stop(proc)
     assert f"made an API token in {token_file} (mode 0600)" in out
@@ -637,8 +915,9 @@ def test_strongroom_serve_takes_its_token_from_the_environment_or_a_file(cmek_st
         proc, base = _serve(cmek_store, *args, env=env)
         try:
             assert wait_until(_up(base), 20)
-            cmek = f"{base}/api/v1/clusters/{open_store(cmek_store, unlock=False).id}/cmek"
-            assert httpx.get(cmek, headers={"Authorization": f"Bearer {token}"}).json()["status"] == "ENABLED"
+            cmek = f"/api/v1/clusters/{open_store(cmek_store, unlock=False).id}/cmek"
+            with official_client(base) as client:
+                assert client.get(cmek, headers={"Authorization": f"Bearer {token}"}).json()["status"] == "ENABLED"
         finally:
             out = _stop(proc)
         assert token not in out

@@ -56,7 +56,10 @@ def test_unknown_fields_are_400_naming_the_field_and_change_nothing(
 ) -> None:
     before = api.get()
     r = api.call(method, body=body)
-    assert (r.status_code, r.json()) == (400, {"code": 400, "message": f"invalid request: {field}: unknown field"})
+    assert (r.status_code, r.json()) == (
+        400,
+        {"code": 400, "message": f"invalid request: {field}: unknown field", "details": []},
+    )
     assert api.service.operation is None and api.get() == before
     # the same request without the extra field is accepted: responses still validate
     r = api.call("PUT", body=region_specs({"us": "local:///west"}))
@@ -77,7 +80,11 @@ def test_options_and_missing_methods_are_405_with_every_method_of_the_path(api: 
         for headers in ({}, AUTH):  # OPTIONS (a preflight) needs no token: the methods are public in /openapi.json
             r = api.client.options(path, headers=headers)
             assert r.status_code == 405 and r.headers["allow"] == allow, (path, headers)
-            assert r.json() == {"code": 405, "message": f"method OPTIONS is not allowed here; allowed: {allow}"}
+            assert r.json() == {
+                "code": 405,
+                "message": f"method OPTIONS is not allowed here; allowed: {allow}",
+                "details": [],
+            }
         for method in ("DELETE", "TRACE", "FROB"):
             assert api.client.request(method, path).status_code == 401  # any other method: who first
             r = api.client.request(method, path, headers=AUTH)
@@ -103,7 +110,7 @@ def test_a_body_over_1_mib_is_413_and_one_under_is_read(api: Api) -> None:
     for content in (big, iter([big[i : i + 65536] for i in range(0, len(big), 65536)])):  # known length, chunked
         r = api.client.patch(api.cmek, content=content, headers={**AUTH, "Content-Type": "application/json"})
         assert r.status_code == 413, r.text
-        assert r.json() == {"code": 413, "message": f"the request body is larger than {MiB} bytes"}
+        assert r.json() == {"code": 413, "message": f"the request body is larger than {MiB} bytes", "details": []}
     small = json.dumps({"action": "REVOKE", "pad": "x" * (MiB - 100)}).encode()
     r = api.client.patch(api.cmek, content=small, headers={**AUTH, "Content-Type": "application/json"})
     assert (r.status_code, r.json()["message"]) == (400, "invalid request: pad: unknown field")

@@ -2,9 +2,13 @@
 
 ``/api/v1/clusters/{cluster_id}/cmek`` with the store id as cluster id: POST enables CMEK (every
 region), PUT rotates (or enables) the regions it names, GET reports, PATCH ``{"action": "REVOKE"}``
-revokes. Requests are checked at once (a bad one gets 400 and changes nothing); the change itself
-runs in a background thread, so the answer carries the transient status (ENABLING, ROTATING,
+revokes. Requests are checked at once (a bad one gets 400 and changes nothing), and so is each key
+they name: the KMS must encrypt and decrypt a probe (audited as "check CMEK"), else 400. The change
+itself runs in a background thread, so the answer carries the transient status (ENABLING, ROTATING,
 REVOKING) that GET keeps showing until it finishes: ENABLED, or a failure status with the reason.
+GET lists each region's current key, the key a change asks for (or failed to take) and past keys,
+each with its URI as the client sent it. ``GET /api/v1/clusters/{cluster_id}`` is the store as
+Cloud's ``Cluster`` (LOCKED while a CMEK change runs). Every error body is Cloud's ``Status``.
 
 Every API request needs ``Authorization: Bearer <token>``, checked on the headers alone before any
 of the body is read (a pure ASGI guard in front of FastAPI); bodies are capped at 1 MiB (413). An
@@ -22,6 +26,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,24 +41,28 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import AlreadyExistsError, EncryptionError, KMSError, NotFoundError, StrongroomError, UsageError
 from ..store import RegionStatus, Store
 from ..store.audit import AuditRecord, acting_as
-from ..store.keys import ENABLE_FAILED, REVOKE_FAILED, REVOKED, ROTATE_FAILED
+from ..store.keys import ENABLE_FAILED, REVOKE_FAILED, REVOKED, ROTATE_FAILED, CMEKSpec, key_type
 from .backups_api import backups_router
 from .console import Console
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import metrics_registry
 from .metrics import render as render_metrics
 from .models import (
+    Cluster,
+    ClusterOperationStatus,
+    ClusterRegion,
+    ClusterState,
     CMEKClusterInfo,
     CMEKClusterSpecification,
     CMEKCustomerAction,
     CMEKKeyInfo,
-    CMEKKeySpecification,
+    CMEKKeySpecificationInfo,
     CMEKKeyType,
     CMEKRegionInfo,
     CMEKStatus,
     ErrorBody,
     UpdateCMEKStatusRequest,
-    kms_uri,
+    cmek_spec,
 )
 from .scheduler import Scheduler, safe_message
 
@@ -70,28 +79,42 @@ def actor_of(token: str) -> str:
     return "api:" + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 @dataclass
 class Operation:
     """A CMEK change running in the background, or the last one."""
 
     kind: str  # enable | rotate | revoke
     regions: dict[str, str]  # region -> its key spec's updated_at when the operation began
+    #: region -> the key asked for, as GET shows it (none for a revoke)
+    requested: dict[str, CMEKKeySpecificationInfo] = field(default_factory=dict)
+    started: str = field(default_factory=_now)
     done: bool = False
     error: str | None = None
     finished: threading.Event = field(default_factory=threading.Event)
 
-    def status_of(self, st: RegionStatus) -> tuple[str, str]:
-        """The region's status and message as the API shows them while and after this operation ran.
+    def failed_unrecorded(self, st: RegionStatus) -> bool:
+        """Did this operation fail on the region without the store recording it (such as a KMS
+        refusing to unwrap a revoked region's store key)? Shown until the region's keys change."""
+        return (
+            st.region in self.regions
+            and self.done
+            and self.error is not None
+            and not st.status.endswith("_FAILED")
+            and st.updated_at == self.regions[st.region]
+        )
 
-        A failure the store did not persist (such as a KMS refusing to unwrap a revoked region's
-        store key) is shown until the region's keys change again.
-        """
+    def status_of(self, st: RegionStatus) -> tuple[str, str]:
+        """The region's status and message as the API shows them while and after this operation ran."""
         if st.region not in self.regions:
             return st.status, st.user_message
         if not self.done:
             return TRANSIENT[self.kind], ""
-        if self.error and not st.status.endswith("_FAILED") and st.updated_at == self.regions[st.region]:
-            return FAILED[self.kind], self.error
+        if self.failed_unrecorded(st):
+            return FAILED[self.kind], self.error or ""
         return st.status, st.user_message
 
 
@@ -119,12 +142,42 @@ class StoreService:
     def info(self) -> CMEKClusterInfo:
         return cluster_info(self.view().encryption_status(), self.operation)
 
+    def cluster(self) -> Cluster:
+        view = self.view()
+        op = self.operation
+        running = op is not None and not op.done
+        statuses = view.encryption_status()
+        if running:
+            operation = ClusterOperationStatus.CRDB_CMEK_OPERATION_RUNNING
+        elif any(st.status.endswith("_FAILED") for st in statuses) or (
+            op is not None and any(op.failed_unrecorded(st) for st in statuses)
+        ):
+            operation = ClusterOperationStatus.CRDB_CMEK_OPERATION_FAILED
+        else:
+            operation = ClusterOperationStatus.UNSPECIFIED
+        created = view.meta.doc.get("created")
+        return Cluster(
+            id=view.id,
+            name=self.path.name,
+            state=ClusterState.LOCKED if running else ClusterState.CREATED,
+            operation_status=operation,
+            regions=[ClusterRegion(name=r) for r in view.regions],
+            created_at=created if isinstance(created, str) else None,
+        )
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the running operation, if any, to finish; False on timeout."""
         op = self.operation
         return op is None or op.finished.wait(timeout)
 
-    def start(self, kind: str, regions: list[str], work: Callable[[Store], None], actor: str) -> CMEKClusterInfo:
+    def start(
+        self,
+        kind: str,
+        regions: list[str],
+        work: Callable[[Store], None],
+        actor: str,
+        requested: dict[str, CMEKKeySpecificationInfo] | None = None,
+    ) -> CMEKClusterInfo:
         """Run ``work`` in the background; returns the cluster info showing it in progress."""
         statuses = self.view().encryption_status()
         since = {st.region: st.updated_at for st in statuses if st.region in regions}
@@ -133,7 +186,7 @@ class StoreService:
                 raise AlreadyExistsError(
                     f"a CMEK {self.operation.kind} is in progress on this cluster; try again when it has finished"
                 )
-            op = self.operation = Operation(kind, since)
+            op = self.operation = Operation(kind, since, requested or {})
         info = cluster_info(statuses, op)  # before the thread starts: it may finish at once
         threading.Thread(target=self._run, args=(op, work, actor), name=f"cmek-{kind}", daemon=True).start()
         return info
@@ -152,23 +205,33 @@ class StoreService:
             op.finished.set()
 
     # -- the three changes -------------------------------------------------------------------------
+    def _checked(self, view: Store, specs: dict[str, CMEKSpec], actor: str, *, every_region: bool = False) -> None:
+        """Refuse a change the store would fail: bad regions or URIs, and keys the KMS will not use
+        (probed now, so a client learns it from this request's 400 and not from a later GET)."""
+        view.check_cmek_specs(specs, every_region=every_region)
+        with acting_as(actor):
+            view.check_cmek_usable(specs)
+
     def enable(self, body: CMEKClusterSpecification, actor: str) -> CMEKClusterInfo:
-        specs, principal = _specs(body)
-        self.view().check_cmek_specs(specs, every_region=True)
-        return self.start("enable", list(specs), lambda s: s.enable_cmek(specs, auth_principal=principal), actor)
+        specs = _specs(body)
+        view = self.view()
+        self._checked(view, specs, actor, every_region=True)
+        return self.start("enable", list(specs), lambda s: s.enable_cmek(specs), actor, _shown(specs))
 
     def rotate(self, body: CMEKClusterSpecification, actor: str) -> CMEKClusterInfo:
-        specs, principal = _specs(body)
+        specs = _specs(body)
         if not specs:
             raise UsageError("region_specs is empty: name each region to rotate")
         view = self.view()
         view.check_cmek_specs(specs)
         # The URI GET shows (redacted) names the current key too: a new version of the same key.
-        current = {st.region: st for st in view.encryption_status()}
-        resolved: dict[str, str | None] = {
-            r: None if current[r].cmek and uri == current[r].key_uri else uri for r, uri in specs.items()
-        }
-        return self.start("rotate", list(specs), lambda s: s.rotate_cmek(resolved, auth_principal=principal), actor)
+        for region, spec in list(specs.items()):
+            current = view.keys.spec_on_disk(region)
+            given = spec.given_uri or spec.uri
+            if current.cmek and given in (current.shown_uri, current.given_uri or current.key_uri):
+                specs[region] = CMEKSpec(current.key_uri, current.given_uri, spec.auth_principal)
+        self._checked(view, specs, actor)
+        return self.start("rotate", list(specs), lambda s: s.rotate_cmek(specs), actor, _shown(specs))
 
     def revoke(self, body: UpdateCMEKStatusRequest, actor: str) -> CMEKClusterInfo:
         if body.action != CMEKCustomerAction.REVOKE:
@@ -189,37 +252,85 @@ def _open(path: Path) -> Store:
         return Store.open(path, unlock=False)
 
 
-def _specs(body: CMEKClusterSpecification) -> tuple[dict[str, str], str | None]:
-    specs: dict[str, str] = {}
-    principals = set()
-    for rs in body.region_specs:
+def _specs(body: CMEKClusterSpecification) -> dict[str, CMEKSpec]:
+    """The request's keys per region, each with its own auth_principal (as in Cloud)."""
+    specs: dict[str, CMEKSpec] = {}
+    for i, rs in enumerate(body.region_specs):
+        if not rs.region:
+            raise UsageError(f"region_specs.{i}.region is empty: name the region")
         if rs.region in specs:
             raise UsageError(f'region "{rs.region}" appears more than once in region_specs')
-        specs[rs.region] = kms_uri(rs.key_spec)
-        principals.add(rs.key_spec.auth_principal)
-    if len(principals) > 1:
-        raise UsageError("give every region of one request the same auth_principal")
-    return specs, (principals.pop() or None) if principals else None
+        specs[rs.region] = cmek_spec(rs.key_spec)
+    return specs
+
+
+def _shown(specs: dict[str, CMEKSpec]) -> dict[str, CMEKKeySpecificationInfo]:
+    return {r: _spec_info(s.shown, key_type(s.uri), s.auth_principal) for r, s in specs.items() if s.uri}
+
+
+def _spec_info(uri: str, type_: str, principal: str | None) -> CMEKKeySpecificationInfo:
+    return CMEKKeySpecificationInfo(type=CMEKKeyType(type_), uri=uri, auth_principal=principal or "")
+
+
+def _key_infos(st: RegionStatus, operation: Operation | None) -> list[CMEKKeyInfo]:
+    """The region's keys: the current CMEK first (none without CMEK: the local key file is not a
+    customer key), then the one a change asks for or failed to take, then past keys, newest first."""
+    op = operation if operation is not None and st.region in operation.regions else None
+    running = op is not None and not op.done
+    unrecorded = op is not None and op.failed_unrecorded(st)
+    requested = op.requested.get(st.region) if op is not None else None
+    current = _spec_info(st.given_uri, st.key_type, st.auth_principal) if st.cmek else None
+    # a revoke, or a new version of the same key, changes the current key itself
+    on_current = op is not None and (op.kind == "revoke" or requested == current)
+    history = list(st.key_history)
+    if running:  # the change under way is the outcome of earlier failed attempts
+        history = [k for k in history if not k.status.endswith("_FAILED")]
+    infos: list[CMEKKeyInfo] = []
+    if current is not None and st.key_since is not None:
+        status = st.key_status
+        # a failed attempt the store recorded carries its own message; the current key has none
+        message = "" if history and history[0].status == st.status != st.key_status else st.user_message
+        if op is not None and on_current and running:
+            status, message = TRANSIENT[op.kind], ""
+        elif op is not None and on_current and unrecorded:
+            status, message = FAILED[op.kind], op.error or ""
+        infos.append(CMEKKeyInfo(spec=current, status=CMEKStatus(status), created_at=st.key_since,
+                                 updated_at=st.updated_at, user_message=message))  # fmt: skip
+    if op is not None and requested is not None and not on_current:
+        if running:
+            infos.append(_requested(requested, TRANSIENT[op.kind], "", op))
+        elif unrecorded:
+            infos.append(_requested(requested, FAILED[op.kind], op.error or "", op))
+    for k in history:
+        infos.append(
+            CMEKKeyInfo(
+                spec=_spec_info(k.uri, k.type, k.auth_principal),
+                status=CMEKStatus(k.status),
+                created_at=k.created_at,
+                updated_at=k.updated_at,
+                user_message=k.user_message,
+            )
+        )
+    return infos
+
+
+def _requested(spec: CMEKKeySpecificationInfo, status: str, message: str, op: Operation) -> CMEKKeyInfo:
+    return CMEKKeyInfo(spec=spec, status=CMEKStatus(status), created_at=op.started, updated_at=op.started,
+                       user_message=message)  # fmt: skip
 
 
 def cluster_info(statuses: list[RegionStatus], operation: Operation | None) -> CMEKClusterInfo:
     regions = []
     for st in statuses:
-        status, message = operation.status_of(st) if operation else (st.status, st.user_message)
-        spec = CMEKKeySpecification(
-            type=CMEKKeyType(st.key_type), uri=st.key_uri, auth_principal=st.auth_principal or ""
-        )
-        created = st.cmek_enabled_at if st.cmek else st.store_key_created
-        key = CMEKKeyInfo(
-            spec=spec, status=CMEKStatus(status), created_at=created, updated_at=st.updated_at, user_message=message
-        )
-        regions.append(CMEKRegionInfo(region=st.region, status=CMEKStatus(status), key_infos=[key]))
+        status, _message = operation.status_of(st) if operation else (st.status, st.user_message)
+        regions.append(CMEKRegionInfo(region=st.region, status=CMEKStatus(status), key_infos=_key_infos(st, operation)))
     present = {r.status for r in regions}
     status = next((s for s in _CLUSTER_STATUS_ORDER if s in present), "DISABLED")
     return CMEKClusterInfo(status=CMEKStatus(status), region_infos=regions)
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """Cloud's ``Status`` body, for every error."""
     return JSONResponse(ErrorBody(code=status, message=message).model_dump(), status_code=status, headers=headers)
 
 
@@ -349,7 +460,10 @@ def create_app(store_path: str | Path, token: str, *, schedule_interval: float |
         description=__doc__,
         lifespan=lifespan,
         # Cloud's error body for every client error (a bad body is 400, never FastAPI's 422)
-        responses={"4XX": {"model": ErrorBody, "description": "A client error"}},
+        responses={
+            "4XX": {"model": ErrorBody, "description": "A client error"},
+            "5XX": {"model": ErrorBody, "description": "A server error (or a KMS that cannot be reached)"},
+        },
     )
     app.state.service = service
     bearer = HTTPBearer(auto_error=False, description="The API token (see strongroom serve --help)")
@@ -374,6 +488,13 @@ def create_app(store_path: str | Path, token: str, *, schedule_interval: float |
         status = next((code for cls, code in _HTTP_STATUS.items() if isinstance(exc, cls)), 500)
         return _error(status, str(exc))
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # Cloud's Status body here too (clients parse every error as one); the name of the error
+        # only, as its text may come from a library that echoes what it was given.
+        log.error("unexpected error in %s %s: %s", request.method, request.url.path, safe_message(exc))
+        return _error(500, f"internal error ({type(exc).__name__}); see the server's log")
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else exc.headers
@@ -396,6 +517,10 @@ def create_app(store_path: str | Path, token: str, *, schedule_interval: float |
     @app.put(cmek, response_model=CMEKClusterInfo, summary="Rotate (or enable) CMEK of regions")
     def rotate_cmek(body: CMEKClusterSpecification, who: Actor) -> CMEKClusterInfo:
         return service.rotate(body, who)
+
+    @app.get("/api/v1/clusters/{cluster_id}", response_model=Cluster, summary="The cluster (the store)")
+    def get_cluster(who: Actor) -> Cluster:
+        return service.cluster()
 
     @app.get(cmek, response_model=CMEKClusterInfo, summary="CMEK status")
     def get_cmek(who: Actor) -> CMEKClusterInfo:

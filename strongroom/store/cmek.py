@@ -7,16 +7,29 @@ region, PUT rotates some, PATCH revokes). Every change holds the rotation lock e
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from datetime import timedelta
 from pathlib import Path
 
 from ..errors import AlreadyExistsError, EncryptionError, KMSError, StrongroomError, UsageError
-from ..kms import create_key
+from ..kms import create_key, open_kms
 from ..uri import parse_uri
-from .audit import AuditLog
-from .keys import REVOKED, RegionKeys, RegionSpec, key_type, read_spec, set_revoked_on_disk
+from .audit import AuditedKMS, AuditLog
+from .keys import (
+    ENABLE_FAILED,
+    KEY_SIZE,
+    REVOKED,
+    ROTATE_FAILED,
+    CMEKSpec,
+    RegionKeys,
+    RegionSpec,
+    key_type,
+    read_spec,
+    set_revoked_on_disk,
+    wrap_checked,
+)
 from .locks import RotationLock
 from .meta import StoreMeta
 
@@ -107,7 +120,7 @@ class KeyHierarchy:
         return keys.spec
 
     # -- CMEK -------------------------------------------------------------------------------------
-    def check_cmek_specs(self, specs: Mapping[str, str], *, every_region: bool = False) -> None:
+    def check_cmek_specs(self, specs: Mapping[str, str | CMEKSpec], *, every_region: bool = False) -> None:
         """Refuse a CMEK change before anything is touched (the HTTP API answers 400 with these)."""
         for region in specs:
             self.meta.check_region(region)
@@ -117,7 +130,8 @@ class KeyHierarchy:
                 raise UsageError(
                     f"enabling CMEK needs a key for every region of the store; missing: {', '.join(missing)}"
                 )
-        for region, uri in specs.items():
+        for region, spec in specs.items():
+            uri = spec.uri if isinstance(spec, CMEKSpec) else spec
             if not uri:
                 raise UsageError(
                     f'region "{region}": encryption was used on this store before; CMEK cannot be dropped '
@@ -125,33 +139,48 @@ class KeyHierarchy:
                 )
             key_type(uri)
 
-    def enable_cmek(self, specs: Mapping[str, str], *, auth_principal: str | None = None) -> None:
+    def check_cmek_usable(self, specs: Mapping[str, str | CMEKSpec]) -> None:
+        """Prove each key works before a change is accepted: encrypt a random probe and decrypt it
+        (audited as "check CMEK"). A key the KMS refuses, or that cannot be reached, is the
+        caller's to fix, so the HTTP API answers 400 at once rather than 200 and a failure later."""
+        for region, spec in _cmek_specs(specs, None).items():
+            try:
+                kms = AuditedKMS(open_kms(spec.uri), self.audit, region, "check CMEK")
+                try:
+                    wrap_checked(kms, os.urandom(KEY_SIZE), spec.shown)
+                finally:
+                    kms.close()
+            except StrongroomError as exc:
+                raise UsageError(f'region "{region}": the key {spec.shown} cannot be used: {exc}') from None
+
+    def enable_cmek(self, specs: Mapping[str, str | CMEKSpec], *, auth_principal: str | None = None) -> None:
         """Enable CMEK: every region of the store gets a CMEK (CockroachDB Cloud's POST).
 
         For each region a new store key is made and wrapped by the region's CMEK, and a new data key
         under it protects data written from now on; existing files keep their data keys, which are
         now sealed under the new store key too, so nothing in the region opens without the CMEK.
+        A plain URI takes ``auth_principal``; a CMEKSpec carries its own.
         """
         self.check_cmek_specs(specs, every_region=True)
-        self._set_cmek(specs, auth_principal=auth_principal, enabling=True)
+        self._set_cmek(_cmek_specs(specs, auth_principal), enabling=True)
 
-    def rotate_cmek(self, specs: Mapping[str, str | None], *, auth_principal: str | None = None) -> None:
+    def rotate_cmek(self, specs: Mapping[str, str | CMEKSpec | None], *, auth_principal: str | None = None) -> None:
         """Rotate the CMEK of some regions (CockroachDB Cloud's PUT): a new key URI, or None for a new
         version of the same key; the store key is re-wrapped. A region without CMEK gets it enabled."""
-        resolved: dict[str, str] = {}
-        for region, uri in specs.items():
-            spec = self.spec_on_disk(region)
-            if uri is None:
+        resolved: dict[str, str | CMEKSpec] = {}
+        for region, given in specs.items():
+            if given is None:
+                spec = self.spec_on_disk(region)
                 if not spec.cmek:
                     raise UsageError(f'region "{region}" has no CMEK to rotate: give a key URI to enable one')
-                uri = spec.key_uri
-            resolved[region] = uri
-        self._set_cmek(resolved, auth_principal=auth_principal, enabling=False)
+                given = CMEKSpec(spec.key_uri, spec.given_uri, auth_principal)
+            resolved[region] = given
+        self._set_cmek(_cmek_specs(resolved, auth_principal), enabling=False)
 
-    def _set_cmek(self, specs: Mapping[str, str], *, auth_principal: str | None, enabling: bool) -> None:
+    def _set_cmek(self, specs: Mapping[str, CMEKSpec], *, enabling: bool) -> None:
         self.check_cmek_specs(specs)
         with self.lock.exclusive():
-            for region, uri in specs.items():
+            for region, cmek in specs.items():
                 keys = self._open.get(region)
                 if keys is None:  # revoked or never opened: unwrap with the key it was wrapped by
                     keys = RegionKeys.load(
@@ -160,12 +189,13 @@ class KeyHierarchy:
                     self._open[region] = keys
                 before = keys.spec
                 try:
-                    keys.set_cmek(uri, auth_principal=auth_principal, enabling=enabling and not keys.spec.cmek)
+                    keys.set_cmek(cmek, enabling=enabling and not keys.spec.cmek)
                 except StrongroomError as exc:
-                    keys.set_status("ENABLE_FAILED" if enabling or not keys.spec.cmek else "ROTATE_FAILED", str(exc))
+                    failed = ENABLE_FAILED if enabling or not keys.spec.cmek else ROTATE_FAILED
+                    keys.set_failed(failed, str(exc), cmek)
                     # The status keeps the KMS's own words; the caller also needs to know which region.
                     raise type(exc)(f'region "{region}": {exc}') from None
-                if before.cmek and before.key_uri != uri and self.on_cmek_moved is not None:
+                if before.cmek and before.key_uri != cmek.uri and self.on_cmek_moved is not None:
                     self.on_cmek_moved(keys, before.key_uri)
 
     def revoke_cmek(self) -> None:
@@ -194,3 +224,8 @@ class KeyHierarchy:
         except KMSError:
             return None
         return keys
+
+
+def _cmek_specs(specs: Mapping[str, str | CMEKSpec], auth_principal: str | None) -> dict[str, CMEKSpec]:
+    """Plain URIs as CMEKSpecs (with ``auth_principal``); CMEKSpecs as they are."""
+    return {r: s if isinstance(s, CMEKSpec) else CMEKSpec(s, "", auth_principal) for r, s in specs.items()}

@@ -58,7 +58,7 @@ from .backups import Backups
 from .cmek import KeyHierarchy
 from .databases import Databases
 from .jobs import JobRegistry, JobRunner
-from .keys import DEFAULT_ROTATION_PERIOD, RegionKeys, key_type
+from .keys import DEFAULT_ROTATION_PERIOD, CMEKSpec, RegionKeys, key_type
 from .locks import RotationLock
 from .managed import ManagedBackup, ManagedBackups, Schedule, TakenBackup
 from .meta import DEFAULT_REGION, FORMAT, MARKER, StoreMeta, check_region_name
@@ -287,17 +287,21 @@ class Store:
         """New store keys (wrapped by the same CMEK or key file), each with a new data key for new data."""
         self.rotation.rotate_store_key(region)
 
-    def enable_cmek(self, specs: Mapping[str, str], *, auth_principal: str | None = None) -> None:
+    def enable_cmek(self, specs: Mapping[str, str | CMEKSpec], *, auth_principal: str | None = None) -> None:
         """CockroachDB Cloud's POST: a CMEK for every region."""
         self.keys.enable_cmek(specs, auth_principal=auth_principal)
 
-    def rotate_cmek(self, specs: Mapping[str, str | None], *, auth_principal: str | None = None) -> None:
+    def rotate_cmek(self, specs: Mapping[str, str | CMEKSpec | None], *, auth_principal: str | None = None) -> None:
         """CockroachDB Cloud's PUT: a new key URI, or None for a new version of the same key."""
         self.keys.rotate_cmek(specs, auth_principal=auth_principal)
 
-    def check_cmek_specs(self, specs: Mapping[str, str], *, every_region: bool = False) -> None:
+    def check_cmek_specs(self, specs: Mapping[str, str | CMEKSpec], *, every_region: bool = False) -> None:
         """Refuse a CMEK change before anything is touched (unknown region, missing region, bad URI)."""
         self.keys.check_cmek_specs(specs, every_region=every_region)
+
+    def check_cmek_usable(self, specs: Mapping[str, str | CMEKSpec]) -> None:
+        """Refuse keys the KMS will not use, before anything is touched (one audited probe each)."""
+        self.keys.check_cmek_usable(specs)
 
     def revoke_cmek(self) -> None:
         """CockroachDB Cloud's PATCH REVOKE: the store stops and no longer starts."""

@@ -188,6 +188,46 @@ class Registry:
 # ------------------------------------------------------------------------------------ region file
 
 
+@dataclass(frozen=True)
+class CMEKSpec:
+    """A CMEK as a client named it: the KMS URI the store uses, the URI as the client wrote it (an
+    AWS key ARN, a GCP ``projects/...`` id; "" when it is the KMS URI itself) and its principal."""
+
+    uri: str
+    given_uri: str = ""
+    auth_principal: str | None = None
+
+    def __repr__(self) -> str:  # either URI may carry KMS credentials
+        return f"CMEKSpec(uri={redact(self.uri)!r}, given_uri={self.shown!r}, auth_principal={self.auth_principal!r})"
+
+    @property
+    def shown(self) -> str:
+        """The URI as the client gave it, redacted."""
+        return redact(self.given_uri or self.uri)
+
+
+@dataclass
+class KeyRecord:
+    """A CMEK the region had, or was asked to take and did not: the API's ``key_infos`` beside the
+    current key. ``uri`` is the URI as the client gave it, redacted: the store never uses a past key
+    again, so a credential the client has since replaced is not kept on disk for it."""
+
+    uri: str
+    type: str
+    auth_principal: str | None
+    #: DISABLED (superseded by another key: Cloud's "finished being disabled"), REVOKED (revoked,
+    #: then superseded), ENABLE_FAILED or ROTATE_FAILED (the key was asked for and never took).
+    status: str
+    created_at: str
+    updated_at: str
+    user_message: str = ""
+
+
+#: Past keys kept per region: enough for any client's history view, and a bounded key file (the
+#: audit log keeps every use of every key).
+MAX_KEY_HISTORY = 50
+
+
 @dataclass
 class RegionSpec:
     """The plaintext part of a region's key file: what wraps the store key, and the region's status."""
@@ -203,14 +243,44 @@ class RegionSpec:
     auth_principal: str | None = None
     user_message: str = ""
     updated_at: str = ""
+    #: The CMEK as the client wrote it (GET shows it back, so a client finds its key by the URI it
+    #: sent); "" in older key files and when it is ``key_uri`` itself.
+    given_uri: str = ""
+    #: When the current CMEK became the region's (None in older key files: ``cmek_enabled_at``).
+    key_since: str | None = None
+    #: The current key's own status when ``status`` is a failed change to another key ("" = status).
+    key_status: str = ""
+    #: Past and failed CMEKs, newest first (see KeyRecord). Replaced, never mutated in place:
+    #: ``replace()`` copies of a spec share the list.
+    key_history: list[KeyRecord] = field(default_factory=list)
 
-    def __repr__(self) -> str:  # the key URI may carry KMS credentials: shown redacted
-        shown = {**asdict(self), "key_uri": redact(self.key_uri)}
+    def __repr__(self) -> str:  # the key URIs may carry KMS credentials: shown redacted
+        shown = {**asdict(self), "key_uri": redact(self.key_uri), "given_uri": redact(self.given_uri)}
         return "RegionSpec(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
 
     @property
     def key_type(self) -> str:
         return key_type(self.key_uri)
+
+    @property
+    def shown_uri(self) -> str:
+        """The CMEK's URI as the client gave it, redacted."""
+        return redact(self.given_uri or self.key_uri)
+
+    @property
+    def current_key_status(self) -> str:
+        return self.key_status or self.status
+
+    def as_record(self, status: str, now: str) -> KeyRecord:
+        """The current CMEK as a past key with ``status``."""
+        return KeyRecord(
+            uri=self.shown_uri,
+            type=self.key_type,
+            auth_principal=self.auth_principal,
+            status=status,
+            created_at=self.key_since or self.cmek_enabled_at or now,
+            updated_at=now,
+        )
 
 
 def _encode_file(generation: int, spec: RegionSpec, sealed_registry: bytes) -> bytes:
@@ -227,6 +297,7 @@ def _decode_file(data: bytes) -> tuple[int, RegionSpec, bytes]:
     generation = int(doc.pop("generation"))
     sealed = _unb64(doc.pop("registry"))
     doc["wrapped_store_key"] = _unb64(doc["wrapped_store_key"])
+    doc["key_history"] = [KeyRecord(**k) for k in doc.get("key_history", [])]
     return generation, RegionSpec(**doc), sealed
 
 
@@ -300,6 +371,14 @@ def commit_generation(folder: Path, spec: RegionSpec, sealed_registry: bytes) ->
     return generation
 
 
+def wrap_checked(kms: AuditedKMS, key: bytes, shown_uri: str) -> bytes:
+    """Wrap ``key`` and prove the wrap unwraps before anything depends on it."""
+    wrapped = kms.encrypt(key)
+    if kms.decrypt(wrapped) != key:
+        raise KMSError(f"{shown_uri}: the key did not decrypt what it encrypted")
+    return wrapped
+
+
 class RegionKeys:
     """One region's unwrapped store key and data-key registry, kept in step with its key files."""
 
@@ -345,15 +424,11 @@ class RegionKeys:
         return key
 
     def _wrap(self, uri: str, store_key: bytes, purpose: str) -> bytes:
-        """Wrap with ``uri`` and prove the wrap unwraps before anything depends on it."""
         kms = self._kms(uri, purpose)
         try:
-            wrapped = kms.encrypt(store_key)
-            if kms.decrypt(wrapped) != store_key:
-                raise KMSError(f"{redact(uri)}: the key did not decrypt what it encrypted")
+            return wrap_checked(kms, store_key, redact(uri))
         finally:
             kms.close()
-        return wrapped
 
     # -- create, load, refresh ---------------------------------------------------------------------
     @classmethod
@@ -543,14 +618,17 @@ class RegionKeys:
 
         self.update(change)
 
-    def set_cmek(self, uri: str, *, auth_principal: str | None, enabling: bool) -> None:
-        """Protect the region with CMEK ``uri`` (enable, or rotate to a new key or key version).
+    def set_cmek(self, cmek: CMEKSpec, *, enabling: bool) -> None:
+        """Protect the region with CMEK ``cmek`` (enable, or rotate to a new key or key version).
 
         Enabling makes a new store key wrapped by the CMEK and a new data key under it (CockroachDB
         Cloud's steps 1 and 2); the registry, with the older data keys that existing files still
         use, is resealed under the new store key, so from now on nothing opens without the CMEK.
-        Rotating re-wraps the same store key with the new key (version).
+        Rotating re-wraps the same store key with the new key (version). A CMEK other than the
+        current one becomes a past key (DISABLED, or REVOKED if it was revoked), and failed
+        attempts are dropped: this change is their outcome.
         """
+        uri = cmek.uri
         key_type(uri)
         if enabling or not self.spec.cmek:
             store_key, store_key_id = os.urandom(KEY_SIZE), new_key_id()
@@ -560,20 +638,55 @@ class RegionKeys:
         first = not self.spec.cmek
 
         def change(spec: RegionSpec, registry: Registry) -> bytes:
+            now = _now()
             if store_key_id != spec.store_key_id:
-                spec.store_key_id, spec.store_key_created = store_key_id, _now()
+                spec.store_key_id, spec.store_key_created = store_key_id, now
                 registry.store_key_id = store_key_id
                 registry.add_data_key(under_cmek=True)
-            spec.key_uri, spec.wrapped_store_key, spec.auth_principal = uri, wrapped, auth_principal
-            spec.cmek, spec.status, spec.user_message = True, ENABLED, ""
+            history = [k for k in spec.key_history if k.status not in (ENABLE_FAILED, ROTATE_FAILED)]
+            same_key = (spec.key_uri, spec.given_uri, spec.auth_principal) == (uri, cmek.given_uri, cmek.auth_principal)
+            if spec.cmek and not same_key:
+                was = REVOKED if spec.current_key_status == REVOKED else DISABLED
+                history.insert(0, spec.as_record(was, now))
+            if not spec.cmek or not same_key or spec.key_since is None:
+                spec.key_since = now
+            spec.key_history = history[:MAX_KEY_HISTORY]
+            spec.key_uri, spec.given_uri, spec.wrapped_store_key = uri, cmek.given_uri, wrapped
+            spec.auth_principal = cmek.auth_principal
+            spec.cmek, spec.status, spec.key_status, spec.user_message = True, ENABLED, "", ""
             if first or spec.cmek_enabled_at is None:
-                spec.cmek_enabled_at = _now()
+                spec.cmek_enabled_at = now
             return store_key
+
+        self.update(change, allow_revoked=True)
+
+    def set_failed(self, status: str, message: str, attempted: CMEKSpec) -> None:
+        """Record a CMEK change to ``attempted`` that failed: the region's status is ``status``
+        (ENABLE_FAILED, ROTATE_FAILED), the attempted key a failed record beside the current one,
+        which keeps its own status (it still protects the region)."""
+
+        def change(spec: RegionSpec, registry: Registry) -> None:
+            now = _now()
+            failed = KeyRecord(
+                uri=redact(attempted.given_uri or attempted.uri),
+                type=key_type(attempted.uri),
+                auth_principal=attempted.auth_principal,
+                status=status,
+                created_at=now,
+                updated_at=now,
+                user_message=message,
+            )
+            history = [k for k in spec.key_history if k.status not in (ENABLE_FAILED, ROTATE_FAILED)]
+            spec.key_history = [failed, *history][:MAX_KEY_HISTORY]
+            spec.key_status = spec.current_key_status
+            spec.status, spec.user_message = status, message
 
         self.update(change, allow_revoked=True)
 
     def set_status(self, status: str, message: str = "") -> None:
         def change(spec: RegionSpec, registry: Registry) -> None:
+            if status != spec.status:  # a new status is the current key's own
+                spec.key_status = ""
             spec.status, spec.user_message = status, message
 
         self.update(change, allow_revoked=True)
@@ -586,4 +699,5 @@ def set_revoked_on_disk(folder: Path) -> None:
         if found is None:
             raise EncryptionError(f"{folder}: no key files")
         _generation, spec, sealed = found
-        commit_generation(folder, replace(spec, status=REVOKED, user_message="", updated_at=_now()), sealed)
+        revoked = replace(spec, status=REVOKED, key_status="", user_message="", updated_at=_now())
+        commit_generation(folder, revoked, sealed)

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..uri import redact
 from .cmek import KeyHierarchy
 from .databases import Databases
+from .keys import KeyRecord
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,14 @@ class RegionStatus:
     data_keys: tuple[KeyUsage, ...]
     updated_at: str
     user_message: str
+    #: The CMEK's URI as the client gave it (an ARN stays an ARN), redacted; "" without CMEK.
+    given_uri: str = ""
+    #: When the current CMEK became the region's (None without CMEK).
+    key_since: str | None = None
+    #: The current key's own status: ``status`` unless a change to another key failed.
+    key_status: str = ""
+    #: Past CMEKs and failed attempts, newest first.
+    key_history: tuple[KeyRecord, ...] = ()
 
 
 def encryption_status_table(
@@ -103,6 +112,10 @@ def encryption_status(hierarchy: KeyHierarchy, databases: Databases) -> list[Reg
                 data_keys=tuple(usages),
                 updated_at=spec.updated_at,
                 user_message=spec.user_message,
+                given_uri=spec.shown_uri if spec.cmek else "",
+                key_since=(spec.key_since or spec.cmek_enabled_at) if spec.cmek else None,
+                key_status=spec.current_key_status,
+                key_history=tuple(spec.key_history),
             )
         )
     return out
