@@ -39,13 +39,16 @@ def register_kms(scheme: str, factory: KMSFactory) -> None:
 
 
 def open_kms(uri: str) -> KMS:
-    """Build the KMS named by ``uri`` (no network call is made until encrypt/decrypt)."""
+    """Build the KMS named by ``uri`` (no network call is made until encrypt/decrypt); behind the
+    process's key cache when one is on (see cache.py)."""
+    from .cache import cached
+
     parsed = parse_uri(uri)
     factory = _REGISTRY.get(parsed.scheme)
     if factory is None:
         known = ", ".join(sorted(s + "://" for s in _REGISTRY))
         raise UsageError(f'no KMS found for scheme "{parsed.scheme}" in {redact(uri)!r} (supported: {known})')
-    return factory(uri)
+    return cached(factory(uri))
 
 
 def kms_schemes() -> list[str]:
