@@ -53,6 +53,10 @@ class Encryption:
     passphrase: str | None = None
     kms: tuple[str, ...] = field(default=())
     kms_opener: KMSOpener | None = field(default=None, compare=False)
+    #: k-of-n key groups for a new full backup (key_groups.py): any ``threshold`` groups, one key of
+    #: each, open it. ``kms`` then holds every group's URIs (what is opened, checked and redacted).
+    groups: tuple[tuple[str, ...], ...] = ()
+    threshold: int = 0
 
     def __post_init__(self) -> None:
         if self.passphrase is not None and self.kms:
@@ -67,6 +71,11 @@ class Encryption:
             register_secret(self.passphrase)
         if isinstance(self.kms, str):
             object.__setattr__(self, "kms", (self.kms,))
+        if self.groups:
+            if self.passphrase is not None:
+                raise UsageError("cannot have both encryption_passphrase and key groups")
+            object.__setattr__(self, "groups", tuple(tuple(g) for g in self.groups))
+            object.__setattr__(self, "kms", tuple(u for g in self.groups for u in g))
 
     @property
     def enabled(self) -> bool:
@@ -80,6 +89,9 @@ class Encryption:
     def __repr__(self) -> str:
         if self.passphrase is not None:
             return "Encryption(passphrase='redacted')"
+        if self.groups:
+            shown = tuple(tuple(redact(u) for u in g) for g in self.groups)
+            return f"Encryption(groups={shown!r}, threshold={self.threshold})"
         if self.kms:
             return f"Encryption(kms={tuple(redact(u) for u in self.kms)!r})"
         return "Encryption()"
@@ -132,6 +144,11 @@ def new_backup_keys(enc: Encryption) -> tuple[BackupKeys, bytes | None]:
     if enc.passphrase is not None:
         salt = new_salt()
         return BackupKeys(passphrase_key(enc.passphrase, salt)), EncryptionInfo(salt=salt).encode()
+    if enc.groups:
+        from .key_groups import new_grouped_key  # it builds on this module
+
+        data_key, info = new_grouped_key(enc.groups, enc.threshold, enc.kms_opener)
+        return BackupKeys(data_key), info
     if enc.kms:
         data_key = os.urandom(DATA_KEY_SIZE)
         wrapped: dict[bytes, bytes] = {}
@@ -174,6 +191,11 @@ def existing_backup_keys(storage: ExternalStorage, full_dir: str, enc: Encryptio
         if not salts:
             raise EncryptionError('this backup was encrypted with KMS keys, not a passphrase: specify "kms"')
         return BackupKeys(passphrase_key(enc.passphrase, salts[-1]))
+    from .key_groups import grouped_info, unwrap_grouped_key
+
+    grouped = grouped_info(infos)
+    if grouped is not None:
+        return BackupKeys(unwrap_grouped_key(grouped, enc.kms, enc.kms_opener))
     return BackupKeys(unwrap_data_key(infos, enc.kms, enc.kms_opener))
 
 
@@ -216,6 +238,13 @@ def add_kms(
     infos = read_encryption_infos(storage, full_dir)
     if not infos:
         raise EncryptionError(NO_INFO)
+    from .key_groups import grouped_info
+
+    if grouped_info(infos) is not None:
+        raise UsageError(
+            "this backup's key is split across key groups: ALTER BACKUP ... ADD NEW_KMS cannot add a key to a "
+            "group; take a new full backup with the groups you want"
+        )
     data_key = None
     for uri in old_kms:
         try:
