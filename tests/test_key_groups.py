@@ -162,3 +162,23 @@ def test_sql_and_cli_with_a_store_and_aws_kms(store: Store, tmp_path: Path, aws_
         main, ["backup", str(tmp_path / "cli"), "--file", str(tmp_path / "app.db"), "--threshold", "2"]
     )
     assert (out.exit_code, out.output) == (2, "ERROR: key groups need both --kms-group (two or more) and --threshold\n")
+
+
+def test_a_schedule_keeps_its_key_groups(store: Store, keys: list[str]) -> None:
+    a1, a2, b1, c1 = keys
+    fill_bank(store, accounts=100)
+    coll = "nodelocal://1/scheduled-groups"
+    with store.session() as session:
+        session.execute(
+            f"CREATE SCHEDULE g FOR BACKUP DATABASE bank INTO '{coll}' WITH kms = GROUPS(('{a1}', '{a2}'), ('{b1}',), "
+            f"('{c1}',)) THRESHOLD 2 RECURRING '@hourly'"
+        )
+        full = next(r for r in store.schedules.show() if r.kind == "full")
+        assert "GROUPS(" in full.statement and "THRESHOLD 2" in full.statement
+        assert store.schedules.run_now(full.id).status == "succeeded"
+        inc = next(r for r in store.schedules.show() if r.kind == "incremental")
+        assert store.schedules.run_now(inc.id).status == "succeeded"
+        with pytest.raises(KMSError, match="any 2 of which open it"):
+            session.execute(f"RESTORE DATABASE bank FROM LATEST IN '{coll}' WITH kms = '{a1}', new_db_name = x")
+        session.execute(f"RESTORE DATABASE bank FROM LATEST IN '{coll}' WITH kms = ('{a2}', '{c1}'), new_db_name = x")
+    assert table_rows(store, "x", "accounts") == table_rows(store, "bank", "accounts")
