@@ -32,6 +32,7 @@ EXTRAS = {
     "obstore": "aws",
     "azure": "azure",
     "hvac": "vault",
+    "pyrage": "age",
 }
 
 
