@@ -8,6 +8,7 @@ pyrage, that what we wrap is an ordinary age file.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,9 +28,10 @@ from strongroom.kms import create_key, open_kms
 from strongroom.storage import open_storage
 
 if TYPE_CHECKING:
+    from cloud_servers import CloudTarget
     from kms_servers import AwsKmsServer
 
-pytest_plugins = ("kms_servers",)
+pytest_plugins = ("kms_servers", "cloud_servers")
 pyrage = pytest.importorskip("pyrage")
 COLL = "nodelocal://1/wo"
 AGE = shutil.which("age")
@@ -227,3 +229,33 @@ def test_aws_asymmetric_key_backup_host_uses_only_get_public_key(
     store.restore(COLL, encryption=Encryption(kms=(writer,)), databases=["bank"], new_db_name="restored")
     assert table_rows(store, "restored", "accounts") == table_rows(store, "bank", "accounts")
     assert aws_kms.decrypted_by[(key.key_id, 1)] == 1  # one Decrypt opens the whole chain
+
+
+def test_on_s3_with_a_moto_asymmetric_key_and_an_age_recipient(
+    store: Store, moto_s3: CloudTarget, moto_kms: str, identity: tuple[Path, str]
+) -> None:
+    """The write-only chain on S3, wrapping with moto's real GetPublicKey answer and an age recipient.
+    moto cannot RSA-decrypt (its Decrypt only knows its own symmetric blobs), so the age identity
+    restores here; the fake AWS KMS above covers kms:Decrypt of an asymmetric key."""
+    import boto3
+
+    creds = {"aws_access_key_id": "AKIDMOTO", "aws_secret_access_key": "moto-secret-key-123"}
+    kms = boto3.client("kms", endpoint_url=moto_kms, region_name="us-east-1", **creds)
+    key_id = kms.create_key(KeySpec="RSA_4096", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]
+    aws_uri = (
+        f"aws:///{key_id}?REGION=us-east-1&AWS_ACCESS_KEY_ID={creds['aws_access_key_id']}"
+        f"&AWS_SECRET_ACCESS_KEY={creds['aws_secret_access_key']}&AWS_ENDPOINT={moto_kms}"
+        "&ASYMMETRIC=RSAES_OAEP_SHA_256"
+    )
+    path, recipient = identity
+    public = Encryption(kms=(aws_uri, f"age:///{recipient}"))
+    coll = moto_s3.uri(f"write-only-{os.urandom(4).hex()}")
+    fill_bank(store, accounts=6000)
+    full = store.backup(coll, encryption=public)
+    change_some_rows(store, first=5990)
+    store.backup(coll, encryption=public, incremental="LATEST")
+    shown = store.show_backup(coll, encryption=Encryption(kms=(f"age:///?IDENTITY={path}",)))
+    full_m, inc_m = shown.manifests
+    assert full_m.rows == full.rows and inc_m.databases[0].chunks_written < full_m.databases[0].chunks_written // 4
+    store.restore(coll, encryption=Encryption(kms=(f"age:///?IDENTITY={path}",)), databases=["bank"], new_db_name="r")
+    assert table_rows(store, "r", "accounts") == table_rows(store, "bank", "accounts")
