@@ -19,6 +19,7 @@ import pytest
 from conftest import MARKER, fill_bank, table_rows
 
 from strongroom import Store
+from strongroom.backup.chainkeys import HOST_VIEW, host_view_key
 from strongroom.backup.engine import check
 from strongroom.backup.keys import BackupKeys, Encryption, read_encryption_infos
 from strongroom.backup.manifest import read_manifest
@@ -135,6 +136,12 @@ def test_nothing_the_host_keeps_reads_a_backup(store: Store, identity: tuple[Pat
             read_manifest(storage, layer, BackupKeys(bytes.fromhex(secret)))
     for f in full_dir(store).rglob("*"):
         assert not f.is_file() or MARKER.encode() not in f.read_bytes()
+    # What the host does read: its HOST-VIEW of the layer, with no schema and no counts, pointing at
+    # its own copies of the chunk index and of the ciphertext fingerprints.
+    view = read_manifest(storage, layer, BackupKeys(host_view_key(bytes.fromhex(kept["dedup_key"]))), file=HOST_VIEW)
+    (entry,) = view.databases
+    assert entry.objects == [] and entry.rows == 0 and view.rows == 0
+    assert entry.index.path.endswith(".hidx") and entry.fingerprints and entry.fingerprints.path.endswith(".hfpr")
 
 
 @pytest.mark.skipif(AGE is None, reason="the age CLI is installed by scripts/test.sh (apt-get install age)")

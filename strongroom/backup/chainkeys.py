@@ -14,7 +14,8 @@ three random secrets besides its data key ``K0``:
 
 Each incremental records its ratchet step in a plaintext ``LAYER-KEY`` file (a changed step only
 makes the layer fail to authenticate). The host's own view of each layer (``HOST-VIEW``: the
-manifest without counts or schema, and chunk-index copies ``*.hidx``) is sealed under a subkey of
+manifest without counts or schema, chunk-index copies ``*.hidx`` and, for an encrypted source,
+copies ``*.hfpr`` of the keyed hashes of its ciphertext chunks) is sealed under a subkey of
 ``D``: what the next incremental needs, and nothing that holds row data.
 """
 
@@ -31,6 +32,7 @@ CHAIN_KEYS = "CHAIN-KEYS"
 LAYER_KEY = "LAYER-KEY"
 HOST_VIEW = "HOST-VIEW"
 HOST_INDEX_SUFFIX = ".hidx"
+HOST_FINGERPRINT_SUFFIX = ".hfpr"
 _CHAIN_FORMAT = b"strongroom-chain/1\n"
 _LAYER_FORMAT = "strongroom-ratchet/1 step="
 _LAYER_RE = re.compile(rf"^{re.escape(_LAYER_FORMAT)}(\d+)\n?$")

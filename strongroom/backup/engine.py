@@ -50,6 +50,7 @@ from ..storage import ExternalStorage, StorageContext
 from . import layout
 from .chainkeys import (
     CHAIN_KEYS,
+    HOST_FINGERPRINT_SUFFIX,
     HOST_INDEX_SUFFIX,
     HOST_VIEW,
     LAYER_KEY,
@@ -231,6 +232,7 @@ class _LayerWriter:
     keys: BackupKeys
     view_keys: BackupKeys | None = None  # a write-only chain: the host's own copies (HOST-VIEW, *.hidx)
     view_indexes: dict[str, FileRef] = field(default_factory=dict)
+    view_fingerprints: dict[str, FileRef] = field(default_factory=dict)
     table: PackTable = field(default_factory=PackTable)
     written: list[tuple[str, str]] = field(default_factory=list)  # (locality, path)
     _packs: dict[str, PackWriter] = field(default_factory=dict)
@@ -372,10 +374,13 @@ def _backup_database(
         while len(inflight) > _INFLIGHT_BATCHES or (inflight and inflight[0][2].done()):
             drain_one()
 
-    fingerprints = None
+    fingerprints = view_fps = None
     if snapshot.encrypted:
         fp_path = f"{layer.layer_dir}/data/db-{db_number:04d}.fpr"
         fingerprints = FingerprintWriter(storage, fp_path, layer.keys, len(changed), locality)
+        if layer.view_keys is not None:  # so a write-only host's next incremental skips unchanged chunks too
+            view_path = fp_path.removesuffix(".fpr") + HOST_FINGERPRINT_SUFFIX
+            view_fps = FingerprintWriter(storage, view_path, layer.view_keys, len(changed), locality)
     try:
         if fingerprints is None:
             # One read per batch (1 MiB), sliced into chunk views without copying.
@@ -386,7 +391,13 @@ def _backup_database(
             prev_fps = None
             if prev_records is not None and previous is not None and previous.entry.fingerprints is not None:
                 prev_fps = iter_fingerprints(previous.storage_for, previous.entry.fingerprints, previous.keys)
-            for first, blocks in _changed_by_ciphertext(snapshot, fingerprints, prev_fps, hasher):
+            writers = [w for w in (fingerprints, view_fps) if w is not None]
+
+            def add_fingerprint(mark: bytes) -> None:
+                for w in writers:
+                    w.add(mark)
+
+            for first, blocks in _changed_by_ciphertext(snapshot, add_fingerprint, prev_fps, hasher):
                 submit(first, blocks)
         while inflight:
             drain_one()
@@ -395,6 +406,9 @@ def _backup_database(
             layer.view_indexes[src.name] = view_index.finish()
             layer.written.append((locality, layer.view_indexes[src.name].path))
         fp_ref = fingerprints.finish() if fingerprints is not None else None
+        if view_fps is not None:
+            layer.view_fingerprints[src.name] = view_fps.finish()
+            layer.written.append((locality, layer.view_fingerprints[src.name].path))
     except BaseException:
         for _first, _prevs, fut in inflight:
             fut.cancel()
@@ -406,6 +420,8 @@ def _backup_database(
             view_index.abort()
         if fingerprints is not None:
             fingerprints.abort()
+        if view_fps is not None:
+            view_fps.abort()
         raise
     layer.written.append((locality, ref.path))
     if fp_ref is not None:
@@ -442,7 +458,7 @@ def _backup_database(
 
 def _changed_by_ciphertext(
     snapshot: Snapshot,
-    fingerprints: FingerprintWriter,
+    add_fingerprint: Callable[[bytes], None],
     previous: Iterator[bytes] | None,
     hasher: Callable[[bytes], bytes],
 ) -> Iterator[tuple[int, list[memoryview | None]]]:
@@ -460,7 +476,7 @@ def _changed_by_ciphertext(
             length = min(CHUNK_SIZE, snapshot.size - i * CHUNK_SIZE)
             piece = stored[(i - first) * CHUNK_SIZE : (i - first) * CHUNK_SIZE + length]
             mark = hasher(piece) if len(piece) == length and i not in in_wal else NO_FINGERPRINT  # type: ignore[arg-type]
-            fingerprints.add(mark)
+            add_fingerprint(mark)
             before = next(previous, NO_FINGERPRINT) if previous is not None else NO_FINGERPRINT
             if mark != NO_FINGERPRINT and mark == before:
                 blocks.append(None)
@@ -656,7 +672,7 @@ def backup(
             layer.written += _write_partitions(dests, manifest, keys)
             write_manifest(storage, layer_dir, manifest, keys)
             if view_keys is not None:
-                view = host_view(manifest, layer.view_indexes)
+                view = host_view(manifest, layer.view_indexes, layer.view_fingerprints)
                 write_manifest(storage, layer_dir, view, view_keys, file=HOST_VIEW)
             if chain_secrets is not None:
                 # The host keeps the dedup key and the next ratchet state; the data key and seed go.

@@ -119,7 +119,7 @@ def check_uris_used(storage: ExternalStorage, full_dir: str, enc: Encryption) ->
         raise EncryptionError(URI_NOT_USED)
 
 
-def host_view(manifest: Manifest, indexes: dict[str, FileRef]) -> Manifest:
+def host_view(manifest: Manifest, indexes: dict[str, FileRef], fingerprints: dict[str, FileRef]) -> Manifest:
     """What the host keeps of a layer: enough for the next incremental, no schema and no counts."""
     dbs = [
         replace(
@@ -132,7 +132,7 @@ def host_view(manifest: Manifest, indexes: dict[str, FileRef]) -> Manifest:
             total_rows=None,
             total_index_entries=None,
             total_bytes=None,
-            fingerprints=None,
+            fingerprints=fingerprints.get(d.name),
         )
         for d in manifest.databases
     ]
