@@ -266,3 +266,23 @@ def test_on_s3_with_a_moto_asymmetric_key_and_an_age_recipient(
     assert full_m.rows == full.rows and inc_m.databases[0].chunks_written < full_m.databases[0].chunks_written // 4
     store.restore(coll, encryption=Encryption(kms=(f"age:///?IDENTITY={path}",)), databases=["bank"], new_db_name="r")
     assert table_rows(store, "r", "accounts") == table_rows(store, "bank", "accounts")
+
+
+def test_keys_create_age_makes_an_identity_the_recipient_uri_matches(store: Store, _keyring: Path) -> None:
+    from click.testing import CliRunner
+
+    from strongroom.cli import main
+
+    out = CliRunner().invoke(main, ["keys", "create-age", "dr"])
+    assert out.exit_code == 0, out.output
+    recipient = out.output.split("kms = 'age:///", 1)[1].split("'", 1)[0]
+    assert "restore uses:      kms = 'age:///dr'" in out.output
+    ident = _keyring / "dr.age"
+    assert ident.stat().st_mode & 0o077 == 0 and ident.read_text() not in out.output
+    assert open_kms("age:///dr").master_key_id == recipient
+    again = CliRunner().invoke(main, ["keys", "create-age", "dr"])
+    assert again.exit_code == 1 and "already exists" in again.output
+    fill_bank(store, accounts=30)
+    store.backup(COLL, encryption=Encryption(kms=(f"age:///{recipient}",)))
+    store.restore(COLL, encryption=Encryption(kms=("age:///dr",)), databases=["bank"], new_db_name="r")
+    assert len(table_rows(store, "r", "accounts")) == 30

@@ -24,6 +24,7 @@ needed and its contents are never shown.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from ..cloud.extras import import_extra
 from ..errors import KMSError, NotFoundError, UsageError, WrapOnlyError, register_secret
 from ..uri import parse_uri
 from .base import register_kms
-from .local import default_keyring
+from .local import default_keyring, write_new_key_file
 
 SCHEME = "age"
 PARAMS = ("IDENTITY", "KEYRING")
@@ -163,6 +164,18 @@ class AgeKMS:
 
     def close(self) -> None:
         self._identity = None
+
+
+def create_identity(name: str, keyring: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
+    """A new age identity ``<keyring>/<name>.age`` (mode 0600, never replacing a file), as
+    ``age-keygen`` writes it; returns its path and recipient (the public key a backup host gets)."""
+    if not _NAME.match(name) or _looks_like_recipient(name):
+        raise UsageError(f"invalid age identity name {name!r}: use letters, digits, '_', '-' or '.'")
+    identity = _pyrage().x25519.Identity.generate()
+    recipient = str(identity.to_public())
+    body = f"# public key: {recipient}\n{identity}\n".encode()
+    path = write_new_key_file(keyring, f"{name}{IDENTITY_SUFFIX}", body, f'age identity "{name}"')
+    return path, recipient
 
 
 def _parse_identity(data: bytes, where: str) -> tuple[Any, str]:
