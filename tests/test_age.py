@@ -114,10 +114,9 @@ def test_only_the_host_that_started_a_write_only_chain_appends_to_it(
     store.backup(COLL, encryption=Encryption(kms=(f"age:///{recipient}",)))
     for state in (_keyring / "chains").glob("*.json"):
         state.unlink()  # another host: it holds the identity, not this chain's state
-    with pytest.raises(UsageError, match="started by a write-only backup host"):
-        store.backup(COLL, encryption=Encryption(kms=(f"age:///?IDENTITY={path}",)), incremental="LATEST")
-    with pytest.raises(WrapOnlyError):  # and with the public key alone there is nothing to append with
-        store.backup(COLL, encryption=Encryption(kms=(f"age:///{recipient}",)), incremental="LATEST")
+    for uri in (f"age:///?IDENTITY={path}", f"age:///{recipient}"):
+        with pytest.raises(UsageError, match="started by a write-only backup host"):
+            store.backup(COLL, encryption=Encryption(kms=(uri,)), incremental="LATEST")
 
 
 def test_nothing_the_host_keeps_reads_a_backup(store: Store, identity: tuple[Path, str], _keyring: Path) -> None:
@@ -286,3 +285,14 @@ def test_keys_create_age_makes_an_identity_the_recipient_uri_matches(store: Stor
     store.backup(COLL, encryption=Encryption(kms=(f"age:///{recipient}",)))
     store.restore(COLL, encryption=Encryption(kms=("age:///dr",)), databases=["bank"], new_db_name="r")
     assert len(table_rows(store, "r", "accounts")) == 30
+
+
+def test_layer_keys_pick_each_files_key_whichever_layer_reads_it() -> None:
+    full, layer = bytes(32), bytes([1]) * 32
+    keys = BackupKeys(full, hash_key=bytes([2]) * 32, layer_keys={"incrementals/f/20261202/000000.00": layer})
+    as_layer = keys.for_layer("incrementals/f/20261202/000000.00")
+    assert as_layer.key == layer and as_layer.hasher is keys.hasher
+    for k in (keys, as_layer):  # an incremental's manifest names the full's packs too
+        assert k.key_for("2026/12/02-000000.00/data/000001.pack") == full
+        assert k.key_for("incrementals/f/20261202/000000.00/data/000001.pack") == layer
+    assert keys.for_layer("2026/12/02-000000.00") is keys

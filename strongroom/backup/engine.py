@@ -601,7 +601,14 @@ def backup(
             backup_type = "full"
         else:
             full, latest = _resolve_full(storage, incremental)
-            host_chain = load_chain(storage, full) if is_write_only_chain(storage, full) else None
+            write_only = is_write_only_chain(storage, full)
+            host_chain = load_chain(storage, full) if write_only else None
+            if write_only and host_chain is None:
+                # Its layer keys come from a ratchet state only that host holds (see chainkeys).
+                raise UsageError(
+                    f"the chain of {full} was started by a write-only backup host: append incrementals "
+                    "from that host, or take a new full backup here with BACKUP INTO"
+                )
             if host_chain is not None:
                 # This host started the chain: it appends with what it kept, never unwrapping a key.
                 check_uris_used(storage, full, enc)
@@ -611,11 +618,6 @@ def backup(
                 keys = BackupKeys(layer_key, hash_key=host_chain.hash_key)
             else:
                 keys = existing_backup_keys(storage, full, enc)
-                if is_write_only_chain(storage, full):
-                    raise UsageError(
-                        f"the chain of {full} was started by a write-only backup host: append incrementals "
-                        "from that host, or take a new full backup here with BACKUP INTO"
-                    )
                 previous_layers, _first, prev_manifest = _open_chain(storage, full, latest, keys)
             _check_same_targets(prev_manifest, sources, is_full_cluster)
             info = None

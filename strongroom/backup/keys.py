@@ -99,13 +99,14 @@ class BackupKeys:
         self.key = key
         self.hasher = ChunkHasher(hash_key or (subkey(key, "strongroom/chunk-hash/v1") if key else None))
         self.layer_keys = dict(layer_keys or {})
+        self._rest = key  # the key of files outside every layer of layer_keys (the full backup's)
 
     def key_for(self, path: str) -> bytes | None:
         """The key that sealed the backup file ``path`` (collection-relative)."""
         for layer, key in self.layer_keys.items():
             if path.startswith(layer + "/"):
                 return key
-        return self.key
+        return self._rest
 
     def for_layer(self, layer_dir: str) -> BackupKeys:
         """These keys as the files of ``layer_dir`` are sealed: its own key, the chain's hasher."""
@@ -113,7 +114,7 @@ class BackupKeys:
         if key is None:
             return self
         keys = BackupKeys(key, layer_keys=self.layer_keys)
-        keys.hasher = self.hasher
+        keys.hasher, keys._rest = self.hasher, self._rest
         return keys
 
     @property
