@@ -4,7 +4,8 @@ Passphrase mode: key = PBKDF2(passphrase, salt) with one random salt per full ba
 ENCRYPTION-INFO. KMS mode: one random 32-byte data key per full backup, wrapped by every KMS given
 and stored in ENCRYPTION-INFO keyed by SHA-256(master key id). Incrementals, RESTORE, SHOW BACKUP
 and ALTER BACKUP read the full backup's ENCRYPTION-INFO files (``-2``, ``-3``... from ALTER BACKUP),
-newest first; every KMS URI given must appear in one file (CockroachDB's subset rule).
+newest first; every KMS URI given must appear in one file (CockroachDB's subset rule). A chain
+started with a public key (an age recipient) also has chain keys: see ``chainkeys``.
 """
 
 from __future__ import annotations
