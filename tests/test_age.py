@@ -296,3 +296,34 @@ def test_layer_keys_pick_each_files_key_whichever_layer_reads_it() -> None:
         assert k.key_for("2026/12/02-000000.00/data/000001.pack") == full
         assert k.key_for("incrementals/f/20261202/000000.00/data/000001.pack") == layer
     assert keys.for_layer("2026/12/02-000000.00") is keys
+
+
+def test_sql_locality_aware_write_only_chain(tmp_path: Path, identity: tuple[Path, str]) -> None:
+    """The statements verbatim, with a recipient on the backup side and a locality-aware collection:
+    the host's index copies go where each database's files go, and the identity restores from both."""
+    from strongroom import init_store
+
+    path, recipient = identity
+    store = init_store(tmp_path / "regions", regions=["us-east1", "us-west1"])
+    both = (
+        "('nodelocal://1/main?COCKROACH_LOCALITY=default', 'nodelocal://1/west?COCKROACH_LOCALITY=region%3Dus-west1')"
+    )
+    store.execute('CREATE DATABASE west_db PRIMARY REGION "us-west1"')
+    store.execute("USE west_db; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    store.execute(
+        "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 3000) "
+        f"INSERT INTO t(v) SELECT '{MARKER}-' || i FROM s"
+    )
+    store.execute(f"BACKUP INTO {both} WITH kms = 'age:///{recipient}'")
+    store.execute("UPDATE t SET v = 'changed' WHERE id <= 10")
+    store.execute(f"BACKUP INTO LATEST IN {both} WITH kms = 'age:///{recipient}'")
+    west = store.extern_dir / "west"
+    assert len([p for p in west.rglob("*.hidx")]) == 2  # the full's and the incremental's, beside their packs
+    with pytest.raises(WrapOnlyError):
+        store.execute(f"SHOW BACKUP LATEST IN {both} WITH kms = 'age:///{recipient}'")
+    shown = store.execute(f"SHOW BACKUP LATEST IN {both} WITH kms = 'age:///?IDENTITY={path}', check_files")
+    assert {r[4] for r in shown.rows} == {"full", "incremental"}
+    store.execute('CREATE DATABASE other; USE other; DROP DATABASE west_db')
+    store.execute(f"RESTORE FROM LATEST IN {both} WITH kms = 'age:///?IDENTITY={path}'")
+    rows = table_rows(store, "west_db", "t")
+    assert len(rows) == 3000 and rows[0][1] == "changed" and rows[10][1] == f"{MARKER}-11"
