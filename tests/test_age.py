@@ -323,7 +323,25 @@ def test_sql_locality_aware_write_only_chain(tmp_path: Path, identity: tuple[Pat
         store.execute(f"SHOW BACKUP LATEST IN {both} WITH kms = 'age:///{recipient}'")
     shown = store.execute(f"SHOW BACKUP LATEST IN {both} WITH kms = 'age:///?IDENTITY={path}', check_files")
     assert {r[4] for r in shown.rows} == {"full", "incremental"}
-    store.execute('CREATE DATABASE other; USE other; DROP DATABASE west_db')
+    store.execute("CREATE DATABASE other; USE other; DROP DATABASE west_db")
     store.execute(f"RESTORE FROM LATEST IN {both} WITH kms = 'age:///?IDENTITY={path}'")
     rows = table_rows(store, "west_db", "t")
     assert len(rows) == 3000 and rows[0][1] == "changed" and rows[10][1] == f"{MARKER}-11"
+
+
+def test_without_pyrage_an_age_uri_says_which_extra_installs_it(tmp_path: Path) -> None:
+    """A fresh interpreter in which pyrage cannot be imported (as without strongroom[age])."""
+    import sys
+
+    code = (
+        "import sys; sys.modules['pyrage'] = None\n"
+        "from strongroom.kms import open_kms\n"
+        "from strongroom.errors import UsageError\n"
+        "try:\n"
+        "    open_kms('age:///age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p').encrypt(b'k' * 32)\n"
+        "except UsageError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "age:// keys needs pyrage: pip install 'strongroom[age]'"

@@ -161,7 +161,7 @@ class WrapOnly:
     full_uri: str
 
 
-@pytest.fixture(params=["age-x25519", "age-ssh-ed25519"])
+@pytest.fixture(params=["age-x25519", "age-ssh-ed25519", "age-ssh-rsa"])
 def wrap_only(request: pytest.FixtureRequest, tmp_path: Path) -> WrapOnly:
     pyrage = pytest.importorskip("pyrage")
     path = tmp_path / "identity"
@@ -170,9 +170,10 @@ def wrap_only(request: pytest.FixtureRequest, tmp_path: Path) -> WrapOnly:
         path.write_text(f"{ident}\n")
         return WrapOnly(f"age:///{ident.to_public()}", f"age:///?IDENTITY={path}")
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    sk = Ed25519PrivateKey.generate()
+    sk = Ed25519PrivateKey.generate() if request.param == "age-ssh-ed25519" else rsa.generate_private_key(65537, 2048)
     path.write_bytes(
         sk.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
     )
