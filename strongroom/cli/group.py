@@ -33,6 +33,7 @@ EXTRAS = {
     "azure": "azure",
     "hvac": "vault",
     "Crypto": "groups",
+    "pyrage": "age",
 }
 
 

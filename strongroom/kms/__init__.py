@@ -1,8 +1,8 @@
 """Key management services by URI scheme: ``open_kms(uri)`` gives a :class:`KMS`."""
 
 # Each module registers its schemes; cloud SDKs are imported only when a URI of theirs is opened.
-from . import aws, azure, gcp, local, pkcs11, vault  # noqa: F401
-from .base import KMS, kms_schemes, open_kms, register_kms
+from . import age, aws, azure, gcp, local, pkcs11, vault  # noqa: F401
+from .base import KMS, can_decrypt, kms_schemes, open_kms, register_kms, wraps_offline
 from .cache import KeyCache, disable_key_cache, enable_key_cache, key_cache
 from .local import LocalKMS, create_key, default_keyring, local_kms_uri
 
@@ -10,6 +10,7 @@ __all__ = [
     "KMS",
     "KeyCache",
     "LocalKMS",
+    "can_decrypt",
     "create_key",
     "default_keyring",
     "disable_key_cache",
@@ -19,4 +20,5 @@ __all__ = [
     "local_kms_uri",
     "open_kms",
     "register_kms",
+    "wraps_offline",
 ]

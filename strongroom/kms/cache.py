@@ -111,6 +111,10 @@ class CachingKMS:
     def close(self) -> None:
         self._kms.close()
 
+    def __getattr__(self, name: str) -> object:
+        # Whatever else the KMS says of itself (can it decrypt? does it wrap offline?) stays true.
+        return getattr(self._kms, name)
+
 
 _active: KeyCache | None = None
 
