@@ -395,3 +395,67 @@ def test_killed_rotation_leaves_a_collection_that_restores(
     files = [(str(p), p.read_bytes()) for p in _every_file(coll_dir(store))]
     _assert_old_key_opens_nothing(files, old_key, old_infos)
     assert killed or moment == "latest", "the rotation finished before the kill point was seen"
+
+
+def test_drop_kms_interrupted_before_its_deletions_opens_and_a_rerun_finishes(
+    store: Store, keys: tuple[str, str, str]
+) -> None:
+    east, west, _stranger = keys
+    fill_bank(store, accounts=50)
+    store.backup(COLL, encryption=Encryption(kms=(east, west)))
+    [full] = store.show_backups(COLL)
+    info = coll_dir(store) / full.strip("/") / "ENCRYPTION-INFO"
+    kept = info.read_bytes()
+    store.drop_backup_kms(COLL, drop_kms=(west,), old_kms=(east,))
+    info.write_bytes(kept)  # the state a crash between the new file and the deletion leaves
+    assert _snapshot(store, COLL, east)["show"]  # the remaining key opens it
+    assert store.drop_backup_kms(COLL, drop_kms=(west,), old_kms=(east,)).endswith("ENCRYPTION-INFO-3")
+    assert sorted(p.name for p in info.parent.glob("ENCRYPTION-INFO*")) == ["ENCRYPTION-INFO-2", "ENCRYPTION-INFO-3"]
+    with pytest.raises(EncryptionError, match="one of the provided URIs was not used"):
+        _snapshot(store, COLL, west)
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    for f in _every_file(src):
+        target = dst / f.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(f.read_bytes())
+
+
+def test_a_rotation_killed_after_its_switch_is_finished_by_the_next(store: Store, keys: tuple[str, str, str]) -> None:
+    east = keys[0]
+    _chain(store, east)
+    before = _snapshot(store, COLL, east)
+    [old_full] = store.show_backups(COLL)
+    aside = store.path.parent / "aside"
+    _copy_tree(coll_dir(store), aside)
+    new_full = store.rotate_backup_key(COLL, old_kms=(east,))
+    # Put the old chain back, with its marker: the state a kill right after LATEST moved leaves.
+    for f in _every_file(aside):
+        rel = f.relative_to(aside)
+        if not str(rel).startswith(layout.LATEST_DIR) and not (coll_dir(store) / rel).exists():
+            (coll_dir(store) / rel).parent.mkdir(parents=True, exist_ok=True)
+            (coll_dir(store) / rel).write_bytes(f.read_bytes())
+    (coll_dir(store) / old_full.strip("/") / f"{ROTATING_PREFIX}7").write_text(new_full)
+    assert store.show_backups(COLL) == [old_full, new_full]
+    assert _snapshot(store, COLL, east) == before  # LATEST names the new chain
+    store.rotate_backup_key(COLL, old_kms=(east,))
+    [now] = store.show_backups(COLL)
+    assert now > new_full and not _every_file(coll_dir(store) / old_full.strip("/"))
+    assert _snapshot(store, COLL, east) == before
+
+
+def test_a_forged_rotation_marker_deletes_nothing(store: Store, keys: tuple[str, str, str]) -> None:
+    east, west, _stranger = keys
+    fill_bank(store, accounts=50)
+    store.backup(COLL, encryption=Encryption(kms=(east,)))
+    time.sleep(0.05)
+    store.backup(COLL, encryption=Encryption(kms=(west,)))
+    time.sleep(0.05)
+    store.backup(COLL, encryption=Encryption(kms=(west,)))
+    first, middle, last = store.show_backups(COLL)
+    (coll_dir(store) / first.strip("/") / f"{ROTATING_PREFIX}1").write_text(last)  # not its twin
+    store.rotate_backup_key(COLL, old_kms=(west,))
+    fulls = store.show_backups(COLL)
+    assert fulls[:2] == [first, middle] and len(fulls) == 3
+    store.restore(COLL, subdir=first, encryption=Encryption(kms=(east,)), databases=["bank"], new_db_name="first")

@@ -156,14 +156,26 @@ def _finish_rotations(dests: Destinations) -> list[str]:
         old = "/" + name.rsplit("/", 1)[0]
         if old not in fulls:
             continue
-        new = storage.get(name).decode().strip()
+        new = storage.get(name).decode(errors="replace").strip()
         st = fulls.get(new)
-        if st is not None and layout.full_complete(storage, st, named):
+        if st is not None and layout.full_complete(storage, st, named) and _twins(storage, fulls, old, new):
             _remove_old_chain(dests, old, int(leaf[len(ROTATING_PREFIX) :] or 0))
             done.append(old)
         elif st is None or not st.lock:
             storage.delete(name)
     return done
+
+
+def _twins(storage: ExternalStorage, fulls: dict[str, layout.LayerState], old: str, new: str) -> bool:
+    """``new`` is what a rotation of ``old`` writes: the next full after it, with incrementals of the
+    same names. The marker is a plain file, so this is what keeps a forged one from naming any
+    complete full and having us delete a chain that was never rotated."""
+    if not old < new or any(old < f < new for f in fulls):
+        return False
+    names = [
+        set(d[len(layout.incrementals_prefix(f)) :] for d in layout.list_incrementals(storage, f)) for f in (old, new)
+    ]
+    return names[0] <= names[1]
 
 
 def _remove_old_chain(dests: Destinations, full: str, job_id: int) -> None:
