@@ -230,8 +230,10 @@ def test_rotate_refuses_passphrase_chains_and_wrong_keys(store: Store, keys: tup
     with pytest.raises(EncryptionError, match="no key in OLD_KMS matches"):
         store.rotate_backup_key(COLL, old_kms=(stranger,))
     store.backup("nodelocal://1/pw", encryption=Encryption(passphrase="pw-secret"))
-    with pytest.raises(UsageError, match="needs a KMS-encrypted backup"):
+    with pytest.raises(UsageError, match="encrypted with a passphrase: rotate it with old_encryption_passphrase"):
         store.rotate_backup_key("nodelocal://1/pw", old_kms=(east,))
+    with pytest.raises(UsageError, match="encrypted with KMS keys: rotate it WITH OLD_KMS"):
+        store.rotate_backup_key(COLL, old_passphrase="pw-secret", new_passphrase="other")
     with pytest.raises(UsageError, match="one of ADD NEW_KMS, DROP KMS or ROTATE DATA KEY"):
         AlterBackupRequest(in_=(COLL,), old_kms=(east,), drop_kms=(east,), rotate=True)
     assert [p.name for p in coll_dir(store).rglob("BACKUP_MANIFEST")] == ["BACKUP_MANIFEST"]
@@ -459,3 +461,58 @@ def test_a_forged_rotation_marker_deletes_nothing(store: Store, keys: tuple[str,
     fulls = store.show_backups(COLL)
     assert fulls[:2] == [first, middle] and len(fulls) == 3
     store.restore(COLL, subdir=first, encryption=Encryption(kms=(east,)), databases=["bank"], new_db_name="first")
+
+
+def test_rotate_a_locality_aware_chain(tmp_path: Path, keys: tuple[str, str, str]) -> None:
+    from strongroom import init_store
+
+    east, west, _stranger = keys
+    store = init_store(tmp_path / "regions", regions=["us-east1", "us-west1"])
+    default = "nodelocal://1/main?COCKROACH_LOCALITY=default"
+    both = f"('{default}', 'nodelocal://1/west?COCKROACH_LOCALITY=region%3Dus-west1')"
+    store.execute('CREATE DATABASE west_db PRIMARY REGION "us-west1"')
+    store.execute("USE west_db; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    store.execute("INSERT INTO t(v) SELECT randomblob(200) FROM (SELECT 1 UNION SELECT 2 UNION SELECT 3)")
+    store.execute(f"BACKUP INTO {both} WITH kms = '{east}'")
+    store.execute("UPDATE t SET v = randomblob(300) WHERE id = 2")
+    store.execute(f"BACKUP INTO LATEST IN {both} WITH kms = '{east}'")
+    rows = table_rows(store, "west_db", "t")
+    west_dir = store.extern_dir / "west"
+    old_west = sorted(str(p.relative_to(west_dir)) for p in _every_file(west_dir))
+    store.execute(f"ALTER BACKUP LATEST IN {both} ROTATE DATA KEY WITH OLD_KMS = '{east}', NEW_KMS = '{west}'")
+    new_west = sorted(str(p.relative_to(west_dir)) for p in _every_file(west_dir))
+    assert new_west and not set(old_west) & set(new_west)  # the other location was rotated too
+    shown = store.execute(f"SHOW BACKUP LATEST IN {both} WITH kms = '{west}', check_files")
+    assert {r[4] for r in shown.rows} == {"full", "incremental"}
+    store.execute(f"RESTORE DATABASE west_db FROM LATEST IN {both} WITH kms = '{west}', new_db_name = 'w2'")
+    assert table_rows(store, "w2", "t") == rows
+    store.close()
+
+
+def test_rotate_a_passphrase_chain_to_a_new_passphrase(store: Store) -> None:
+    coll = "nodelocal://1/pw"
+    fill_bank(store, accounts=200)
+    old_pass, new_pass = "old-secret-pass", "new-secret-pass"
+    store.backup(coll, encryption=Encryption(passphrase=old_pass))
+    conn = store.connect("bank")
+    with conn:
+        conn.execute("DELETE FROM audit")
+    conn.close()
+    store.backup(coll, encryption=Encryption(passphrase=old_pass), incremental="LATEST")
+    store.restore(coll, encryption=Encryption(passphrase=old_pass), databases=["bank"], new_db_name="before")
+    [old_full] = store.show_backups(coll)
+    old_salt = (store.extern_dir / "pw" / old_full.strip("/") / "ENCRYPTION-INFO").read_bytes()
+    with pytest.raises(EncryptionError):
+        store.rotate_backup_key(coll, old_passphrase="wrong-pass", new_passphrase=new_pass)
+    new_full = store.rotate_backup_key(coll, old_passphrase=old_pass, new_passphrase=new_pass)
+    assert store.show_backups(coll) == [new_full]
+    assert (store.extern_dir / "pw" / new_full.strip("/") / "ENCRYPTION-INFO").read_bytes() != old_salt
+    with pytest.raises(EncryptionError):
+        store.restore(coll, encryption=Encryption(passphrase=old_pass), databases=["bank"], new_db_name="x")
+    store.restore(coll, encryption=Encryption(passphrase=new_pass), databases=["bank"], new_db_name="after")
+    for table in ("accounts", "audit"):
+        assert table_rows(store, "after", table) == table_rows(store, "before", table)
+    request = AlterBackupRequest(in_=(coll,), rotate=True, old_passphrase=old_pass, new_passphrase=new_pass)
+    assert old_pass not in repr(request) + request.describe() and new_pass not in repr(request) + request.describe()
+    for job in store.jobs.list():  # no passphrase in any job, failed or not
+        assert old_pass not in job.description + (job.error or "") and "wrong-pass" not in job.description

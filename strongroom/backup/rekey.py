@@ -55,7 +55,16 @@ from .data import (
 from .destinations import Destinations
 from .engine import Clock, _chain, _destinations, _open_chain, _resolve_full, _write_partitions, alter_backup, utcnow
 from .jobs import Progress, new_job_id
-from .keys import NO_INFO, BackupKeys, Encryption, _unwrap_with_any, drop_kms, new_backup_keys, read_encryption_infos
+from .keys import (
+    NO_INFO,
+    BackupKeys,
+    Encryption,
+    _unwrap_with_any,
+    drop_kms,
+    existing_backup_keys,
+    new_backup_keys,
+    read_encryption_infos,
+)
 from .lifecycle import DEFAULT_GRACE, _chain_busy, _delete_layer_files, _remove_locks
 from .manifest import FileRef, Manifest, read_manifest, write_manifest
 from .owners import lock_content, remove_abandoned_layers
@@ -283,15 +292,25 @@ def _rotate(
         infos = read_encryption_infos(storage, full)
         if not infos:
             raise EncryptionError(NO_INFO)
-        if any(info.salt for _name, info in infos):
-            raise UsageError("ROTATE DATA KEY needs a KMS-encrypted backup; this one is encrypted with a passphrase")
-        old = BackupKeys(_unwrap_with_any(infos, request.old_kms, None))
-        layers, _first, _last = _open_chain(storage, full, latest, old)
+        salted = any(info.salt for _name, info in infos)
+        if salted != (request.old_passphrase is not None):
+            raise UsageError(
+                "this backup is encrypted with a passphrase: rotate it with old_encryption_passphrase and "
+                "new_encryption_passphrase"
+                if salted
+                else "this backup is encrypted with KMS keys: rotate it WITH OLD_KMS = ..."
+            )
+        if request.old_passphrase is not None:
+            old = existing_backup_keys(storage, full, Encryption(passphrase=request.old_passphrase))
+            target = Encryption(passphrase=request.new_passphrase)
+        else:
+            old = BackupKeys(_unwrap_with_any(infos, request.old_kms, None))
+            target = Encryption(kms=request.new_kms or request.old_kms)
+        layers, _first, _last = _open_chain(storage, full, latest, old)  # a wrong passphrase fails here
         if _chain_busy(storage, full, DEFAULT_GRACE):
             raise ConflictError(f"a backup or forget is working on the chain of {full}: rotate when it is done")
         manifests = [read_manifest(storage, d, old) for d in layers]
-        wraps = request.new_kms or request.old_kms
-        new, info = new_backup_keys(Encryption(kms=wraps))
+        new, info = new_backup_keys(target)
         assert info is not None
         names_latest = _latest_full(storage) == full
         new_full = _new_subdir(storage, full)
@@ -355,10 +374,12 @@ def _rotate(
             layout.write_latest(storage, new_full, latest_file)
         storage.delete(f"{new_layers[0]}/{layout.LOCK_PREFIX}{job_id}")
         _remove_old_chain(dests, full, job_id)
-    note = (
-        f"the chain of {full} is now {new_full}, under a new data key wrapped by "
-        f"{', '.join(redact(u) for u in wraps)}; the old key and its wraps open nothing that is left"
+    under = (
+        "a key from the new passphrase (new salt)"
+        if target.passphrase is not None
+        else f"a new data key wrapped by {', '.join(redact(u) for u in target.kms)}"
     )
+    note = f"the chain of {full} is now {new_full}, under {under}; the old key and its wraps open nothing that is left"
     return AlterResult("rotate data key", new_full, note)
 
 

@@ -259,6 +259,10 @@ class AlterBackupRequest:
     subdir: str = LATEST
     drop_kms: tuple[str, ...] = ()
     rotate: bool = False
+    # ROTATE DATA KEY of a passphrase chain (Python API only for now): the passphrase that opens it,
+    # and the one (with a new salt) that opens the rotated chain.
+    old_passphrase: str | None = field(default=None, repr=False)
+    new_passphrase: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "in_", collection_uris(self.in_))
@@ -267,6 +271,15 @@ class AlterBackupRequest:
         object.__setattr__(self, "drop_kms", _names(self.drop_kms) or ())
         if self.rotate and self.drop_kms:
             raise UsageError("ALTER BACKUP takes one of ADD NEW_KMS, DROP KMS or ROTATE DATA KEY")
+        if self.old_passphrase is not None or self.new_passphrase is not None:
+            if not self.rotate or self.old_kms or self.new_kms or not self.old_passphrase or not self.new_passphrase:
+                raise UsageError(
+                    "a passphrase chain is rotated with both old_encryption_passphrase and "
+                    "new_encryption_passphrase, and no KMS"
+                )
+            Encryption(passphrase=self.old_passphrase)  # checks it and registers it as a secret
+            Encryption(passphrase=self.new_passphrase)
+            return
         if not self.old_kms:
             raise UsageError("ALTER BACKUP needs OLD_KMS: a KMS key that opens the backup now")
         if self.drop_kms and self.new_kms:
@@ -289,6 +302,10 @@ class AlterBackupRequest:
         where = f"ALTER BACKUP {_where('', self.in_, self.subdir).strip()}"
         if self.action == DROP_KMS:
             return f"{where} DROP KMS = ({uris(self.drop_kms)}) WITH OLD_KMS = ({uris(self.old_kms)})"
+        if self.action == ROTATE_DATA_KEY and self.old_passphrase is not None:
+            return (
+                f"{where} ROTATE DATA KEY WITH old_encryption_passphrase = '*****', new_encryption_passphrase = '*****'"
+            )
         if self.action == ROTATE_DATA_KEY:
             new = f", NEW_KMS = ({uris(self.new_kms)})" if self.new_kms else ""
             return f"{where} ROTATE DATA KEY WITH OLD_KMS = ({uris(self.old_kms)}){new}"

@@ -428,12 +428,26 @@ class Store:
         return self.backups.alter(request).written
 
     def rotate_backup_key(
-        self, in_: str, *, subdir: str = LATEST, old_kms: Sequence[str], new_kms: Sequence[str] = ()
+        self,
+        in_: str,
+        *,
+        subdir: str = LATEST,
+        old_kms: Sequence[str] = (),
+        new_kms: Sequence[str] = (),
+        old_passphrase: str | None = None,
+        new_passphrase: str | None = None,
     ) -> str:
         """ALTER BACKUP ... ROTATE DATA KEY WITH OLD_KMS = ... [, NEW_KMS = ...]: the chain re-encrypted
-        under a new data key (wrapped by ``new_kms``, else ``old_kms``); returns its new full subdir."""
+        under a new data key (wrapped by ``new_kms``, else ``old_kms``); a passphrase chain takes
+        ``old_passphrase`` and ``new_passphrase`` instead. Returns its new full subdir."""
         request = AlterBackupRequest(
-            in_=(in_,), subdir=subdir, new_kms=tuple(new_kms), old_kms=tuple(old_kms), rotate=True
+            in_=(in_,),
+            subdir=subdir,
+            new_kms=tuple(new_kms),
+            old_kms=tuple(old_kms),
+            rotate=True,
+            old_passphrase=old_passphrase,
+            new_passphrase=new_passphrase,
         )
         return self.backups.alter(request).written
 
