@@ -132,8 +132,12 @@ class _Move:
 def _new_subdir(storage: ExternalStorage, full: str) -> str:
     """The first free full subdir after ``full``; refused if another full lies in between (the new
     chain must sort where the old one did, or LATEST's rollback check would see it as newer)."""
-    fulls = sorted(layout.scan_fulls(storage))
-    later = [f for f in fulls if f > full]
+    scanned = layout.scan_fulls(storage)
+    named = layout.latest_contents(storage)
+    fulls = sorted(scanned)
+    # A partial full (a killed backup's or rotation's, perhaps another host's, waiting for prune) is
+    # never used, so it bounds nothing; its name is still taken.
+    later = [f for f in fulls if f > full and (not scanned[f].lock or layout.full_complete(storage, scanned[f], named))]
     at = layout.end_time_of(full)
     for _ in range(100):
         at += _STEP
