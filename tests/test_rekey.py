@@ -293,6 +293,13 @@ def test_rotate_and_drop_on_s3(store: Store, keys: tuple[str, str, str], request
     storage = open_storage(coll, store.storage_context)
     files = [(name, storage.get(name)) for name, _size in storage.list("")]
     _assert_old_key_opens_nothing(files, old_key, old_infos)
+    base = ["alter-backup", coll, "--store", str(store.path), "--old-kms", west]
+    failed = CliRunner().invoke(main, [*base, "--drop-kms", east])  # not a key of the rotated chain
+    assert failed.exit_code == 1 and "has no wrap of this backup's data key" in failed.output
+    rotated = CliRunner().invoke(main, [*base, "--rotate-data-key"])
+    assert rotated.exit_code == 0, rotated.output
+    for output in (failed.output, rotated.output):
+        assert cloud.secret not in output
     for job in store.jobs.list():  # no credential in any job
         assert cloud.secret not in job.description and cloud.secret not in (job.error or "")
 

@@ -29,6 +29,12 @@ the next ROTATE (or backup on this host, or prune) removes; a cancel removes it 
 the switch leaves a complete new chain and an old one that the next ROTATE of the collection finishes
 removing (it finds ``ROTATING-<job>`` naming a complete ``F'``). Every restore point keeps its end time;
 only the full subdir's name moves by 10 ms.
+
+Limits: memory holds one old→new digest pair per distinct chunk of the chain (64 bytes per 64 KiB,
+~1 MiB per GiB) besides the streamed 4 MiB pieces; a partial generation that a rotation killed on
+another host leaves waits for ``prune`` (its lock's owner cannot be checked from here); two
+rotations of one chain at once are not locked against each other (the second to switch finds the
+old chain changed and undoes its own work, or both complete and the older new chain stays).
 """
 
 from __future__ import annotations
