@@ -10,10 +10,11 @@ The map (dependencies point down the list; ``lint-imports`` checks it, see pypro
     files.py  back up / restore a plain SQLite file, no store
     backup/   the engine: collections and their layout, locality-aware destinations, manifests, packs
               and chunk indexes, keys; the request objects every surface builds (requests.py);
-              retention policies (retention.py), FORGET and PRUNE (lifecycle.py)
+              retention policies (retention.py), FORGET and PRUNE (lifecycle.py); write-only chains,
+              appended to by a host holding only public keys (chainkeys.py, writeonly.py)
     sqlite/   consistent page snapshots of live databases, restore, backup images as databases
     kms/      key management services by URI scheme: local:// (the embedded default), aws, gs/gcp-kms,
-              azure-kms, pkcs11, vault (HashiCorp Vault's transit engine)
+              azure-kms, pkcs11, vault (HashiCorp Vault's transit engine), age (public-key recipients)
     storage/  where backups go, by URI scheme: nodelocal:// and paths, s3://, gs://, azure://
     cloud/    credentials per cloud (AWS, GCP, Azure) from URI parameters, hints for missing extras, and
               the one secret scrubber (by position, and by value through errors.register_secret)

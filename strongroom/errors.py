@@ -86,6 +86,11 @@ class KMSError(StrongroomError):
     """A key management service refused, failed or could not be reached."""
 
 
+class WrapOnlyError(KMSError):
+    """A KMS given only public material (an age recipient, an asymmetric key's public half) was asked
+    to unwrap: it can write backups, not read them."""
+
+
 class StorageError(StrongroomError):
     """External storage failed; the message names the (redacted) location."""
 

@@ -153,6 +153,7 @@ class AwsKey:
     region: str
     state: str = "Enabled"  # Enabled | Disabled | PendingDeletion
     materials: list[bytes] = field(default_factory=lambda: [os.urandom(32)])
+    rsa: Any = None  # an RSA_* ENCRYPT_DECRYPT key: its private key (GetPublicKey, RSA-OAEP Decrypt)
 
     @property
     def arn(self) -> str:
@@ -182,11 +183,19 @@ class AwsKmsServer(_HTTPServer):
         self.keys: dict[str, AwsKey] = {}
         self.aliases: dict[tuple[str, str], str] = {}
         self.deny = False
+        #: When set, only these operations are allowed (an IAM policy): others are AccessDenied.
+        self.allowed_ops: set[str] | None = None
         #: Successful Decrypts per (key id, material version): which material a ciphertext was under.
         self.decrypted_by: Counter[tuple[str, int]] = Counter()
 
-    def create_key(self, region: str = "us-east-1", alias: str | None = None) -> AwsKey:
+    def create_key(
+        self, region: str = "us-east-1", alias: str | None = None, spec: str = "SYMMETRIC_DEFAULT"
+    ) -> AwsKey:
         key = AwsKey(str(uuid.uuid4()), region)
+        if spec.startswith("RSA_"):
+            from cryptography.hazmat.primitives.asymmetric import rsa
+
+            key.rsa = rsa.generate_private_key(public_exponent=65537, key_size=int(spec[4:]))
         self.keys[key.key_id] = key
         if alias:
             self.aliases[(region, alias)] = key.key_id
@@ -230,12 +239,12 @@ class AwsKmsServer(_HTTPServer):
         if akid != self.access_key:
             return err("UnrecognizedClientException", "The security token included in the request is invalid.")
         req = json.loads(body or b"{}")
-        if op not in ("Encrypt", "Decrypt"):
+        if op not in ("Encrypt", "Decrypt", "GetPublicKey"):
             return err("UnknownOperationException", f"fake KMS does not implement {op}")
         key = self._resolve(req.get("KeyId", ""), region)
         if key is None:
             return err("NotFoundException", f"Key '{req.get('KeyId')}' does not exist")
-        if self.deny:
+        if self.deny or (self.allowed_ops is not None and op not in self.allowed_ops):
             return err(
                 "AccessDeniedException",
                 f"User: arn:aws:iam::{ACCOUNT}:user/test is not authorized to perform: kms:{op} on resource: {key.arn}",
@@ -244,6 +253,10 @@ class AwsKmsServer(_HTTPServer):
             return err("DisabledException", f"{key.arn} is disabled.")
         if key.state == "PendingDeletion":
             return err("KMSInvalidStateException", f"{key.arn} is pending deletion.")
+        if key.rsa is not None:
+            return self._asymmetric(op, key, req, err, ctype)
+        if op == "GetPublicKey":
+            return err("UnsupportedOperationException", f"{key.arn} key usage is SYMMETRIC_DEFAULT")
         if op == "Encrypt":
             # The blob names its key and material version, as real AWS ciphertexts do.
             nonce, version = os.urandom(12), key.material_version
@@ -263,6 +276,34 @@ class AwsKmsServer(_HTTPServer):
             return err("InvalidCiphertextException", "")
         with self._lock:
             self.decrypted_by[(key.key_id, version)] += 1
+        return _json(200, {"Plaintext": b64(plain), "KeyId": key.arn}, ctype)
+
+    def _asymmetric(self, op: str, key: AwsKey, req: dict[str, Any], err: Any, ctype: str) -> Reply:
+        """An RSA ENCRYPT_DECRYPT key as AWS serves it: DER SubjectPublicKeyInfo, RSA-OAEP."""
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        algorithms = ["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"]
+        if op == "GetPublicKey":
+            der = key.rsa.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            body = {"KeyId": key.arn, "PublicKey": b64(der), "KeyUsage": "ENCRYPT_DECRYPT"}
+            return _json(200, {**body, "KeySpec": f"RSA_{key.rsa.key_size}", "EncryptionAlgorithms": algorithms}, ctype)
+        algorithm = req.get("EncryptionAlgorithm", "SYMMETRIC_DEFAULT")
+        if algorithm not in algorithms:
+            return err("InvalidKeyUsageException", f"{algorithm} is not supported by {key.arn}")
+        digest = hashes.SHA256() if algorithm.endswith("256") else hashes.SHA1()
+        pad = padding.OAEP(mgf=padding.MGF1(algorithm=digest), algorithm=digest, label=None)
+        if op == "Encrypt":
+            blob = key.rsa.public_key().encrypt(unb64(req["Plaintext"]), pad)
+            return _json(200, {"CiphertextBlob": b64(blob), "KeyId": key.arn}, ctype)
+        try:
+            plain = key.rsa.decrypt(unb64(req["CiphertextBlob"]), pad)
+        except ValueError:
+            return err("InvalidCiphertextException", "")
+        with self._lock:
+            self.decrypted_by[(key.key_id, 1)] += 1
         return _json(200, {"Plaintext": b64(plain), "KeyId": key.arn}, ctype)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -22,8 +24,8 @@ from kms_servers import (  # noqa: E402
     VaultServer,
 )
 
-from strongroom.errors import StrongroomError, UsageError  # noqa: E402
-from strongroom.kms import create_key, open_kms  # noqa: E402
+from strongroom.errors import StrongroomError, UsageError, WrapOnlyError  # noqa: E402
+from strongroom.kms import can_decrypt, create_key, open_kms  # noqa: E402
 
 pytest_plugins = ("kms_servers",)
 
@@ -39,10 +41,21 @@ class Key:
     randomized: bool = True  # every encryption of the same plaintext differs
 
 
-@pytest.fixture(params=["local", "aws", "gcp", "azure", "vault", "pkcs11"])
-def key(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Key]:
+@pytest.fixture(params=["local", "aws", "aws-asymmetric", "gcp", "azure", "vault", "pkcs11", "age"])
+def key(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Key]:
     kind = request.param
-    if kind == "local":
+    if kind == "age":
+        pyrage = pytest.importorskip("pyrage")
+        ident = pyrage.x25519.Identity.generate()
+        path = tmp_path / "age.key"
+        path.write_text(f"# public key: {ident.to_public()}\n{ident}\n")
+        yield Key(f"age:///?IDENTITY={path}", str(ident.to_public()), lambda: os.unlink(path), str(ident))
+    elif kind == "aws-asymmetric":
+        aws_rsa: AwsKmsServer = request.getfixturevalue("aws_kms")
+        k = aws_rsa.create_key(spec="RSA_2048")
+        uri = aws_rsa.uri(k.arn, ASYMMETRIC="RSAES_OAEP_SHA_256")
+        yield Key(uri, k.arn, lambda: setattr(k, "state", "Disabled"), aws_rsa.secret.replace("+", " "))
+    elif kind == "local":
         path = create_key("contract")
         yield Key("local:///contract", "contract", lambda: os.unlink(path), "")
     elif kind == "aws":
@@ -138,6 +151,51 @@ def test_an_unusable_key_gives_a_clear_error_without_secrets(key: Key) -> None:
     message = str(exc.value)
     assert message and "Traceback" not in message
     assert not key.secret or key.secret not in message
+
+
+@dataclass
+class WrapOnly:
+    """A KMS URI holding public material only, and the URI of the full key behind it."""
+
+    wrap_uri: str
+    full_uri: str
+
+
+@pytest.fixture(params=["age-x25519", "age-ssh-ed25519", "age-ssh-rsa"])
+def wrap_only(request: pytest.FixtureRequest, tmp_path: Path) -> WrapOnly:
+    pyrage = pytest.importorskip("pyrage")
+    path = tmp_path / "identity"
+    if request.param == "age-x25519":
+        ident = pyrage.x25519.Identity.generate()
+        path.write_text(f"{ident}\n")
+        return WrapOnly(f"age:///{ident.to_public()}", f"age:///?IDENTITY={path}")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    sk = Ed25519PrivateKey.generate() if request.param == "age-ssh-ed25519" else rsa.generate_private_key(65537, 2048)
+    path.write_bytes(
+        sk.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
+    public = sk.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return WrapOnly("age:///" + quote(public.decode()), f"age:///?IDENTITY={path}")
+
+
+def test_a_wrap_only_key_encrypts_what_only_its_full_key_decrypts(wrap_only: WrapOnly) -> None:
+    """A wrap-only KMS (kms.base.can_decrypt is False) has the master key id of its full key, so a
+    backup wrapped by one is found by the other; it refuses to decrypt with one clear error."""
+    public, full = open_kms(wrap_only.wrap_uri), open_kms(wrap_only.full_uri)
+    try:
+        assert not can_decrypt(public) and can_decrypt(full)
+        assert public.master_key_id == full.master_key_id
+        data_key = os.urandom(32)
+        wrapped = public.encrypt(data_key)
+        assert full.decrypt(wrapped) == data_key
+        with pytest.raises(WrapOnlyError, match="public key: it can write backups but not read them"):
+            public.decrypt(wrapped)
+    finally:
+        public.close()
+        full.close()
 
 
 def test_close_can_be_called_twice(key: Key) -> None:

@@ -543,3 +543,15 @@ def test_a_partial_generation_left_by_another_host_does_not_block_a_rotation(
     assert store.show_backups(COLL) == [new_full] and new_full > "/" + str(partial.relative_to(coll_dir(store)))
     assert (partial / "BACKUP-LOCK-1").exists()  # not ours to remove: prune's, after its grace period
     assert _snapshot(store, COLL, east) == before
+
+
+def test_key_group_chains_are_refused_with_one_clear_error(store: Store, keys: tuple[str, str, str]) -> None:
+    east, west, stranger = keys
+    fill_bank(store, accounts=20)
+    store.backup(COLL, encryption=Encryption(groups=((east,), (west,), (stranger,)), threshold=2))
+    files = sorted(str(p) for p in _every_file(coll_dir(store)))
+    with pytest.raises(UsageError, match="split across key groups: DROP KMS cannot remove a key from a group"):
+        store.drop_backup_kms(COLL, drop_kms=(stranger,), old_kms=(east, west))
+    with pytest.raises(UsageError, match="split across key groups: ROTATE DATA KEY does not rotate it yet"):
+        store.rotate_backup_key(COLL, old_kms=(east, west))
+    assert sorted(str(p) for p in _every_file(coll_dir(store))) == files

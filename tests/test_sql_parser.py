@@ -473,6 +473,8 @@ def test_options_fields_are_exactly_the_registry() -> None:
 
     assert [f.name for f in dataclasses.fields(Options)] == [
         "kms",
+        "kms_groups",
+        "kms_threshold",
         "encryption_passphrase",
         "new_db_name",
         "into_db",
@@ -637,9 +639,9 @@ def test_repr_redacts_passphrase_and_uri_secrets() -> None:
     assert stmts[0].options.encryption_passphrase == "hunter2"
     assert stmts[4].new_kms == ("aws:///n?AWS_SECRET_ACCESS_KEY=newsecret",)
     assert repr(Options()) == (
-        "Options(kms=(), encryption_passphrase=None, new_db_name=None, into_db=None, check_files=False, "
-        "detached=False, include_unencrypted_data=False, verify=False, schema_only=False, "
-        "verify_backup_table_data=False)"
+        "Options(kms=(), kms_groups=(), kms_threshold=0, encryption_passphrase=None, new_db_name=None, "
+        "into_db=None, check_files=False, detached=False, include_unencrypted_data=False, verify=False, "
+        "schema_only=False, verify_backup_table_data=False)"
     )
 
 

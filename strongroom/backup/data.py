@@ -284,9 +284,10 @@ class StoredFile:
                 f"backup file /{ref.path} has size {self._raw.size}, expected {ref.size}: truncated or replaced"
             )
         self._sealed: SealedReader | None = None
-        if keys.key is not None:
+        key = keys.key_for(ref.path)  # a write-only chain seals each incremental under its own key
+        if key is not None:
             try:
-                self._sealed = SealedReader(keys.key, self._raw.read_at, ref.size)
+                self._sealed = SealedReader(key, self._raw.read_at, ref.size)
             except EncryptionError:
                 self._raw.close()
                 raise self._tampered() from None

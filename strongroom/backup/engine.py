@@ -48,6 +48,18 @@ from ..sqlite import (
 )
 from ..storage import ExternalStorage, StorageContext
 from . import layout
+from .chainkeys import (
+    CHAIN_KEYS,
+    HOST_FINGERPRINT_SUFFIX,
+    HOST_INDEX_SUFFIX,
+    HOST_VIEW,
+    LAYER_KEY,
+    chunk_hash_key,
+    encode_chain_keys,
+    host_view_key,
+    is_write_only_chain,
+    layer_key_marker,
+)
 from .data import (
     CHUNK_SIZE,
     CODEC_RAW,
@@ -72,6 +84,7 @@ from .manifest import DatabaseEntry, FileRef, Manifest, ObjectInfo, read_manifes
 from .owners import forget_in_chain, lock_content, remove_abandoned_layers, remove_temp_files
 from .reader import BackupReader
 from .requests import LATEST, AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
+from .writeonly import HostChain, chain_id, check_uris_used, host_view, load_chain, start_chain, wants_write_only_chain
 
 Clock = Callable[[], datetime]
 Collection = str | Sequence[str]  # one location, or a locality-aware set (COCKROACH_LOCALITY)
@@ -198,11 +211,11 @@ def _check_chain(
 
 
 def _open_chain(
-    storage: ExternalStorage, full: str, latest: str | None, keys: BackupKeys
+    storage: ExternalStorage, full: str, latest: str | None, keys: BackupKeys, file: str = layout.MANIFEST
 ) -> tuple[list[str], Manifest, Manifest]:
     layers = _chain(storage, full)
-    first = read_manifest(storage, layers[0], keys)
-    last = first if len(layers) == 1 else read_manifest(storage, layers[-1], keys)
+    first = read_manifest(storage, layers[0], keys, file=file)
+    last = first if len(layers) == 1 else read_manifest(storage, layers[-1], keys, file=file)
     _check_chain(storage, layers, first, last, latest)
     return layers, first, last
 
@@ -217,6 +230,9 @@ class _LayerWriter:
     dests: Destinations
     layer_dir: str
     keys: BackupKeys
+    view_keys: BackupKeys | None = None  # a write-only chain: the host's own copies (HOST-VIEW, *.hidx)
+    view_indexes: dict[str, FileRef] = field(default_factory=dict)
+    view_fingerprints: dict[str, FileRef] = field(default_factory=dict)
     table: PackTable = field(default_factory=PackTable)
     written: list[tuple[str, str]] = field(default_factory=list)  # (locality, path)
     _packs: dict[str, PackWriter] = field(default_factory=dict)
@@ -254,6 +270,7 @@ class _Previous:
     index: ChunkIndex
     storage_for: StorageFor
     keys: BackupKeys
+    readable: bool = True  # False: a write-only host's HOST-VIEW (no counts, and no key for the data)
 
     @property
     def comparable(self) -> bool:
@@ -262,6 +279,8 @@ class _Previous:
     def totals(self) -> tuple[int, int, int] | None:
         """The whole database's rows, index entries and bytes at the previous layer's end time."""
         e = self.entry
+        if not self.readable:
+            return None  # counted afresh on the snapshot: the old pages cannot be read here
         if self.manifest.backup_type == "full":
             return e.rows, e.index_entries, e.bytes
         if e.total_rows is None or e.total_index_entries is None or e.total_bytes is None:
@@ -309,6 +328,12 @@ def _backup_database(
     index_path = f"{layer.layer_dir}/data/db-{db_number:04d}.idx"
     storage = layer.dests.storage_for(locality)
     index = IndexWriter(storage, index_path, layer.keys, CHUNK_SIZE, snapshot.page_size, snapshot.size, locality)
+    view_index = None
+    if layer.view_keys is not None:  # the same records, for a host that cannot read the layer's key
+        view_path = index_path.removesuffix(".idx") + HOST_INDEX_SUFFIX
+        view_index = IndexWriter(
+            storage, view_path, layer.view_keys, CHUNK_SIZE, snapshot.page_size, snapshot.size, locality
+        )
     prev_records: Iterator[ChunkRecord] | None = None
     prev_packs: list[FileRef] = []
     if previous is not None and previous.index.page_size == snapshot.page_size and previous.comparable:
@@ -331,12 +356,15 @@ def _backup_database(
             if data is None:
                 assert prev is not None
                 slot = layer.table.slot_for(prev_packs[prev.pack])
-                index.add(ChunkRecord(digest, slot, prev.offset, prev.length, prev.codec))
+                record = ChunkRecord(digest, slot, prev.offset, prev.length, prev.codec)
             else:
                 slot, offset = packs.add(data)
-                index.add(ChunkRecord(digest, slot, offset, len(data), codec))
+                record = ChunkRecord(digest, slot, offset, len(data), codec)
                 changed[i] = 1
                 chunks_written += 1
+            index.add(record)
+            if view_index is not None:
+                view_index.add(record)
         progress(CHUNK_SIZE * len(prevs))
 
     def submit(first: int, blocks: list[memoryview | None]) -> None:
@@ -346,10 +374,13 @@ def _backup_database(
         while len(inflight) > _INFLIGHT_BATCHES or (inflight and inflight[0][2].done()):
             drain_one()
 
-    fingerprints = None
+    fingerprints = view_fps = None
     if snapshot.encrypted:
         fp_path = f"{layer.layer_dir}/data/db-{db_number:04d}.fpr"
         fingerprints = FingerprintWriter(storage, fp_path, layer.keys, len(changed), locality)
+        if layer.view_keys is not None:  # so a write-only host's next incremental skips unchanged chunks too
+            view_path = fp_path.removesuffix(".fpr") + HOST_FINGERPRINT_SUFFIX
+            view_fps = FingerprintWriter(storage, view_path, layer.view_keys, len(changed), locality)
     try:
         if fingerprints is None:
             # One read per batch (1 MiB), sliced into chunk views without copying.
@@ -360,12 +391,24 @@ def _backup_database(
             prev_fps = None
             if prev_records is not None and previous is not None and previous.entry.fingerprints is not None:
                 prev_fps = iter_fingerprints(previous.storage_for, previous.entry.fingerprints, previous.keys)
-            for first, blocks in _changed_by_ciphertext(snapshot, fingerprints, prev_fps, hasher):
+            writers = [w for w in (fingerprints, view_fps) if w is not None]
+
+            def add_fingerprint(mark: bytes) -> None:
+                for w in writers:
+                    w.add(mark)
+
+            for first, blocks in _changed_by_ciphertext(snapshot, add_fingerprint, prev_fps, hasher):
                 submit(first, blocks)
         while inflight:
             drain_one()
         ref = index.finish()
+        if view_index is not None:
+            layer.view_indexes[src.name] = view_index.finish()
+            layer.written.append((locality, layer.view_indexes[src.name].path))
         fp_ref = fingerprints.finish() if fingerprints is not None else None
+        if view_fps is not None:
+            layer.view_fingerprints[src.name] = view_fps.finish()
+            layer.written.append((locality, layer.view_fingerprints[src.name].path))
     except BaseException:
         for _first, _prevs, fut in inflight:
             fut.cancel()
@@ -373,8 +416,12 @@ def _backup_database(
             with suppress(Exception):
                 full_stats.result()
         index.abort()
+        if view_index is not None:
+            view_index.abort()
         if fingerprints is not None:
             fingerprints.abort()
+        if view_fps is not None:
+            view_fps.abort()
         raise
     layer.written.append((locality, ref.path))
     if fp_ref is not None:
@@ -411,7 +458,7 @@ def _backup_database(
 
 def _changed_by_ciphertext(
     snapshot: Snapshot,
-    fingerprints: FingerprintWriter,
+    add_fingerprint: Callable[[bytes], None],
     previous: Iterator[bytes] | None,
     hasher: Callable[[bytes], bytes],
 ) -> Iterator[tuple[int, list[memoryview | None]]]:
@@ -429,7 +476,7 @@ def _changed_by_ciphertext(
             length = min(CHUNK_SIZE, snapshot.size - i * CHUNK_SIZE)
             piece = stored[(i - first) * CHUNK_SIZE : (i - first) * CHUNK_SIZE + length]
             mark = hasher(piece) if len(piece) == length and i not in in_wal else NO_FINGERPRINT  # type: ignore[arg-type]
-            fingerprints.add(mark)
+            add_fingerprint(mark)
             before = next(previous, NO_FINGERPRINT) if previous is not None else NO_FINGERPRINT
             if mark != NO_FINGERPRINT and mark == before:
                 blocks.append(None)
@@ -532,8 +579,17 @@ def backup(
         start_time: str | None = None
         prev_manifest: Manifest | None = None
         previous_layers: list[str] = []
+        host_chain: HostChain | None = None
+        view_keys: BackupKeys | None = None  # a write-only chain: what the host reads of the previous layer
+        chain_secrets: tuple[bytes, bytes] | None = None
+        layer_step: int | None = None
         if incremental is None:
             keys, info = new_backup_keys(enc)
+            if keys.key is not None and wants_write_only_chain(enc):
+                # Public keys only may write this chain's incrementals: random dedup key and ratchet seed.
+                chain_secrets = (os.urandom(32), os.urandom(32))
+                keys = BackupKeys(keys.key, hash_key=chunk_hash_key(chain_secrets[0]))
+                view_keys = BackupKeys(host_view_key(chain_secrets[0]))
             now = clock()
             full = layout.full_subdir(now)
             layer_dir = full.strip("/")
@@ -545,8 +601,24 @@ def backup(
             backup_type = "full"
         else:
             full, latest = _resolve_full(storage, incremental)
-            keys = existing_backup_keys(storage, full, enc)
-            previous_layers, _first, prev_manifest = _open_chain(storage, full, latest, keys)
+            write_only = is_write_only_chain(storage, full)
+            host_chain = load_chain(storage, full) if write_only else None
+            if write_only and host_chain is None:
+                # Its layer keys come from a ratchet state only that host holds (see chainkeys).
+                raise UsageError(
+                    f"the chain of {full} was started by a write-only backup host: append incrementals "
+                    "from that host, or take a new full backup here with BACKUP INTO"
+                )
+            if host_chain is not None:
+                # This host started the chain: it appends with what it kept, never unwrapping a key.
+                check_uris_used(storage, full, enc)
+                view_keys = host_chain.view_keys
+                previous_layers, _first, prev_manifest = _open_chain(storage, full, latest, view_keys, HOST_VIEW)
+                layer_step, layer_key = host_chain.advance()
+                keys = BackupKeys(layer_key, hash_key=host_chain.hash_key)
+            else:
+                keys = existing_backup_keys(storage, full, enc)
+                previous_layers, _first, prev_manifest = _open_chain(storage, full, latest, keys)
             _check_same_targets(prev_manifest, sources, is_full_cluster)
             info = None
             now = clock()
@@ -558,7 +630,7 @@ def backup(
             start_time = prev_manifest.end_time
             backup_type = "incremental"
 
-        layer = _LayerWriter(dests, layer_dir, keys)
+        layer = _LayerWriter(dests, layer_dir, keys, view_keys)
         # The lock is written first and removed last (after LATEST): a layer without a manifest and
         # without a lock was not left by a killed backup (see layout.LayerState).
         lock = f"{layer_dir}/{layout.LOCK_PREFIX}{job_id}"
@@ -574,7 +646,15 @@ def backup(
             if info is not None:
                 storage.put(f"{layer_dir}/{layout.ENCRYPTION_INFO}", info, create_only=True)
                 layer.written.append(("", f"{layer_dir}/{layout.ENCRYPTION_INFO}"))
-            entries = _backup_all(dests, layer, sources, prev_manifest, keys, progress, scratch_dir)
+            if chain_secrets is not None:
+                assert keys.key is not None
+                storage.put(f"{layer_dir}/{CHAIN_KEYS}", encode_chain_keys(keys.key, *chain_secrets), create_only=True)
+                layer.written.append(("", f"{layer_dir}/{CHAIN_KEYS}"))
+            if layer_step is not None:
+                storage.put(f"{layer_dir}/{LAYER_KEY}", layer_key_marker(layer_step), create_only=True)
+                layer.written.append(("", f"{layer_dir}/{LAYER_KEY}"))
+            prev_keys = view_keys if host_chain is not None else None
+            entries = _backup_all(dests, layer, sources, prev_manifest, keys, progress, scratch_dir, prev_keys)
             layer.finish()
             manifest = Manifest(
                 backup_type=backup_type,
@@ -593,6 +673,12 @@ def backup(
             )
             layer.written += _write_partitions(dests, manifest, keys)
             write_manifest(storage, layer_dir, manifest, keys)
+            if view_keys is not None:
+                view = host_view(manifest, layer.view_indexes, layer.view_fingerprints)
+                write_manifest(storage, layer_dir, view, view_keys, file=HOST_VIEW)
+            if chain_secrets is not None:
+                # The host keeps the dedup key and the next ratchet state; the data key and seed go.
+                start_chain(chain_id(storage, full), *chain_secrets)
         except BaseException:
             layer.abort()  # aborts in-flight uploads (an S3 multipart upload leaves no parts behind)
             # Best effort: a failed or canceled backup leaves no half-written layer behind (it has no
@@ -661,7 +747,8 @@ def _check_partitions(dests: Destinations, manifest: Manifest, keys: BackupKeys)
     for n, (locality, refs) in enumerate(sorted(_partition_files(manifest).items()), start=1):
         name = _partition_name(manifest, n, locality)
         try:
-            body = json.loads(keys.unseal(dests.storage_for(locality).get(name), f"reading /{name}"))
+            stored = dests.storage_for(locality).get(name)
+            body = json.loads(keys.for_layer(manifest.layer_dir).unseal(stored, f"reading /{name}"))
         except NotFoundError:
             raise IntegrityError(f"/{name} is missing from the location of {locality}") from None
         if body.get("files") != [asdict(r) for r in refs]:
@@ -695,7 +782,10 @@ def _backup_all(
     keys: BackupKeys,
     progress: Progress | None,
     scratch_dir: Path | None,
+    prev_keys: BackupKeys | None = None,
 ) -> list[DatabaseEntry]:
+    """``prev_keys``: what the previous layer's indexes are read with, when not ``keys`` (a write-only
+    host reads its HOST-VIEW copies)."""
     entries: list[DatabaseEntry] = []
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)))
@@ -723,8 +813,9 @@ def _backup_all(
             previous = None
             prev_entry = prev_manifest.database(src.name) if prev_manifest else None
             if prev_manifest is not None and prev_entry is not None:
-                index = stack.enter_context(_closing(ChunkIndex(dests.storage_for, prev_entry.index, keys)))
-                previous = _Previous(prev_manifest, prev_entry, index, dests.storage_for, keys)
+                pkeys = prev_keys or keys
+                index = stack.enter_context(_closing(ChunkIndex(dests.storage_for, prev_entry.index, pkeys)))
+                previous = _Previous(prev_manifest, prev_entry, index, dests.storage_for, pkeys, prev_keys is None)
             entries.append(_backup_database(src, snap, layer, previous, pool, stats_pool, tick, number))
     return entries
 

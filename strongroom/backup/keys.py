@@ -4,7 +4,8 @@ Passphrase mode: key = PBKDF2(passphrase, salt) with one random salt per full ba
 ENCRYPTION-INFO. KMS mode: one random 32-byte data key per full backup, wrapped by every KMS given
 and stored in ENCRYPTION-INFO keyed by SHA-256(master key id). Incrementals, RESTORE, SHOW BACKUP
 and ALTER BACKUP read the full backup's ENCRYPTION-INFO files (``-2``, ``-3``... from ALTER BACKUP),
-newest first; every KMS URI given must appear in one file (CockroachDB's subset rule).
+newest first; every KMS URI given must appear in one file (CockroachDB's subset rule). A chain
+started with a public key (an age recipient) also has chain keys: see ``chainkeys``.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from ..crypto import (
     subkey,
     unseal,
 )
-from ..errors import EncryptionError, KMSError, StrongroomError, UsageError, register_secret
-from ..kms import KMS, open_kms
+from ..errors import EncryptionError, KMSError, StrongroomError, UsageError, WrapOnlyError, register_secret
+from ..kms import KMS, can_decrypt, open_kms
 from ..storage import ExternalStorage
 from ..uri import redact
+from .chainkeys import chunk_hash_key, layer_keys, read_chain_keys
 from .layout import ENCRYPTION_INFO
 
 DATA_KEY_SIZE = 32
@@ -53,6 +55,10 @@ class Encryption:
     passphrase: str | None = None
     kms: tuple[str, ...] = field(default=())
     kms_opener: KMSOpener | None = field(default=None, compare=False)
+    #: k-of-n key groups for a new full backup (key_groups.py): any ``threshold`` groups, one key of
+    #: each, open it. ``kms`` then holds every group's URIs (what is opened, checked and redacted).
+    groups: tuple[tuple[str, ...], ...] = ()
+    threshold: int = 0
 
     def __post_init__(self) -> None:
         if self.passphrase is not None and self.kms:
@@ -67,6 +73,11 @@ class Encryption:
             register_secret(self.passphrase)
         if isinstance(self.kms, str):
             object.__setattr__(self, "kms", (self.kms,))
+        if self.groups:
+            if self.passphrase is not None:
+                raise UsageError("cannot have both encryption_passphrase and key groups")
+            object.__setattr__(self, "groups", tuple(tuple(g) for g in self.groups))
+            object.__setattr__(self, "kms", tuple(u for g in self.groups for u in g))
 
     @property
     def enabled(self) -> bool:
@@ -80,17 +91,44 @@ class Encryption:
     def __repr__(self) -> str:
         if self.passphrase is not None:
             return "Encryption(passphrase='redacted')"
+        if self.groups:
+            shown = tuple(tuple(redact(u) for u in g) for g in self.groups)
+            return f"Encryption(groups={shown!r}, threshold={self.threshold})"
         if self.kms:
             return f"Encryption(kms={tuple(redact(u) for u in self.kms)!r})"
         return "Encryption()"
 
 
 class BackupKeys:
-    """The key that seals a backup's files (None: unencrypted) and the chunk-hash key derived from it."""
+    """The key that seals a backup's files (None: unencrypted) and the chunk-hash key derived from it.
 
-    def __init__(self, key: bytes | None) -> None:
+    A write-only chain (see ``chainkeys``) hashes chunks under its dedup key (``hash_key``) and seals
+    each incremental under its own key: ``layer_keys`` maps a layer dir to it, ``key`` is the rest's.
+    """
+
+    def __init__(
+        self, key: bytes | None, *, hash_key: bytes | None = None, layer_keys: dict[str, bytes] | None = None
+    ) -> None:
         self.key = key
-        self.hasher = ChunkHasher(subkey(key, "strongroom/chunk-hash/v1") if key else None)
+        self.hasher = ChunkHasher(hash_key or (subkey(key, "strongroom/chunk-hash/v1") if key else None))
+        self.layer_keys = dict(layer_keys or {})
+        self._rest = key  # the key of files outside every layer of layer_keys (the full backup's)
+
+    def key_for(self, path: str) -> bytes | None:
+        """The key that sealed the backup file ``path`` (collection-relative)."""
+        for layer, key in self.layer_keys.items():
+            if path.startswith(layer + "/"):
+                return key
+        return self._rest
+
+    def for_layer(self, layer_dir: str) -> BackupKeys:
+        """These keys as the files of ``layer_dir`` are sealed: its own key, the chain's hasher."""
+        key = self.layer_keys.get(layer_dir.strip("/"))
+        if key is None:
+            return self
+        keys = BackupKeys(key, layer_keys=self.layer_keys)
+        keys.hasher, keys._rest = self.hasher, self._rest
+        return keys
 
     @property
     def encrypted(self) -> bool:
@@ -132,6 +170,11 @@ def new_backup_keys(enc: Encryption) -> tuple[BackupKeys, bytes | None]:
     if enc.passphrase is not None:
         salt = new_salt()
         return BackupKeys(passphrase_key(enc.passphrase, salt)), EncryptionInfo(salt=salt).encode()
+    if enc.groups:
+        from .key_groups import new_grouped_key  # it builds on this module
+
+        data_key, info = new_grouped_key(enc.groups, enc.threshold, enc.kms_opener)
+        return BackupKeys(data_key), info
     if enc.kms:
         data_key = os.urandom(DATA_KEY_SIZE)
         wrapped: dict[bytes, bytes] = {}
@@ -174,7 +217,21 @@ def existing_backup_keys(storage: ExternalStorage, full_dir: str, enc: Encryptio
         if not salts:
             raise EncryptionError('this backup was encrypted with KMS keys, not a passphrase: specify "kms"')
         return BackupKeys(passphrase_key(enc.passphrase, salts[-1]))
-    return BackupKeys(unwrap_data_key(infos, enc.kms, enc.kms_opener))
+    from .key_groups import grouped_info, unwrap_grouped_key
+
+    grouped = grouped_info(infos)
+    if grouped is not None:
+        return chain_backup_keys(storage, full_dir, unwrap_grouped_key(grouped, enc.kms, enc.kms_opener))
+    return chain_backup_keys(storage, full_dir, unwrap_data_key(infos, enc.kms, enc.kms_opener))
+
+
+def chain_backup_keys(storage: ExternalStorage, full_dir: str, data_key: bytes) -> BackupKeys:
+    """The keys of a chain given its data key: a write-only chain's dedup hash key and layer keys too."""
+    chain = read_chain_keys(storage, full_dir, data_key)
+    if chain is None:
+        return BackupKeys(data_key)
+    dedup_key, seed = chain
+    return BackupKeys(data_key, hash_key=chunk_hash_key(dedup_key), layer_keys=layer_keys(storage, full_dir, seed))
 
 
 def unwrap_data_key(
@@ -189,6 +246,13 @@ def unwrap_data_key(
         )
         if entry is None:
             raise EncryptionError(URI_NOT_USED)
+        if handles and not any(can_decrypt(k) for k in handles):
+            # Public keys only (a write-only backup host): say what is missing, not one failure per key.
+            shown = ", ".join(repr(redact(k.uri)) for k in handles)
+            raise WrapOnlyError(
+                f"cannot read this backup: {shown} can only encrypt (public keys); reading it needs a key "
+                "that decrypts: an age identity (age:///?IDENTITY=<file>) or another KMS the backup was written with"
+            )
         failures = []
         for kms, ident in zip(handles, ids, strict=True):
             try:
@@ -216,6 +280,13 @@ def add_kms(
     infos = read_encryption_infos(storage, full_dir)
     if not infos:
         raise EncryptionError(NO_INFO)
+    from .key_groups import grouped_info
+
+    if grouped_info(infos) is not None:
+        raise UsageError(
+            "this backup's key is split across key groups: ALTER BACKUP ... ADD NEW_KMS cannot add a key to a "
+            "group; take a new full backup with the groups you want"
+        )
     data_key = _unwrap_with_any(infos, old_kms, opener)
     wrapped: dict[bytes, bytes] = {}
     with opened_kms(new_kms, opener) as handles:
@@ -260,6 +331,13 @@ def drop_kms(
         raise EncryptionError(NO_INFO)
     if any(info.salt for _name, info in infos):
         raise UsageError("this backup is encrypted with a passphrase, not KMS keys: there is no KMS wrap to drop")
+    from .key_groups import grouped_info
+
+    if grouped_info(infos) is not None:
+        raise UsageError(
+            "this backup's key is split across key groups: DROP KMS cannot remove a key from a group; "
+            "take a new full backup with the groups you want"
+        )
     _unwrap_with_any(infos, old_kms, opener)  # the caller proves it holds a key of the chain
     with opened_kms(drop, opener) as handles:
         dropped = {kms_identity(k.master_key_id): k.uri for k in handles}

@@ -138,38 +138,42 @@ def checksum(stored: bytes) -> bytes:
     return hashlib.sha256(stored).digest()[:4]
 
 
-def write_manifest(storage: ExternalStorage, layer_dir: str, manifest: Manifest, keys: BackupKeys) -> None:
+def write_manifest(
+    storage: ExternalStorage, layer_dir: str, manifest: Manifest, keys: BackupKeys, *, file: str = MANIFEST
+) -> None:
+    """``file``: BACKUP_MANIFEST, or a write-only host's own HOST-VIEW of the layer (see chainkeys)."""
     stored = keys.seal(gzip.compress(manifest.to_json(), compresslevel=6, mtime=0))
     # The checksum goes first: a manifest without its checksum is never visible as complete.
-    storage.put(f"{layer_dir}/{MANIFEST}{CHECKSUM_SUFFIX}", checksum(stored), create_only=True)
-    storage.put(f"{layer_dir}/{MANIFEST}", stored, create_only=True)
+    storage.put(f"{layer_dir}/{file}{CHECKSUM_SUFFIX}", checksum(stored), create_only=True)
+    storage.put(f"{layer_dir}/{file}", stored, create_only=True)
 
 
-def read_manifest(storage: ExternalStorage, layer_dir: str, keys: BackupKeys) -> Manifest:
-    name = f"{layer_dir}/{MANIFEST}"
+def read_manifest(storage: ExternalStorage, layer_dir: str, keys: BackupKeys, *, file: str = MANIFEST) -> Manifest:
+    keys = keys.for_layer(layer_dir)
+    name = f"{layer_dir}/{file}"
     try:
         stored = storage.get(name)
     except NotFoundError:
-        raise NotFoundError(f"{storage.display_uri}: no backup found at /{layer_dir} (missing {MANIFEST})") from None
+        raise NotFoundError(f"{storage.display_uri}: no backup found at /{layer_dir} (missing {file})") from None
     try:
         expected = storage.get(name + CHECKSUM_SUFFIX)
     except NotFoundError:
-        raise IntegrityError(f"/{layer_dir}: {MANIFEST}{CHECKSUM_SUFFIX} is missing") from None
+        raise IntegrityError(f"/{layer_dir}: {file}{CHECKSUM_SUFFIX} is missing") from None
     got = checksum(stored)
     if got != expected:
-        raise IntegrityError(f"/{layer_dir}/{MANIFEST}: checksum mismatch; expected {expected.hex()}, got {got.hex()}")
-    plain = keys.unseal(stored, f"reading /{layer_dir}/{MANIFEST}")
+        raise IntegrityError(f"/{layer_dir}/{file}: checksum mismatch; expected {expected.hex()}, got {got.hex()}")
+    plain = keys.unseal(stored, f"reading /{layer_dir}/{file}")
     try:
         body = gzip.decompress(plain)
     except (OSError, EOFError):
         if plain[:7] == b"encrypt":
             raise EncryptionError(APPEARS_ENCRYPTED) from None
-        raise IntegrityError(f"/{layer_dir}/{MANIFEST} is corrupt") from None
+        raise IntegrityError(f"/{layer_dir}/{file} is corrupt") from None
     try:
         manifest = Manifest.from_json(body)
     except (ValueError, KeyError, TypeError) as exc:
-        raise IntegrityError(f"/{layer_dir}/{MANIFEST} is corrupt: {type(exc).__name__}") from None
+        raise IntegrityError(f"/{layer_dir}/{file} is corrupt: {type(exc).__name__}") from None
     if manifest.layer_dir != layer_dir:
         # A manifest copied from another layer would otherwise authenticate fine under the same key.
-        raise IntegrityError(f"/{layer_dir}/{MANIFEST} belongs to /{manifest.layer_dir}: files were moved or swapped")
+        raise IntegrityError(f"/{layer_dir}/{file} belongs to /{manifest.layer_dir}: files were moved or swapped")
     return manifest

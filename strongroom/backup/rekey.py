@@ -48,6 +48,7 @@ from ..errors import ConflictError, EncryptionError, StrongroomError, UsageError
 from ..storage import ExternalStorage, StorageContext
 from ..uri import redact
 from . import layout
+from .chainkeys import read_chain_keys
 from .data import (
     NO_FINGERPRINT,
     BackupImage,
@@ -61,6 +62,7 @@ from .data import (
 from .destinations import Destinations
 from .engine import Clock, _chain, _destinations, _open_chain, _resolve_full, _write_partitions, alter_backup, utcnow
 from .jobs import Progress, new_job_id
+from .key_groups import grouped_info
 from .keys import (
     NO_INFO,
     BackupKeys,
@@ -310,11 +312,24 @@ def _rotate(
                 if salted
                 else "this backup is encrypted with KMS keys: rotate it WITH OLD_KMS = ..."
             )
+        if grouped_info(infos) is not None:
+            raise UsageError(
+                "this backup's key is split across key groups: ROTATE DATA KEY does not rotate it yet; "
+                "take a new full backup with the groups you want"
+            )
         if request.old_passphrase is not None:
             old = existing_backup_keys(storage, full, Encryption(passphrase=request.old_passphrase))
             target = Encryption(passphrase=request.new_passphrase)
         else:
-            old = BackupKeys(_unwrap_with_any(infos, request.old_kms, None))
+            data_key = _unwrap_with_any(infos, request.old_kms, None)
+            if read_chain_keys(storage, full, data_key) is not None:
+                # Its layers are sealed under ratcheted layer keys and hashed under a dedup key that
+                # write-only hosts hold: rotating it means new host state too, not done here.
+                raise UsageError(
+                    "this is a write-only chain (public-key recipients): ROTATE DATA KEY does not rotate it yet; "
+                    "take a new full backup"
+                )
+            old = BackupKeys(data_key)
             target = Encryption(kms=request.new_kms or request.old_kms)
         layers, _first, _last = _open_chain(storage, full, latest, old)  # a wrong passphrase fails here
         if _chain_busy(storage, full, DEFAULT_GRACE):

@@ -100,6 +100,11 @@ def _where(prep: str, uris: tuple[str, ...], subdir: str | None) -> str:
 def _encryption_options(enc: Encryption) -> list[str]:
     if enc.passphrase is not None:
         return ["encryption_passphrase = '*****'"]
+    if enc.groups:
+        groups = ", ".join(
+            "(" + ", ".join(f"'{redact(k)}'" for k in g) + (",)" if len(g) == 1 else ")") for g in enc.groups
+        )
+        return [f"kms = GROUPS({groups}) THRESHOLD {enc.threshold}"]
     if enc.kms:
         return ["kms = (" + ", ".join(f"'{redact(k)}'" for k in enc.kms) + ")"]
     return []

@@ -9,6 +9,7 @@ import click
 
 from ..backup import engine as backup_engine
 from ..backup import rekey
+from ..backup.keys import Encryption
 from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 from ..errors import UsageError
 from ..files import backup_file, restore_file
@@ -42,6 +43,14 @@ from .common import (
     help="Write the store's encrypted databases into a backup without encryption (refused without this).",
 )
 @encryption_options("Encrypt")
+@click.option(
+    "--kms-group",
+    "kms_groups",
+    multiple=True,
+    metavar="URI[,URI...]",
+    help="A key group (repeat for each): with --threshold K, any K groups, one key of each, open the backup.",
+)
+@click.option("--threshold", type=int, help="How many --kms-group groups it takes to open the backup.")
 @FORMAT
 def backup(
     collection: str,
@@ -55,16 +64,26 @@ def backup(
     kms: tuple[str, ...],
     passphrase: bool,
     passphrase_file: str | None,
+    kms_groups: tuple[str, ...],
+    threshold: int | None,
     fmt: str,
 ) -> None:
     """BACKUP INTO COLLECTION (a URI such as nodelocal://1/backups, or a path such as /srv/backups or ./backups)."""
+    if bool(kms_groups) != (threshold is not None):
+        raise UsageError("key groups need both --kms-group (two or more) and --threshold")
+    if kms_groups and (kms or passphrase or passphrase_file):
+        raise UsageError("--kms-group replaces --kms and --passphrase: give the keys in their groups")
     if incremental and onto:
         raise UsageError("use --incremental (onto LATEST) or --onto SUBDIR, not both")
     if file_ and (databases or tables):
         raise UsageError("--file backs up one file: drop --database/--table")
     collection = resolve_collection(collection)
     inc = onto if onto else ("LATEST" if incremental else None)
-    enc = encryption(kms, passphrase, passphrase_file, confirm=inc is None)
+    if kms_groups:
+        groups = tuple(tuple(u.strip() for u in g.split(",") if u.strip()) for g in kms_groups)
+        enc = Encryption(groups=groups, threshold=threshold or 0)
+    else:
+        enc = encryption(kms, passphrase, passphrase_file, confirm=inc is None)
     with progress_bar("backing up") as progress:
         if file_:
             result = backup_file(file_, collection, encryption=enc, incremental=inc, progress=progress)

@@ -32,6 +32,8 @@ EXTRAS = {
     "obstore": "aws",
     "azure": "azure",
     "hvac": "vault",
+    "Crypto": "groups",
+    "pyrage": "age",
 }
 
 

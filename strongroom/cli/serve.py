@@ -22,10 +22,20 @@ from .logs import serving
     default=60,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Seconds between scheduler runs (due data key rotations, managed backups).",
+    help="Seconds between scheduler runs (due data key rotations, managed backups, backup schedules).",
 )
-def serve(store: str | None, host: str, port: int, token_file: str | None, schedule_interval: int) -> None:
-    """Serve CockroachDB Cloud's CMEK API for the store (/api/v1/clusters/<store id>/cmek) and run its schedule."""
+@click.option(
+    "--key-cache-ttl",
+    default=300,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Seconds to keep an unwrapped key in memory, saving KMS calls across jobs (0: no cache).",
+)
+def serve(
+    store: str | None, host: str, port: int, token_file: str | None, schedule_interval: int, key_cache_ttl: int
+) -> None:
+    """Serve CockroachDB Cloud's CMEK API for the store (/api/v1/clusters/<store id>/cmek), a console at /,
+    /metrics, and run its schedules."""
     import uvicorn
 
     from ..server import create_app
@@ -36,6 +46,6 @@ def serve(store: str | None, host: str, port: int, token_file: str | None, sched
     if message:
         click.echo(message, err=True)
     serving()  # the strongroom loggers: INFO, in the format --log-format chose (uvicorn logs its own way)
-    app = create_app(s.path, token, schedule_interval=schedule_interval)
+    app = create_app(s.path, token, schedule_interval=schedule_interval, key_cache_ttl=key_cache_ttl)
     click.echo(f"serving http://{host}:{port}/api/v1/clusters/{s.id}/cmek (OpenAPI: /openapi.json)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

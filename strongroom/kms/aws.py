@@ -11,6 +11,13 @@ boto3 finds them), ``REGION`` (required), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_AC
 chain ``delegate1,...,target``, each ``arn[;external_id=<id>]``, assumed in order through STS; STS's
 own endpoint follows boto3's usual configuration, e.g. ``AWS_ENDPOINT_URL_STS``).
 
+Asymmetric keys (Strongroom's addition): ``ASYMMETRIC=RSAES_OAEP_SHA_256`` (or ``RSAES_OAEP_SHA_1``)
+names an RSA ``ENCRYPT_DECRYPT`` key (``RSA_2048``/``3072``/``4096``). The public key is fetched once
+with ``kms:GetPublicKey`` and the data key is wrapped offline with RSA-OAEP, so a backup host's IAM
+policy needs only ``kms:GetPublicKey``: it can write backups and never read them. Unwrapping is
+``kms:Decrypt`` with the same algorithm, so RESTORE gives the same URI. The master key id is the key
+as written, with or without the parameter: a chain written with it is opened by the same key.
+
 boto3 is imported on first use so ``import strongroom`` works without the ``[aws]`` extra.
 """
 
@@ -34,7 +41,9 @@ PARAMS = (
     "AWS_SESSION_TOKEN",
     "AWS_ENDPOINT",
     "ASSUME_ROLE",
+    "ASYMMETRIC",
 )
+ASYMMETRIC_ALGORITHMS = ("RSAES_OAEP_SHA_256", "RSAES_OAEP_SHA_1")
 # Error codes that mean "this key does not exist (here)": reported as NotFoundError.
 _NOT_FOUND = frozenset({"NotFoundException"})
 # Connect and read timeouts and attempts: a dead KMS must fail a backup in seconds, not minutes.
@@ -57,6 +66,10 @@ class AwsKMS:
             raise UsageError("aws kms REGION parameter not specified")
         self._endpoint = p.get("AWS_ENDPOINT") or None
         self._auth = AwsAuth.from_params(p, region=self._region)
+        self._algorithm = p.get("ASYMMETRIC") or None
+        if self._algorithm is not None and self._algorithm not in ASYMMETRIC_ALGORITHMS:
+            raise UsageError(f"aws kms ASYMMETRIC must be one of {', '.join(ASYMMETRIC_ALGORITHMS)}")
+        self._public_key: Any = None  # fetched once per opening: every later wrap is offline
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -70,6 +83,10 @@ class AwsKMS:
     @property
     def master_key_id(self) -> str:
         return self._key_id
+
+    @property
+    def wraps_offline(self) -> bool:
+        return self._algorithm is not None
 
     # -- client ---------------------------------------------------------------------------------
     def _config(self) -> Any:
@@ -118,14 +135,36 @@ class AwsKMS:
 
     # -- KMS interface --------------------------------------------------------------------------
     def encrypt(self, plaintext: bytes) -> bytes:
+        if self._algorithm is not None:
+            return self._encrypt_offline(plaintext)
         kms = self._kms()
         resp = self._call(lambda: kms.encrypt(KeyId=self._key_id, Plaintext=plaintext), "Encrypt")
         return bytes(resp["CiphertextBlob"])
 
     def decrypt(self, ciphertext: bytes) -> bytes:
         kms = self._kms()
-        resp = self._call(lambda: kms.decrypt(KeyId=self._key_id, CiphertextBlob=ciphertext), "Decrypt")
+        extra = {"EncryptionAlgorithm": self._algorithm} if self._algorithm else {}
+        resp = self._call(lambda: kms.decrypt(KeyId=self._key_id, CiphertextBlob=ciphertext, **extra), "Decrypt")
         return bytes(resp["Plaintext"])
+
+    def _encrypt_offline(self, plaintext: bytes) -> bytes:
+        """RSA-OAEP under the key's public half, exactly as KMS's own Encrypt would for this algorithm."""
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+        if self._public_key is None:
+            kms = self._kms()
+            resp = self._call(lambda: kms.get_public_key(KeyId=self._key_id), "GetPublicKey")
+            where = f'AWS KMS key "{self._key_id}"'
+            if resp.get("KeyUsage") != "ENCRYPT_DECRYPT" or self._algorithm not in resp.get("EncryptionAlgorithms", []):
+                raise KMSError(f"{where} is not an asymmetric ENCRYPT_DECRYPT key supporting {self._algorithm}")
+            key = serialization.load_der_public_key(bytes(resp["PublicKey"]))
+            if not isinstance(key, rsa.RSAPublicKey):
+                raise KMSError(f"{where} is not an RSA key")
+            self._public_key = key
+        digest = hashes.SHA256() if self._algorithm == "RSAES_OAEP_SHA_256" else hashes.SHA1()
+        pad = padding.OAEP(mgf=padding.MGF1(algorithm=digest), algorithm=digest, label=None)
+        return bytes(self._public_key.encrypt(plaintext, pad))
 
     def close(self) -> None:
         with self._lock:

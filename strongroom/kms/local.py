@@ -43,15 +43,20 @@ def _check_name(name: str) -> str:
 def create_key(name: str, keyring: str | os.PathLike[str] | None = None) -> Path:
     """Make a new random key file (mode 0600); refuse to replace an existing key."""
     _check_name(name)
+    return write_new_key_file(keyring, f"{name}.key", os.urandom(KEY_SIZE), f'local key "{name}"')
+
+
+def write_new_key_file(keyring: str | os.PathLike[str] | None, filename: str, data: bytes, what: str) -> Path:
+    """Write ``data`` to a new file of the keyring (mode 0600, fsynced); never replace one."""
     folder = Path(keyring) if keyring else default_keyring()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = folder / f"{name}.key"
+    path = folder / filename
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise AlreadyExistsError(f'local key "{name}" already exists in {folder}') from None
+        raise AlreadyExistsError(f"{what} already exists in {folder}") from None
     try:
-        os.write(fd, os.urandom(KEY_SIZE))
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

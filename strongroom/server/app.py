@@ -39,6 +39,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import AlreadyExistsError, EncryptionError, KMSError, NotFoundError, StrongroomError, UsageError
+from ..kms.cache import DEFAULT_MAX_ENTRIES, enable_key_cache
 from ..store import RegionStatus, Store
 from ..store.audit import AuditRecord, acting_as
 from ..store.keys import ENABLE_FAILED, REVOKE_FAILED, REVOKED, ROTATE_FAILED, CMEKSpec, key_type
@@ -432,11 +433,21 @@ class Guard:
         return _error(405, f"method {method} is not allowed here; allowed: {listed}", {"Allow": listed})
 
 
-def create_app(store_path: str | Path, token: str, *, schedule_interval: float | None = None) -> FastAPI:
+def create_app(
+    store_path: str | Path,
+    token: str,
+    *,
+    schedule_interval: float | None = None,
+    key_cache_ttl: float = 0,
+    key_cache_size: int = DEFAULT_MAX_ENTRIES,
+) -> FastAPI:
     """The API over the store at ``store_path``, for bearers of ``token``; with ``schedule_interval``
-    (seconds) the scheduler runs while the app does."""
+    (seconds) the scheduler runs while the app does; with ``key_cache_ttl`` (seconds) unwrapped keys
+    are cached that long (kms/cache.py)."""
     if not token:
         raise UsageError("the API token is empty")
+    if key_cache_ttl > 0:
+        enable_key_cache(key_cache_ttl, key_cache_size)
     service = StoreService(store_path)
     expected, actor = token.encode(), actor_of(token)
 

@@ -9,8 +9,9 @@ from the CLI, a schedule run by a timer), not only this server's:
 ``strongroom_last_backup_duration_seconds``    ... and how long it took (same label)
 ``strongroom_schedule_last_success_age_``      seconds since a schedule last succeeded (absent: never)
 ``seconds{schedule_id,label,backup_type}``
-``strongroom_kms_calls{region,operation,``     every use of a key (the audit log): encrypt or decrypt, ok
-``result}``                                    or error
+``strongroom_kms_calls{region,operation,``     every use of a key (the audit log): encrypt or decrypt, ok,
+``result}``                                    cached (the key cache answered) or error
+``strongroom_key_cache_*``                     the key cache (serve): hits, misses, evictions, entries
 ``strongroom_data_key_age_seconds{region}``    age of each region's active data key (absent: locked)
 ``strongroom_cmek_status{region,status}``      1 for each region's current CMEK status
 =============================================  ==========================================================
@@ -29,6 +30,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..kms.cache import key_cache
 from ..store.jobs import JobRow
 
 if TYPE_CHECKING:
@@ -97,7 +99,7 @@ class StoreCollector(Collector):
         calls = CounterMetricFamily(
             "strongroom_kms_calls", "Uses of a key (the audit log)", labels=["region", "operation", "result"]
         )
-        counted = Counter((r.region, r.operation, "ok" if r.result == "ok" else "error") for r in view.audit_records())
+        counted = Counter((r.region, r.operation, _result(r.result)) for r in view.audit_records())
         for labels, n in sorted(counted.items()):
             calls.add_metric(list(labels), n)
         yield calls
@@ -118,9 +120,35 @@ class StoreCollector(Collector):
         yield cmek
 
 
+def _result(result: str) -> str:
+    return {"ok": "ok", "ok (cached)": "cached"}.get(result, "error")
+
+
+class KeyCacheCollector(Collector):
+    """The process's key cache (kms/cache.py): hits, misses, evictions, and keys held now."""
+
+    def collect(self) -> Iterator[Metric]:
+        cache = key_cache()
+        if cache is None:
+            return
+        stats = cache.stats()
+        for name, value, text in (
+            ("strongroom_key_cache_hits", stats.hits, "Unwraps answered from the key cache"),
+            ("strongroom_key_cache_misses", stats.misses, "Unwraps that called the KMS"),
+            ("strongroom_key_cache_evictions", stats.evictions, "Keys wiped from the cache (expired, full, cleared)"),
+        ):
+            counter = CounterMetricFamily(name, text)
+            counter.add_metric([], value)
+            yield counter
+        held = GaugeMetricFamily("strongroom_key_cache_entries", "Unwrapped keys the cache holds now")
+        held.add_metric([], stats.entries)
+        yield held
+
+
 def metrics_registry(service: StoreService) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(service))
+    registry.register(KeyCacheCollector())
     return registry
 
 

@@ -51,6 +51,10 @@ class Options:
     """Decoded ``WITH`` options of BACKUP, RESTORE and SHOW BACKUP."""
 
     kms: tuple[str, ...] = ()
+    #: ``kms = GROUPS((...), (...)) THRESHOLD n`` (Strongroom's k-of-n key groups); ``kms`` then
+    #: holds every group's URIs.
+    kms_groups: tuple[tuple[str, ...], ...] = ()
+    kms_threshold: int = 0
     encryption_passphrase: str | None = None
     new_db_name: str | None = None
     into_db: str | None = None
@@ -65,6 +69,7 @@ class Options:
         return _repr(
             self,
             kms=_redact_uris(self.kms),
+            kms_groups=tuple(_redact_uris(g) for g in self.kms_groups),
             encryption_passphrase=None if self.encryption_passphrase is None else REDACTED,
         )
 

@@ -63,7 +63,12 @@ class Result:
 
 
 def _encryption(options: Options) -> Encryption:
-    return Encryption(passphrase=options.encryption_passphrase, kms=options.kms)
+    return Encryption(
+        passphrase=options.encryption_passphrase,
+        kms=options.kms,
+        groups=options.kms_groups,
+        threshold=options.kms_threshold,
+    )
 
 
 def _location(destinations: tuple[str, ...], subdir: str | None, what: str) -> tuple[tuple[str, ...], str]:

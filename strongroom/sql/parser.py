@@ -76,7 +76,7 @@ UNRESERVED_KEYWORDS = frozenset(
         "RESTRICT", "SET",
         "SHOW", "SYSTEM", "TABLES", "TIME", "USE", "WHEN", "COMPLETE",
         "SCHEDULE", "SCHEDULES", "RECURRING", "FULL", "ALWAYS", "NEVER", "RUNNING", "PAUSED", "PAUSE",
-        "RESUME",
+        "RESUME", "GROUPS", "THRESHOLD",
         "CANCEL", "ROTATE", "DATA", "KEY",
     }
 )  # fmt: skip
@@ -121,9 +121,11 @@ as_of_arg: STRING | INT | NUMBER
 options: WITH option (COMMA option)*
        | WITH OPTIONS LPAR option (COMMA option)* RPAR
 option: name [EQ opt_value]
+key_group: LPAR str_or_ph (COMMA str_or_ph)* [COMMA] RPAR
 opt_value: STRING                                   -> ov_string
          | PLACEHOLDER                              -> ov_placeholder
          | LPAR str_or_ph (COMMA str_or_ph)* RPAR   -> ov_list
+         | GROUPS LPAR key_group (COMMA key_group)* RPAR THRESHOLD INT -> ov_groups
          | name                                     -> ov_name
          | TRUE                                     -> ov_true
          | FALSE                                    -> ov_false
@@ -535,6 +537,13 @@ def _decode_options(raw: list[tuple[str, _Value | None]] | None, statement: str)
         seen[name] = _decode_value(name, val)
     if "kms" in seen and "encryption_passphrase" in seen:
         raise UsageError("cannot have both encryption_passphrase and kms option set")
+    kms = seen.get("kms")
+    if isinstance(kms, tuple) and len(kms) == 2 and isinstance(kms[1], int):  # GROUPS(...) THRESHOLD n
+        if statement != "BACKUP":
+            raise UsageError(f"kms = GROUPS(...) is for BACKUP: {statement} takes kms = (one key from each group)")
+        groups, threshold = kms
+        seen["kms"] = tuple(u for g in groups for u in g)
+        seen["kms_groups"], seen["kms_threshold"] = groups, threshold
     return Options(**seen)  # type: ignore[arg-type]
 
 
@@ -550,6 +559,8 @@ def _decode_value(name: str, val: _Value | None) -> object:
     if val is None:
         raise UsageError(f'option "{name}" requires a value')
     if name == "kms":
+        if val.kind == "groups":
+            return val.value  # (groups, threshold): _decode_options spreads it
         if val.kind == "string":
             return (val.value,)
         if val.kind == "list":
@@ -719,6 +730,14 @@ class _ToAST(Transformer):
 
     def ov_placeholder(self, children: list[Token]) -> _Value:
         return _Value("param", self.param(children[0]), str(children[0]))
+
+    def key_group(self, children: list[Any]) -> tuple[str, ...]:
+        return tuple(c for c in children if isinstance(c, str) and not isinstance(c, Token))
+
+    def ov_groups(self, children: list[Any]) -> _Value:
+        groups = tuple(c for c in children if isinstance(c, tuple))
+        threshold = next(c for c in children if isinstance(c, Token) and c.type == "INT")
+        return _Value("groups", (groups, int(threshold)))
 
     def ov_list(self, children: list[Any]) -> _Value:
         return _Value("list", tuple(c for c in children if not isinstance(c, Token)))

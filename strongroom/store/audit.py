@@ -118,7 +118,8 @@ class AuditedKMS:
         except Exception as exc:
             self._record(operation, f"error: {exc}")
             raise
-        self._record(operation, "ok")
+        # A key the process's key cache already held: a use of the key, but no call to the KMS.
+        self._record(operation, "ok (cached)" if getattr(self._kms, "last_from_cache", False) else "ok")
         return out
 
     def encrypt(self, plaintext: bytes) -> bytes:

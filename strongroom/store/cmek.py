@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import AlreadyExistsError, EncryptionError, KMSError, StrongroomError, UsageError
 from ..kms import create_key, open_kms
+from ..kms.cache import clear_key_cache
 from ..uri import parse_uri
 from .audit import AuditedKMS, AuditLog
 from .keys import (
@@ -212,6 +213,7 @@ class KeyHierarchy:
                 else:
                     set_revoked_on_disk(self.region_dir(region))
             self.close()
+            clear_key_cache()  # a revoked key must not keep working from this process's cache
 
     def refreshed_or_none(self, region: str) -> RegionKeys | None:
         """The region's open keys caught up with other processes, or None if they are not open here

@@ -193,6 +193,8 @@ def _secret_doc(request: BackupRequest) -> str:
             "databases": list(request.databases or ()),
             "tables": list(request.tables or ()),
             "kms": list(enc.kms),
+            "groups": [list(g) for g in enc.groups],
+            "threshold": enc.threshold,
             "passphrase": enc.passphrase,
             "include_unencrypted_data": request.include_unencrypted_data,
         }
@@ -205,7 +207,13 @@ def _request_from(doc_text: str, kind: str) -> BackupRequest:
         into=tuple(doc["into"]),
         databases=tuple(doc["databases"]) or None,
         tables=tuple(doc["tables"]) or None,
-        encryption=Encryption(passphrase=doc["passphrase"], kms=tuple(doc["kms"])),
+        encryption=Encryption(
+            passphrase=doc["passphrase"],
+            kms=tuple(doc["kms"]),
+            # Key groups split each new full backup's key; an incremental needs only the keys.
+            groups=tuple(tuple(g) for g in doc.get("groups", [])) if kind == FULL else (),
+            threshold=int(doc.get("threshold", 0)) if kind == FULL else 0,
+        ),
         incremental=LATEST if kind == INCREMENTAL else None,
         include_unencrypted_data=bool(doc["include_unencrypted_data"]),
     )
@@ -438,7 +446,7 @@ class Schedules:
         self.backups.sources(backup)
         if not options.ignore_existing_backups and self.backups.show_backups(backup.collection):
             raise UsageError(
-                f"backups already created in {backup.describe().split(' INTO ', 1)[1].split(' WITH ')[0]}; "
+                f"backups already created in {backup.shown_collection}; "
                 "to ignore existing backups, the schedule can be created with the 'ignore_existing_backups' option"
             )
         full_id = new_job_id()
