@@ -555,3 +555,20 @@ def test_key_group_chains_are_refused_with_one_clear_error(store: Store, keys: t
     with pytest.raises(UsageError, match="split across key groups: ROTATE DATA KEY does not rotate it yet"):
         store.rotate_backup_key(COLL, old_kms=(east, west))
     assert sorted(str(p) for p in _every_file(coll_dir(store))) == files
+
+
+def test_a_write_only_chain_is_not_rotated(store: Store, tmp_path: Path) -> None:
+    pyrage = pytest.importorskip("pyrage")
+    ident = pyrage.x25519.Identity.generate()
+    path = tmp_path / "backup.key"
+    path.write_text(f"# test\n{ident}\n")
+    public, private = f"age:///{ident.to_public()}", f"age:///?IDENTITY={path}"
+    fill_bank(store, accounts=20)
+    store.backup(COLL, encryption=Encryption(kms=(public,)))
+    files = sorted(str(p) for p in _every_file(coll_dir(store)))
+    with pytest.raises(
+        UsageError, match=r"write-only chain \(public-key recipients\): ROTATE DATA KEY does not rotate"
+    ):
+        store.rotate_backup_key(COLL, old_kms=(private,))
+    assert sorted(str(p) for p in _every_file(coll_dir(store))) == files
+    assert str(ident) not in "".join(j.description + (j.error or "") for j in store.jobs.list())
