@@ -489,6 +489,10 @@ class BackupImage:
                     tick(done)
         return len(todo), checked
 
+    def decoded(self, i: int, rec: ChunkRecord) -> bytes:
+        """Chunk ``i`` (whose record is ``rec``), read, decompressed and checked against its hash."""
+        return self._decode(i, rec, self._pack(rec.pack).read_range(rec.offset, rec.length))
+
     def read(self, offset: int, length: int) -> bytes:
         out = bytearray()
         end = min(offset + length, self.size)

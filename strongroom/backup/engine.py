@@ -1316,7 +1316,10 @@ def verify_files(dests: Destinations, manifests: list[Manifest], keys: BackupKey
 
 
 def alter_backup(request: AlterBackupRequest, *, context: StorageContext | None = None) -> str:
-    """ALTER BACKUP ... ADD NEW_KMS = ... WITH OLD_KMS = ...; returns the ENCRYPTION-INFO file written."""
+    """ALTER BACKUP ... ADD NEW_KMS = ... WITH OLD_KMS = ...; returns the ENCRYPTION-INFO file written.
+    (DROP KMS and ROTATE DATA KEY: rekey.alter, which every surface calls.)"""
+    if request.action != "add":
+        raise UsageError("engine.alter_backup only adds KMS keys: use strongroom.backup.rekey.alter")
     with _destinations(request.collection, context) as dests:
         full, _latest = _resolve_full(dests.default, request.subdir)
         return add_kms(dests.default, full, request.new_kms, request.old_kms)

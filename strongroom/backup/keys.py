@@ -287,15 +287,7 @@ def add_kms(
             "this backup's key is split across key groups: ALTER BACKUP ... ADD NEW_KMS cannot add a key to a "
             "group; take a new full backup with the groups you want"
         )
-    data_key = None
-    for uri in old_kms:
-        try:
-            data_key = unwrap_data_key(infos, (uri,), opener)
-            break
-        except EncryptionError:
-            continue
-    if data_key is None:
-        raise EncryptionError("no key in OLD_KMS matches a key that was previously used to encrypt the backup")
+    data_key = _unwrap_with_any(infos, old_kms, opener)
     wrapped: dict[bytes, bytes] = {}
     with opened_kms(new_kms, opener) as handles:
         for kms in handles:
@@ -305,4 +297,66 @@ def add_kms(
                 raise _kms_failure(kms, "failed to encrypt data key when adding new KMS", exc) from None
     name = f"{full_dir.strip('/')}/{ENCRYPTION_INFO}-{len(infos) + 1}"
     storage.put(name, EncryptionInfo(encrypted_data_keys=wrapped).encode(), create_only=True)
+    return name
+
+
+def _unwrap_with_any(
+    infos: list[tuple[str, EncryptionInfo]], old_kms: tuple[str, ...], opener: KMSOpener | None
+) -> bytes:
+    """The data key, unwrapped by the first of ``old_kms`` that opens the chain (ALTER BACKUP's OLD_KMS)."""
+    for uri in old_kms:
+        try:
+            return unwrap_data_key(infos, (uri,), opener)
+        except EncryptionError:
+            continue
+    raise EncryptionError("no key in OLD_KMS matches a key that was previously used to encrypt the backup")
+
+
+def drop_kms(
+    storage: ExternalStorage,
+    full_dir: str,
+    drop: tuple[str, ...],
+    old_kms: tuple[str, ...],
+    opener: KMSOpener | None = None,
+) -> str:
+    """ALTER BACKUP ... DROP KMS: remove the wraps of ``drop`` from the chain's ENCRYPTION-INFO files.
+
+    ENCRYPTION-INFO files are write-once, so this writes ``ENCRYPTION-INFO-<n+1>`` holding every wrap
+    that stays (from all files: readers accept a URI found in any one file), and only then deletes
+    the files that hold a dropped wrap. At every moment some file holds every remaining wrap, so a
+    crash never leaves a chain that no remaining key opens; a rerun finishes the deletions.
+    Returns the file written."""
+    infos = read_encryption_infos(storage, full_dir)
+    if not infos:
+        raise EncryptionError(NO_INFO)
+    if any(info.salt for _name, info in infos):
+        raise UsageError("this backup is encrypted with a passphrase, not KMS keys: there is no KMS wrap to drop")
+    from .key_groups import grouped_info
+
+    if grouped_info(infos) is not None:
+        raise UsageError(
+            "this backup's key is split across key groups: DROP KMS cannot remove a key from a group; "
+            "take a new full backup with the groups you want"
+        )
+    _unwrap_with_any(infos, old_kms, opener)  # the caller proves it holds a key of the chain
+    with opened_kms(drop, opener) as handles:
+        dropped = {kms_identity(k.master_key_id): k.uri for k in handles}
+    present = {ident for _name, info in infos for ident in info.encrypted_data_keys}
+    for ident, uri in dropped.items():
+        if ident not in present:
+            raise EncryptionError(f"KMS {redact(uri)!r} has no wrap of this backup's data key: nothing to drop")
+    remaining: dict[bytes, bytes] = {}
+    for _name, info in reversed(infos):  # oldest first: a newer file's wrap of the same key wins
+        remaining.update({i: w for i, w in info.encrypted_data_keys.items() if i not in dropped})
+    if not remaining:
+        raise UsageError(
+            "refusing to drop the last KMS wrap of this backup: nothing would open it; "
+            "ADD NEW_KMS first, or ROTATE DATA KEY with a NEW_KMS"
+        )
+    number = max((int(m.group(1) or 1) for name, _info in infos if (m := _INFO_RE.match(name.rsplit("/", 1)[1]))))
+    name = f"{full_dir.strip('/')}/{ENCRYPTION_INFO}-{number + 1}"
+    storage.put(name, EncryptionInfo(encrypted_data_keys=remaining).encode(), create_only=True)
+    for old, info in infos:
+        if dropped.keys() & info.encrypted_data_keys.keys():
+            storage.delete(old)
     return name

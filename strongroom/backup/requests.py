@@ -243,27 +243,75 @@ class ShowBackupRequest:
         return self.in_[0] if len(self.in_) == 1 else self.in_
 
 
+ADD_KMS, DROP_KMS, ROTATE_DATA_KEY = "add", "drop", "rotate"
+
+# What DROP KMS cannot undo, said in its result and its job (SOPS #365, restic #1602).
+DROP_KMS_CAVEAT = (
+    "anyone who copied the old ENCRYPTION-INFO files can still unwrap the data key with the dropped KMS "
+    "key for as long as that key works; ALTER BACKUP ... ROTATE DATA KEY revokes it for real"
+)
+
+
 @dataclass(frozen=True)
 class AlterBackupRequest:
-    """``ALTER BACKUP LATEST | '<subdir>' IN <collection> ADD NEW_KMS = ... WITH OLD_KMS = ...``."""
+    """``ALTER BACKUP LATEST | '<subdir>' IN <collection>`` and one of: ``ADD NEW_KMS = ... WITH
+    OLD_KMS = ...`` (CockroachDB's), ``DROP KMS = ... WITH OLD_KMS = ...`` (remove a wrap) or
+    ``ROTATE DATA KEY WITH OLD_KMS = ... [, NEW_KMS = ...]`` (re-encrypt the chain under a new key)."""
 
     in_: tuple[str, ...]
-    new_kms: tuple[str, ...]
-    old_kms: tuple[str, ...]
+    new_kms: tuple[str, ...] = ()
+    old_kms: tuple[str, ...] = ()
     subdir: str = LATEST
+    drop_kms: tuple[str, ...] = ()
+    rotate: bool = False
+    # ROTATE DATA KEY of a passphrase chain (Python API only for now): the passphrase that opens it,
+    # and the one (with a new salt) that opens the rotated chain.
+    old_passphrase: str | None = field(default=None, repr=False)
+    new_passphrase: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "in_", collection_uris(self.in_))
         object.__setattr__(self, "new_kms", _names(self.new_kms) or ())
         object.__setattr__(self, "old_kms", _names(self.old_kms) or ())
-        if not self.new_kms or not self.old_kms:
+        object.__setattr__(self, "drop_kms", _names(self.drop_kms) or ())
+        if self.rotate and self.drop_kms:
+            raise UsageError("ALTER BACKUP takes one of ADD NEW_KMS, DROP KMS or ROTATE DATA KEY")
+        if self.old_passphrase is not None or self.new_passphrase is not None:
+            if not self.rotate or self.old_kms or self.new_kms or not self.old_passphrase or not self.new_passphrase:
+                raise UsageError(
+                    "a passphrase chain is rotated with both old_encryption_passphrase and "
+                    "new_encryption_passphrase, and no KMS"
+                )
+            Encryption(passphrase=self.old_passphrase)  # checks it and registers it as a secret
+            Encryption(passphrase=self.new_passphrase)
+            return
+        if not self.old_kms:
+            raise UsageError("ALTER BACKUP needs OLD_KMS: a KMS key that opens the backup now")
+        if self.drop_kms and self.new_kms:
+            raise UsageError("ALTER BACKUP ... DROP KMS takes no NEW_KMS (ADD NEW_KMS is a statement of its own)")
+        if self.action == ADD_KMS and not self.new_kms:
             raise UsageError("ALTER BACKUP needs NEW_KMS and OLD_KMS")
+
+    @property
+    def action(self) -> str:
+        return ROTATE_DATA_KEY if self.rotate else DROP_KMS if self.drop_kms else ADD_KMS
 
     @property
     def collection(self) -> str | tuple[str, ...]:
         return self.in_[0] if len(self.in_) == 1 else self.in_
 
     def describe(self) -> str:
-        new = ", ".join(f"'{redact(k)}'" for k in self.new_kms)
-        old = ", ".join(f"'{redact(k)}'" for k in self.old_kms)
-        return f"ALTER BACKUP {_where('', self.in_, self.subdir).strip()} ADD NEW_KMS = ({new}) WITH OLD_KMS = ({old})"
+        def uris(kms: tuple[str, ...]) -> str:
+            return ", ".join(f"'{redact(k)}'" for k in kms)
+
+        where = f"ALTER BACKUP {_where('', self.in_, self.subdir).strip()}"
+        if self.action == DROP_KMS:
+            return f"{where} DROP KMS = ({uris(self.drop_kms)}) WITH OLD_KMS = ({uris(self.old_kms)})"
+        if self.action == ROTATE_DATA_KEY and self.old_passphrase is not None:
+            return (
+                f"{where} ROTATE DATA KEY WITH old_encryption_passphrase = '*****', new_encryption_passphrase = '*****'"
+            )
+        if self.action == ROTATE_DATA_KEY:
+            new = f", NEW_KMS = ({uris(self.new_kms)})" if self.new_kms else ""
+            return f"{where} ROTATE DATA KEY WITH OLD_KMS = ({uris(self.old_kms)}){new}"
+        return f"{where} ADD NEW_KMS = ({uris(self.new_kms)}) WITH OLD_KMS = ({uris(self.old_kms)})"

@@ -8,6 +8,7 @@ from datetime import datetime
 import click
 
 from ..backup import engine as backup_engine
+from ..backup import rekey
 from ..backup.keys import Encryption
 from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 from ..errors import UsageError
@@ -255,16 +256,38 @@ def check(
 @click.argument("collection")
 @STORE
 @click.option("--from", "subdir", default="LATEST", show_default=True, help="LATEST or a full backup's subdir.")
-@click.option("--new-kms", multiple=True, required=True, metavar="URI", help="A KMS key to add (repeatable).")
+@click.option(
+    "--new-kms", multiple=True, metavar="URI", help="A KMS key to add, or to wrap a rotated key (repeatable)."
+)
 @click.option(
     "--old-kms", multiple=True, required=True, metavar="URI", help="A KMS key that opens the backup now (repeatable)."
 )
+@click.option("--drop-kms", multiple=True, metavar="URI", help="Remove this KMS key's wrap (DROP KMS; repeatable).")
+@click.option(
+    "--rotate-data-key",
+    is_flag=True,
+    help="Re-encrypt the whole chain under a new data key (ROTATE DATA KEY), wrapped by --new-kms or --old-kms.",
+)
 def alter_backup(
-    collection: str, store: str | None, subdir: str, new_kms: tuple[str, ...], old_kms: tuple[str, ...]
+    collection: str,
+    store: str | None,
+    subdir: str,
+    new_kms: tuple[str, ...],
+    old_kms: tuple[str, ...],
+    drop_kms: tuple[str, ...],
+    rotate_data_key: bool,
 ) -> None:
-    """ALTER BACKUP ... ADD NEW_KMS = ... WITH OLD_KMS = ...: let new keys open an existing chain."""
+    """ALTER BACKUP: add a KMS key (--new-kms), drop one (--drop-kms), or rotate the data key."""
     collection = resolve_collection(collection)
     s = maybe_store(store)
-    request = AlterBackupRequest(in_=(collection,), subdir=subdir, new_kms=new_kms, old_kms=old_kms)
-    name = s.backups.alter_backup(request) if s else backup_engine.alter_backup(request)
-    click.echo(f"wrote {name}")
+    request = AlterBackupRequest(
+        in_=(collection,), subdir=subdir, new_kms=new_kms, old_kms=old_kms, drop_kms=drop_kms, rotate=rotate_data_key
+    )
+    if s is not None:
+        with progress_bar("rotating data key" if rotate_data_key else "altering backup") as bar:
+            done = s.backups.alter(request, bar)
+    else:
+        done = rekey.alter(request)
+    click.echo(f"wrote {done.written}" if done.action != "rotate data key" else f"rotated: {done.written}")
+    if done.note:
+        click.echo(f"note: {done.note}")

@@ -134,12 +134,15 @@ class ShowBackup(Statement):
 
 @dataclass(frozen=True)
 class AlterBackup(Statement):
-    """``ALTER BACKUP ... ADD NEW_KMS = ... WITH OLD_KMS = ...``."""
+    """``ALTER BACKUP ... ADD NEW_KMS = ... WITH OLD_KMS = ...``, ``... DROP KMS = ... WITH OLD_KMS =
+    ...`` or ``... ROTATE DATA KEY WITH OLD_KMS = ... [, NEW_KMS = ...]``."""
 
     destinations: tuple[str, ...] = ()
     subdir: str | None = None
     new_kms: tuple[str, ...] = ()
     old_kms: tuple[str, ...] = ()
+    drop_kms: tuple[str, ...] = ()
+    rotate: bool = False
 
     def __repr__(self) -> str:
         return _repr(
@@ -147,6 +150,7 @@ class AlterBackup(Statement):
             destinations=_redact_uris(self.destinations),
             new_kms=_redact_uris(self.new_kms),
             old_kms=_redact_uris(self.old_kms),
+            drop_kms=_redact_uris(self.drop_kms),
         )
 
 

@@ -345,9 +345,19 @@ class Session:
 
     def _run_AlterBackup(self, stmt: AlterBackup, params: object) -> Result:
         dest, subdir = _location(stmt.destinations, stmt.subdir, "ALTER BACKUP")
-        request = AlterBackupRequest(in_=dest, subdir=subdir, new_kms=stmt.new_kms, old_kms=stmt.old_kms)
-        self.store.backups.alter_backup(request)
-        return Result(status="ALTER BACKUP")
+        request = AlterBackupRequest(
+            in_=dest,
+            subdir=subdir,
+            new_kms=stmt.new_kms,
+            old_kms=stmt.old_kms,
+            drop_kms=stmt.drop_kms,
+            rotate=stmt.rotate,
+        )
+        if request.action == "add":  # CockroachDB's statement: no rows
+            self.store.backups.alter(request)
+            return Result(status="ALTER BACKUP")
+        done = self.store.backups.alter(request)
+        return Result(done.COLUMNS, [done.row])
 
 
 class BackupSession(Session):

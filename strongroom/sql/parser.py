@@ -72,12 +72,12 @@ RESERVED_KEYWORDS = frozenset(
 UNRESERVED_KEYWORDS = frozenset(
     {
         "ADD", "ALTER", "BACKUP", "BACKUPS", "CASCADE", "DATABASE", "DATABASES", "DROP", "EXISTS", "IF",
-        "JOB", "JOBS", "LATEST", "NEW_KMS", "OF", "OLD_KMS", "OPTIONS", "PRIMARY", "REGION", "RESTORE",
+        "JOB", "JOBS", "KMS", "LATEST", "NEW_KMS", "OF", "OLD_KMS", "OPTIONS", "PRIMARY", "REGION", "RESTORE",
         "RESTRICT", "SET",
         "SHOW", "SYSTEM", "TABLES", "TIME", "USE", "WHEN", "COMPLETE",
         "SCHEDULE", "SCHEDULES", "RECURRING", "FULL", "ALWAYS", "NEVER", "RUNNING", "PAUSED", "PAUSE",
         "RESUME", "GROUPS", "THRESHOLD",
-        "CANCEL",
+        "CANCEL", "ROTATE", "DATA", "KEY",
     }
 )  # fmt: skip
 KEYWORDS = RESERVED_KEYWORDS | UNRESERVED_KEYWORDS
@@ -94,6 +94,9 @@ show_backup: SHOW BACKUP location [options]
            | SHOW BACKUP FROM LATEST IN dest [options]       -> show_backup_latest
            | SHOW BACKUP FROM str_or_ph IN dest [options]    -> show_backup_subdir
 alter_backup: ALTER BACKUP location ADD NEW_KMS EQ uri_list WITH OLD_KMS EQ uri_list
+            | ALTER BACKUP location DROP KMS EQ uri_list WITH OLD_KMS EQ uri_list       -> alter_backup_drop
+            | ALTER BACKUP location ROTATE DATA KEY WITH OLD_KMS EQ uri_list [new_kms] -> alter_backup_rotate
+new_kms: COMMA NEW_KMS EQ uri_list
 
 location: dest                     -> loc_exact
         | LATEST IN dest           -> loc_latest
@@ -786,6 +789,20 @@ class _ToAST(Transformer):
         loc = children[2]
         uris = [c for c in children if isinstance(c, tuple) and not isinstance(c, _Location)]
         return AlterBackup(loc.destinations, loc.subdir, new_kms=uris[0], old_kms=uris[1])
+
+    def alter_backup_drop(self, children: list[Any]) -> AlterBackup:
+        loc = children[2]
+        uris = [c for c in children if isinstance(c, tuple) and not isinstance(c, _Location)]
+        return AlterBackup(loc.destinations, loc.subdir, drop_kms=uris[0], old_kms=uris[1])
+
+    def new_kms(self, children: list[Any]) -> tuple[str, ...]:
+        return tuple(children[-1])
+
+    def alter_backup_rotate(self, children: list[Any]) -> AlterBackup:
+        loc = children[2]
+        uris = [c for c in children if isinstance(c, tuple) and not isinstance(c, _Location)]
+        new = uris[1] if len(uris) > 1 else ()
+        return AlterBackup(loc.destinations, loc.subdir, old_kms=uris[0], new_kms=new, rotate=True)
 
     def if_not_exists(self, children: list[Any]) -> bool:
         return True

@@ -11,17 +11,25 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from ..backup import engine, lifecycle
+from ..backup import engine, lifecycle, rekey
 from ..backup.destinations import open_destinations
 from ..backup.engine import DatabaseSource, ShowBackupResult
 from ..backup.jobs import JobResult, Progress
 from ..backup.keys import Encryption
 from ..backup.reader import BackupReader
-from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
+from ..backup.requests import (
+    DROP_KMS,
+    DROP_KMS_CAVEAT,
+    AlterBackupRequest,
+    BackupRequest,
+    RestoreRequest,
+    ShowBackupRequest,
+)
 from ..backup.retention import RetentionPolicy
 from ..errors import NotFoundError, UsageError
 from ..kms import open_kms
 from ..storage import StorageContext
+from ..uri import redact
 from .databases import Databases
 from .jobs import JobRunner
 from .meta import check_database_name
@@ -65,8 +73,20 @@ class Backups:
 
     def alter_backup(self, request: AlterBackupRequest) -> str:
         """ALTER BACKUP ... ADD NEW_KMS; returns the ENCRYPTION-INFO file written."""
+        return self.alter(request).written
+
+    def alter(self, request: AlterBackupRequest, progress: Progress | None = None) -> rekey.AlterResult:
+        """Any ALTER BACKUP (ADD NEW_KMS, DROP KMS, ROTATE DATA KEY), as an ALTER BACKUP job. A DROP
+        KMS job's description says what it cannot undo (copies of the old wraps)."""
+        description = request.describe()
+        if request.action == DROP_KMS:
+            description += f" -- note: {DROP_KMS_CAVEAT}"
         return self.jobs.run(
-            "ALTER BACKUP", request.describe(), lambda job_id, p: engine.alter_backup(request, context=self.context)
+            "ALTER BACKUP",
+            description,
+            lambda job_id, p: rekey.alter(request, context=self.context, progress=p, job_id=job_id),
+            progress,
+            collection=redact(request.in_[0]),
         )
 
     def forget(

@@ -419,6 +419,38 @@ class Store:
             AlterBackupRequest(in_=(in_,), subdir=subdir, new_kms=tuple(new_kms), old_kms=tuple(old_kms))
         )
 
+    def drop_backup_kms(
+        self, in_: str, *, subdir: str = LATEST, drop_kms: Sequence[str], old_kms: Sequence[str]
+    ) -> str:
+        """ALTER BACKUP ... DROP KMS = ... WITH OLD_KMS = ...; returns the ENCRYPTION-INFO file written.
+        Copies of the old files keep the dropped wrap: rotate_backup_key revokes for real."""
+        request = AlterBackupRequest(in_=(in_,), subdir=subdir, drop_kms=tuple(drop_kms), old_kms=tuple(old_kms))
+        return self.backups.alter(request).written
+
+    def rotate_backup_key(
+        self,
+        in_: str,
+        *,
+        subdir: str = LATEST,
+        old_kms: Sequence[str] = (),
+        new_kms: Sequence[str] = (),
+        old_passphrase: str | None = None,
+        new_passphrase: str | None = None,
+    ) -> str:
+        """ALTER BACKUP ... ROTATE DATA KEY WITH OLD_KMS = ... [, NEW_KMS = ...]: the chain re-encrypted
+        under a new data key (wrapped by ``new_kms``, else ``old_kms``); a passphrase chain takes
+        ``old_passphrase`` and ``new_passphrase`` instead. Returns its new full subdir."""
+        request = AlterBackupRequest(
+            in_=(in_,),
+            subdir=subdir,
+            new_kms=tuple(new_kms),
+            old_kms=tuple(old_kms),
+            rotate=True,
+            old_passphrase=old_passphrase,
+            new_passphrase=new_passphrase,
+        )
+        return self.backups.alter(request).written
+
     # -- managed backups ----------------------------------------------------------------------------
     @property
     def managed_backup_schedule(self) -> Schedule:
