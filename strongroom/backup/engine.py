@@ -74,6 +74,10 @@ from .reader import BackupReader
 from .requests import LATEST, AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 
 Clock = Callable[[], datetime]
+#: Writes a layer's databases from a source other than SQLite files (strongroom.postgres): given the
+#: layer (its packs, keys, files written), the previous layer's manifest (None for a full) and the
+#: progress callback, returns the layer's database entries.
+DatabasesWriter = Callable[["LayerWriter", "Manifest | None", "Progress | None"], "list[DatabaseEntry]"]
 Collection = str | Sequence[str]  # one location, or a locality-aware set (COCKROACH_LOCALITY)
 
 
@@ -514,9 +518,13 @@ def backup(
     clock: Clock = utcnow,
     scratch_dir: Path | None = None,
     job_id: int | None = None,
+    write_databases: DatabasesWriter | None = None,
 ) -> JobResult:
     """Take a full backup into a new subdir, or (``request.incremental`` = "LATEST" or a subdir) an
-    incremental one, of ``sources`` (the databases the caller resolved ``request``'s targets to)."""
+    incremental one, of ``sources`` (the databases the caller resolved ``request``'s targets to).
+
+    ``write_databases`` reads the databases some other way than as SQLite files (``sources`` then
+    only name them, for the incremental's same-targets check)."""
     enc = request.encryption
     incremental = request.incremental
     is_full_cluster = request.is_full_cluster
@@ -574,7 +582,10 @@ def backup(
             if info is not None:
                 storage.put(f"{layer_dir}/{layout.ENCRYPTION_INFO}", info, create_only=True)
                 layer.written.append(("", f"{layer_dir}/{layout.ENCRYPTION_INFO}"))
-            entries = _backup_all(dests, layer, sources, prev_manifest, keys, progress, scratch_dir)
+            if write_databases is None:
+                entries = _backup_all(dests, layer, sources, prev_manifest, keys, progress, scratch_dir)
+            else:
+                entries = write_databases(layer, prev_manifest, progress)
             layer.finish()
             manifest = Manifest(
                 backup_type=backup_type,
@@ -606,6 +617,9 @@ def backup(
             layout.write_latest(storage, full, latest_file)
         storage.delete(lock)
     return JobResult(job_id, "succeeded", 1.0, manifest.rows, manifest.index_entries, manifest.bytes)
+
+
+LayerWriter = _LayerWriter  # public name for DatabasesWriter implementations
 
 
 def _remove_layer(dests: Destinations, layer: _LayerWriter) -> bool:
@@ -836,6 +850,10 @@ def restore(
         renames = {chosen[0].name: new_db_name} if new_db_name else {}
         plan = []
         for entry in chosen:
+            if entry.kind != "sqlite":
+                raise UsageError(
+                    f'database "{entry.name}" is a {entry.kind} backup: restore it with strongroom.{entry.kind}'
+                )
             if entry.tables is not None:
                 raise UsageError(
                     f'the backup holds only some tables of database "{entry.name}"; restore them with RESTORE TABLE'
