@@ -33,6 +33,7 @@ from ..errors import IntegrityError
 from ..storage import ExternalStorage
 
 MIN_CHUNK, AVG_CHUNK, MAX_CHUNK = 4 * 1024, 16 * 1024, 64 * 1024
+_GATHER = 1 << 20
 _MAGIC = b"SRPGSTR1"
 _HEADER = struct.Struct("<8sI")  # magic, record count
 _RECORD = struct.Struct("<I32sIQIBI")  # stream, hash, pack slot, offset, stored length, codec, plain length
@@ -76,25 +77,29 @@ class StreamWriter:
         self, number: int, blocks: Iterable[bytes | bytearray | memoryview], tick: Callable[[int], None]
     ) -> int:
         """Store one stream from its blocks (any sizes); returns its length in bytes."""
-        carry = b""
-        total = 0
+        pending = bytearray()
+        total = carried = 0
         for block in blocks:
+            # psycopg hands a binary COPY over row by row: gather about 1 MiB before cutting.
+            pending += block
             total += len(block)
-            buf = carry + bytes(block) if carry else bytes(block)
+            if len(pending) < _GATHER:
+                continue
+            tick(len(pending) - carried)
+            view = bytes(pending)  # a copy: ``pending`` is cut below while chunk views may live
             # Every chunk but the last ends where it would in the whole stream (a cut depends only
-            # on the bytes from its chunk's start); the last may be cut short by the block's end.
+            # on the bytes from its chunk's start); the last may be cut short by the gathered end.
             last_start = 0
-            if len(buf) >= MAX_CHUNK:
-                for chunk in self._cdc.cut_buf(buf):
-                    if chunk.offset + chunk.length == len(buf):
-                        last_start = chunk.offset
-                        break
-                    self._add(number, chunk.data)
-                    last_start = chunk.offset + chunk.length
-            carry = buf[last_start:]
-            tick(len(block))
-        if carry:
-            for chunk in self._cdc.cut_buf(carry):
+            for chunk in self._cdc.cut_buf(view):
+                if chunk.offset + chunk.length == len(pending):
+                    last_start = chunk.offset
+                    break
+                self._add(number, chunk.data)
+            del pending[:last_start]
+            carried = len(pending)
+        tick(len(pending) - carried)
+        if pending:
+            for chunk in self._cdc.cut_buf(bytes(pending)):
                 self._add(number, chunk.data)
         return total
 
