@@ -293,3 +293,42 @@ def test_bad_dsn_and_wrong_password_give_one_clear_error(pg_server: PgServer, sh
     with pytest.raises(PostgresError, match=f'database "{shop}x" does not exist'):
         backup_database(pg_server.dsn(), shop + "x", coll)
     assert engine.show_backups(coll) == [] if Path(coll).exists() else True
+
+
+def test_cli_backup_and_restore_never_show_the_password(pg_server: PgServer, shop: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from strongroom.cli import main
+
+    runner = CliRunner()
+    coll = str(tmp_path / "coll")
+    pw = tmp_path / "pass"
+    pw.write_text("cli-pass-77\n")
+    dsn = pg_server.dsn()
+    outputs = []
+    for args in (
+        ["backup", coll, "--postgres", dsn, "--database", shop, "--passphrase-file", str(pw), "--format", "json"],
+        ["backup", coll, "--postgres", dsn, "--database", shop, "--passphrase-file", str(pw), "--incremental"],
+        ["restore", coll, "--postgres", dsn, "--new-db-name", f"{shop}_cli", "--passphrase-file", str(pw)],
+    ):
+        result = runner.invoke(main, args)
+        outputs.append(result.output)
+        assert result.exit_code == 0, result.output
+    try:
+        assert '"rows": 20200' in outputs[0]
+        assert _sql(pg_server, f"{shop}_cli", "SELECT count(*) FROM orders") == [(20000,)]
+        # Again: the target exists now, and a wrong password; each one clear line, password redacted.
+        again = runner.invoke(
+            main,
+            ["restore", coll, "--postgres", dsn, "--new-db-name", f"{shop}_cli", "--passphrase-file", str(pw)],
+        )
+        assert again.exit_code != 0 and "already exists" in again.output
+        bad = runner.invoke(
+            main, ["backup", coll, "--postgres", pg_server.dsn(password="nope-4411"), "--database", shop]
+        )
+        assert bad.exit_code != 0 and "cannot connect to PostgreSQL at postgresql://postgres:redacted@" in bad.output
+        outputs += [again.output, bad.output]
+        for text in outputs:
+            assert PASSWORD not in text and "nope-4411" not in text
+    finally:
+        _drop(pg_server, f"{shop}_cli")
