@@ -68,8 +68,15 @@ def _drop(server: PgServer, name: str) -> None:
 def test_full_backup_restores_under_a_new_name(pg_server: PgServer, shop: str, tmp_path: Path) -> None:
     coll = str(tmp_path / "coll")
     enc = Encryption(passphrase="pg-pass-1")
+    _sql(pg_server, shop, "UPDATE orders SET note = note || '-plaintext-marker-7f3a' WHERE id = 77")
     result = backup_database(pg_server.dsn(), shop, coll, encryption=enc)
     assert result.rows == ACCOUNTS + 20000
+    # Every byte written is sealed: neither rows nor the schema are readable in the collection.
+    for f in Path(coll).rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            assert b"plaintext-marker-7f3a" not in data and b"orders_by_account" not in data, f
+    assert [r.status for r in engine.check(coll, enc)] == ["ok"]
     new = f"{shop}_restored"
     try:
         restored = restore_database(pg_server.dsn(), coll, new_db_name=new, encryption=enc)
