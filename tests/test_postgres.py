@@ -77,6 +77,7 @@ def test_full_backup_restores_under_a_new_name(pg_server: PgServer, shop: str, t
             data = f.read_bytes()
             assert b"plaintext-marker-7f3a" not in data and b"orders_by_account" not in data, f
     assert [r.status for r in engine.check(coll, enc)] == ["ok"]
+    assert [(r.status, r.chunks_read > 0) for r in engine.check(coll, enc, read_data=True)] == [("ok", True)]
     new = f"{shop}_restored"
     try:
         restored = restore_database(pg_server.dsn(), coll, new_db_name=new, encryption=enc)
