@@ -69,8 +69,10 @@ def test_full_backup_restores_under_a_new_name(pg_server: PgServer, shop: str, t
     coll = str(tmp_path / "coll")
     enc = Encryption(passphrase="pg-pass-1")
     _sql(pg_server, shop, "UPDATE orders SET note = note || '-plaintext-marker-7f3a' WHERE id = 77")
-    result = backup_database(pg_server.dsn(), shop, coll, encryption=enc)
+    ticks: list[tuple[int, int]] = []
+    result = backup_database(pg_server.dsn(), shop, coll, encryption=enc, progress=lambda d, t, w: ticks.append((d, t)))
     assert result.rows == ACCOUNTS + 20000
+    assert ticks and all(d <= t for d, t in ticks) and ticks[-1][1] > 1_000_000  # a real total, not 100% at once
     # Every byte written is sealed: neither rows nor the schema are readable in the collection.
     for f in Path(coll).rglob("*"):
         if f.is_file():

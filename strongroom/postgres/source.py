@@ -127,12 +127,13 @@ def write_database(
         locality,
     )
     done = 0
+    expected = 1  # the tables' on-disk size, once known: COPY's bytes come close to it
 
     def tick(n: int) -> None:
         nonlocal done
         done += n
         if progress:
-            progress(done, max(done, 1), f"backing up {name}")
+            progress(done, max(done, expected), f"backing up {name}")
 
     what = f"backing up {dsn.display}"
     try:
@@ -147,6 +148,10 @@ def write_database(
             ).fetchone()
             assert enc_row is not None
             tables = conn.execute(_TABLES).fetchall()
+            size_row = conn.execute(
+                "SELECT coalesce(sum(pg_table_size(oid)), 0) FROM unnest(%s::oid[]) oid", ([t[2] for t in tables],)
+            ).fetchone()
+            expected = max(1, int(str(size_row[0]))) if size_row else 1
             sequences = []
             for schema, seq in conn.execute(_SEQUENCES).fetchall():
                 r = conn.execute(f"SELECT last_value, is_called FROM {qualified(str(schema), str(seq))}").fetchone()
