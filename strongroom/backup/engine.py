@@ -87,6 +87,10 @@ from .requests import LATEST, AlterBackupRequest, BackupRequest, RestoreRequest,
 from .writeonly import HostChain, chain_id, check_uris_used, host_view, load_chain, start_chain, wants_write_only_chain
 
 Clock = Callable[[], datetime]
+#: Writes a layer's databases from a source other than SQLite files (strongroom.postgres): given the
+#: layer (its packs, keys, files written), the previous layer's manifest (None for a full) and the
+#: progress callback, returns the layer's database entries.
+DatabasesWriter = Callable[["LayerWriter", "Manifest | None", "Progress | None"], "list[DatabaseEntry]"]
 Collection = str | Sequence[str]  # one location, or a locality-aware set (COCKROACH_LOCALITY)
 
 
@@ -561,9 +565,13 @@ def backup(
     clock: Clock = utcnow,
     scratch_dir: Path | None = None,
     job_id: int | None = None,
+    write_databases: DatabasesWriter | None = None,
 ) -> JobResult:
     """Take a full backup into a new subdir, or (``request.incremental`` = "LATEST" or a subdir) an
-    incremental one, of ``sources`` (the databases the caller resolved ``request``'s targets to)."""
+    incremental one, of ``sources`` (the databases the caller resolved ``request``'s targets to).
+
+    ``write_databases`` reads the databases some other way than as SQLite files (``sources`` then
+    only name them, for the incremental's same-targets check)."""
     enc = request.encryption
     incremental = request.incremental
     is_full_cluster = request.is_full_cluster
@@ -654,7 +662,10 @@ def backup(
                 storage.put(f"{layer_dir}/{LAYER_KEY}", layer_key_marker(layer_step), create_only=True)
                 layer.written.append(("", f"{layer_dir}/{LAYER_KEY}"))
             prev_keys = view_keys if host_chain is not None else None
-            entries = _backup_all(dests, layer, sources, prev_manifest, keys, progress, scratch_dir, prev_keys)
+            if write_databases is None:
+                entries = _backup_all(dests, layer, sources, prev_manifest, keys, progress, scratch_dir, prev_keys)
+            else:
+                entries = write_databases(layer, prev_manifest, progress)
             layer.finish()
             manifest = Manifest(
                 backup_type=backup_type,
@@ -692,6 +703,9 @@ def backup(
             layout.write_latest(storage, full, latest_file)
         storage.delete(lock)
     return JobResult(job_id, "succeeded", 1.0, manifest.rows, manifest.index_entries, manifest.bytes)
+
+
+LayerWriter = _LayerWriter  # public name for DatabasesWriter implementations
 
 
 def _remove_layer(dests: Destinations, layer: _LayerWriter) -> bool:
@@ -927,6 +941,10 @@ def restore(
         renames = {chosen[0].name: new_db_name} if new_db_name else {}
         plan = []
         for entry in chosen:
+            if entry.kind != "sqlite":
+                raise UsageError(
+                    f'database "{entry.name}" is a {entry.kind} backup: restore it with strongroom.{entry.kind}'
+                )
             if entry.tables is not None:
                 raise UsageError(
                     f'the backup holds only some tables of database "{entry.name}"; restore them with RESTORE TABLE'
@@ -1263,12 +1281,36 @@ def _read_chain(
 
     for m in manifests:
         for d in m.databases:
+            if d.kind != "sqlite":
+                # Not a page image (strongroom.postgres streams): every pack it may use is read whole,
+                # so each of its sealed chunks is decrypted and authenticated.
+                chunks += _read_packs(dests, m.packs, keys, seen, tick)
+                continue
             image = BackupImage(dests.storage_for, d.index, m.packs, keys)
             try:
                 chunks += image.verify(seen, tick)[0]
             finally:
                 image.close()
     return chunks
+
+
+def _read_packs(
+    dests: Destinations, packs: list[FileRef], keys: BackupKeys, seen: set[tuple[str, int]], tick: Callable[[int], None]
+) -> int:
+    """Decrypt every pack not yet read whole; returns how many were read."""
+    read = 0
+    for ref in packs:
+        if (ref.path, -1) in seen:
+            continue
+        seen.add((ref.path, -1))
+        f = StoredFile(dests.storage_for(ref.locality), ref, keys)
+        try:
+            for pos in range(0, f.plaintext_size, 4 << 20):
+                tick(len(f.read_range(pos, min(4 << 20, f.plaintext_size - pos))))
+        finally:
+            f.close()
+        read += 1
+    return read
 
 
 def _ts(iso: str) -> str:

@@ -68,6 +68,9 @@ class DatabaseEntry:
     total_bytes: int | None = None
     # An encrypted source's chunk fingerprints (ciphertext hashes, see data.FingerprintWriter)
     fingerprints: FileRef | None = None
+    # What the database is: "sqlite" (a page image) or "postgres" (strongroom.postgres: per-table
+    # COPY streams cut by content-defined chunking; ``index`` is then its stream index).
+    kind: str = "sqlite"
 
     @property
     def size(self) -> int:

@@ -15,7 +15,7 @@ import apsw
 
 from ..errors import NotFoundError
 from ..sqlite import open_image
-from .data import BackupImage
+from .data import BackupImage, StorageFor
 from .destinations import Destinations
 from .keys import BackupKeys
 from .manifest import Manifest
@@ -30,6 +30,16 @@ class BackupReader:
         self.manifest = manifest
         self._keys = keys
         self._open: list[tuple[apsw.Connection, BackupImage]] = []
+
+    @property
+    def keys(self) -> BackupKeys:
+        """The backup's keys (for readers of non-SQLite entries, strongroom.postgres)."""
+        return self._keys
+
+    @property
+    def storage_for(self) -> StorageFor:
+        """The storage holding each locality's files."""
+        return self._dests.storage_for
 
     @property
     def databases(self) -> list[str]:

@@ -9,6 +9,7 @@ import click
 
 from ..backup import engine as backup_engine
 from ..backup import rekey
+from ..backup.jobs import JobResult
 from ..backup.keys import Encryption
 from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 from ..errors import UsageError
@@ -28,6 +29,14 @@ from .common import (
     show_job,
 )
 
+POSTGRES = click.option(
+    "--postgres",
+    "postgres_dsn",
+    metavar="DSN",
+    help="A PostgreSQL server (postgresql://user:pw@host/db or key=value; the password is never shown); "
+    "with --database NAME.",
+)
+
 
 @click.command()
 @click.argument("collection")
@@ -35,6 +44,7 @@ from .common import (
 @click.option("--database", "databases", multiple=True, help="Back up only this database (repeatable).")
 @click.option("--table", "tables", multiple=True, metavar="DB.TABLE", help="Back up only this table (repeatable).")
 @click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False), help="Back up a plain SQLite file.")
+@POSTGRES
 @click.option("--incremental", is_flag=True, help="Add an incremental backup onto LATEST.")
 @click.option("--onto", metavar="SUBDIR", help="Add an incremental backup onto this full backup.")
 @click.option(
@@ -58,6 +68,7 @@ def backup(
     databases: tuple[str, ...],
     tables: tuple[str, ...],
     file_: str | None,
+    postgres_dsn: str | None,
     incremental: bool,
     onto: str | None,
     include_unencrypted_data: bool,
@@ -84,8 +95,16 @@ def backup(
         enc = Encryption(groups=groups, threshold=threshold or 0)
     else:
         enc = encryption(kms, passphrase, passphrase_file, confirm=inc is None)
+    if postgres_dsn is not None and (file_ or tables or len(databases) != 1 or kms_groups):
+        raise UsageError("--postgres backs up one database: give exactly one --database (no --file, --table)")
     with progress_bar("backing up") as progress:
-        if file_:
+        if postgres_dsn is not None:
+            from ..postgres import backup_database  # psycopg is the optional `postgres` extra
+
+            result = backup_database(
+                postgres_dsn, databases[0], collection, encryption=enc, incremental=inc or False, progress=progress
+            )
+        elif file_:
             result = backup_file(file_, collection, encryption=enc, incremental=inc, progress=progress)
         else:
             request = BackupRequest(
@@ -109,6 +128,7 @@ def backup(
 @click.option("--new-db-name", help="Restore the one database under a new name.")
 @click.option("--into-db", help="Restore tables into this existing database.")
 @click.option("--file", "file_", type=click.Path(dir_okay=False), help="Restore to a plain SQLite file at this path.")
+@POSTGRES
 @click.option(
     "--verify", is_flag=True, help="Also run SQLite's full integrity_check on each restored database (slower)."
 )
@@ -130,6 +150,7 @@ def restore(
     new_db_name: str | None,
     into_db: str | None,
     file_: str | None,
+    postgres_dsn: str | None,
     verify: bool,
     schema_only: bool,
     verify_backup_table_data: bool,
@@ -146,6 +167,9 @@ def restore(
         raise UsageError("--schema-only restores into the store: drop --file")
     collection = resolve_collection(collection)
     enc = encryption(kms, passphrase, passphrase_file)
+    if postgres_dsn is not None:
+        show_job(_restore_postgres(postgres_dsn, collection, subdir, databases, tables, new_db_name, into_db, enc), fmt)
+        return
     with progress_bar("restoring") as progress:
         if file_:
             result = restore_file(
@@ -174,6 +198,33 @@ def restore(
             )
             result = open_store(store).backups.restore(request, progress)
     show_job(result, fmt)
+
+
+def _restore_postgres(
+    dsn: str,
+    collection: str,
+    subdir: str,
+    databases: tuple[str, ...],
+    tables: tuple[str, ...],
+    new_db_name: str | None,
+    into_db: str | None,
+    enc: Encryption,
+) -> JobResult:
+    """A whole database under --new-db-name, or one --table into the existing --into-db."""
+    from ..postgres import restore_database, restore_table  # psycopg is the optional `postgres` extra
+
+    if len(databases) > 1 or len(tables) > 1:
+        raise UsageError("--postgres restores one database or one table at a time")
+    database = databases[0] if databases else None
+    if tables:
+        if not into_db or new_db_name:
+            raise UsageError("--postgres --table needs --into-db, an existing database to restore the table into")
+        return restore_table(
+            dsn, collection, tables[0], into_db=into_db, database=database, subdir=subdir, encryption=enc
+        )
+    if not new_db_name or into_db:
+        raise UsageError("--postgres restores a database under a new name: give --new-db-name")
+    return restore_database(dsn, collection, new_db_name=new_db_name, database=database, subdir=subdir, encryption=enc)
 
 
 @click.group()

@@ -1,0 +1,236 @@
+"""Restore a PostgreSQL backup: a whole database under a new name, or one table into an existing one.
+
+Nothing of the backup touches disk: the schema archive is decrypted into pg_restore's stdin, and
+each table's COPY stream straight into ``COPY ... FROM STDIN (FORMAT binary)``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from ..backup import engine
+from ..backup.jobs import JobResult, new_job_id
+from ..backup.keys import Encryption
+from ..backup.manifest import DatabaseEntry
+from ..backup.reader import BackupReader
+from ..errors import AlreadyExistsError, NotFoundError, UsageError, scrub
+from .conn import Dsn, PostgresError, check_server_version, failed, quote_ident
+from .source import KIND, META_STREAM, SCHEMA_STREAM, qualified
+from .streams import StreamReader, read_index
+
+
+@dataclass
+class _Backup:
+    entry: DatabaseEntry
+    meta: dict[str, Any]
+    reader: StreamReader
+
+
+def _open(reader: BackupReader, database: str | None) -> _Backup:
+    dbs = [d for d in reader.manifest.databases if d.kind == KIND]
+    if database is None:
+        if len(dbs) != 1:
+            raise UsageError(f"the backup holds {len(dbs)} PostgreSQL databases: say which to restore")
+        entry = dbs[0]
+    else:
+        found = reader.manifest.database(database)
+        if found is None or found.kind != KIND:
+            raise NotFoundError(f'PostgreSQL database "{database}" does not exist in the backup')
+        entry = found
+    chunks = read_index(reader.storage_for, entry.index, reader.manifest.packs, reader.keys)
+    streams = StreamReader(reader.storage_for, reader.keys, chunks)
+    streams.check_files()
+    meta = json.loads(b"".join(streams.stream(META_STREAM)))
+    return _Backup(entry, meta, streams)
+
+
+def _pg_restore(dsn: Dsn, stream: Iterator[bytes], *args: str) -> None:
+    """Run pg_restore on the schema archive, fed through its stdin (never a file on disk)."""
+    cmd = ["pg_restore", "--exit-on-error", "-d", dsn.libpq, *args]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dsn.env()
+    )
+    err: list[bytes] = []
+    t = threading.Thread(target=lambda: err.append(proc.stderr.read() if proc.stderr else b""), daemon=True)
+    t.start()
+    assert proc.stdin is not None
+    try:
+        for block in stream:
+            proc.stdin.write(block)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # pg_restore stopped early: its exit status and stderr say why
+    finally:
+        code = proc.wait()
+        t.join()
+    if code != 0:
+        lines = b"".join(err).decode(errors="replace").strip().splitlines()
+        raise PostgresError(f"pg_restore into {dsn.display} failed: {scrub(lines[0]) if lines else f'exit {code}'}")
+
+
+def _server_version(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _copy_in(
+    conn: psycopg.Connection[Any], spec: dict[str, Any], data: Iterator[bytes], into: str | None = None
+) -> int:
+    cols = ", ".join(quote_ident(c) for c in spec["columns"])
+    target = into or qualified(spec["schema"], spec["table"])
+    cur = conn.cursor()
+    with cur.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT binary)") as copy:
+        for block in data:
+            copy.write(block)
+    return cur.rowcount
+
+
+def restore_database(
+    dsn: str,
+    collection: str,
+    *,
+    new_db_name: str,
+    database: str | None = None,
+    subdir: str = "LATEST",
+    encryption: Encryption | None = None,
+) -> JobResult:
+    """Restore a PostgreSQL database of a backup as ``new_db_name`` (refused if it exists):
+    CREATE DATABASE, the schema's pre-data section, every table's rows, sequence values, then the
+    post-data section (indexes, constraints, triggers). A failure drops the new database."""
+    server = Dsn.parse(dsn)
+    if not new_db_name:
+        raise UsageError("name the database to restore into (new_db_name)")
+    with engine.open_backup(collection, subdir=subdir, encryption=encryption or Encryption()) as reader:
+        bk = _open(reader, database)
+        try:
+            admin = server.connect()
+            try:
+                check_server_version(bk.meta["server_version_num"], _server_version(admin))
+                if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (new_db_name,)).fetchone():
+                    raise AlreadyExistsError(f'database "{new_db_name}" already exists on {server.display}')
+                admin.execute(
+                    f"CREATE DATABASE {quote_ident(new_db_name)} TEMPLATE template0 ENCODING %s "
+                    "LC_COLLATE %s LC_CTYPE %s".replace("%s", "{}").format(
+                        *(_literal(bk.meta[k]) for k in ("encoding", "collate", "ctype"))
+                    )
+                )
+            except psycopg.Error as exc:
+                raise failed(f"creating database {new_db_name} on {server.display}", exc) from None
+            finally:
+                admin.close()
+            target = server.for_database(new_db_name)
+            try:
+                rows = _fill(target, bk)
+            except BaseException:
+                _best_effort(
+                    server, f"DROP DATABASE IF EXISTS {quote_ident(new_db_name)} WITH (FORCE)"
+                )  # all or nothing
+                raise
+        finally:
+            bk.reader.close()
+    return JobResult(
+        new_job_id(), "succeeded", 1.0, rows, 0, bk.entry.bytes, encryption=(encryption or Encryption()).kind
+    )
+
+
+def _fill(target: Dsn, bk: _Backup) -> int:
+    _pg_restore(target, bk.reader.stream(SCHEMA_STREAM), "--section=pre-data")
+    conn = target.connect(autocommit=False)
+    rows = 0
+    try:
+        try:
+            for spec in bk.meta["tables"]:
+                rows += _copy_in(conn, spec, bk.reader.stream(spec["stream"]))
+            for schema, seq, value, called in bk.meta["sequences"]:
+                conn.execute("SELECT pg_catalog.setval(%s, %s, %s)", (qualified(schema, seq), value, called))
+            conn.commit()
+        except psycopg.Error as exc:
+            raise failed(f"restoring into {target.display}", exc) from None
+    finally:
+        conn.close()
+    _pg_restore(target, bk.reader.stream(SCHEMA_STREAM), "--section=post-data")
+    return rows
+
+
+def _best_effort(server: Dsn, sql: str) -> None:
+    """Undo a restore that failed part way; the original error is what the user needs to read."""
+    try:
+        conn = server.connect()
+        try:
+            conn.execute(sql.encode())
+        finally:
+            conn.close()
+    except (psycopg.Error, PostgresError):
+        pass
+
+
+def _literal(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def restore_table(
+    dsn: str,
+    collection: str,
+    table: str,
+    *,
+    into_db: str,
+    database: str | None = None,
+    subdir: str = "LATEST",
+    encryption: Encryption | None = None,
+) -> JobResult:
+    """Restore one table (``schema.table``, or ``table`` for public) into the existing database
+    ``into_db``: its CREATE TABLE (pg_restore -t), rows, then its primary key, unique constraints
+    and indexes. Foreign keys and column defaults that name other objects are not restored (as
+    CockroachDB's skip_missing_foreign_keys / skip_missing_sequences)."""
+    server = Dsn.parse(dsn).for_database(into_db)
+    schema, _, name = table.rpartition(".")
+    schema = schema or "public"
+    with engine.open_backup(collection, subdir=subdir, encryption=encryption or Encryption()) as reader:
+        bk = _open(reader, database)
+        try:
+            spec = next((t for t in bk.meta["tables"] if (t["schema"], t["table"]) == (schema, name)), None)
+            if spec is None:
+                raise NotFoundError(f'table "{schema}.{name}" does not exist in the backup')
+            post = next(o for o in bk.entry.objects if o.name == f"{schema}.{name}")
+            conn = server.connect(autocommit=False)
+            try:
+                check_server_version(bk.meta["server_version_num"], _server_version(conn))
+                found = conn.execute(
+                    "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = %s AND c.relname = %s",
+                    (schema, name),
+                ).fetchone()
+                conn.rollback()
+            except psycopg.Error as exc:
+                raise failed(f"restoring table {schema}.{name} into {server.display}", exc) from None
+            finally:
+                conn.close()
+            if found:
+                raise AlreadyExistsError(f'relation "{schema}.{name}" already exists in database "{into_db}"')
+            _pg_restore(server, bk.reader.stream(SCHEMA_STREAM), "--section=pre-data", "-n", schema, "-t", name)
+            conn = server.connect(autocommit=False)
+            try:
+                try:
+                    rows = _copy_in(conn, spec, bk.reader.stream(spec["stream"]))
+                    for stmt in spec.get("post", []):
+                        conn.execute(stmt)
+                    conn.commit()
+                except psycopg.Error as exc:
+                    raise failed(f"restoring table {schema}.{name} into {server.display}", exc) from None
+            except BaseException:
+                conn.close()
+                _best_effort(server, f"DROP TABLE IF EXISTS {qualified(schema, name)}")  # all or nothing
+                raise
+            finally:
+                conn.close()
+        finally:
+            bk.reader.close()
+    return JobResult(new_job_id(), "succeeded", 1.0, rows, 0, post.bytes, encryption=(encryption or Encryption()).kind)
