@@ -50,6 +50,7 @@ from ..store.audit import acting_as
 from .scheduler import safe_message
 
 if TYPE_CHECKING:
+    from ..store import Store
     from .app import StoreService
 
 log = logging.getLogger("strongroom.server")
@@ -267,23 +268,19 @@ def console_router(service: StoreService, token: bytes, actor: str, sessions: Se
             return f"{name} failed: {record.error}"
         return f"{name} {'done' if record.done else 'started'} ({record.started})"
 
+    def logged_in(request: Request, name: str, title: str, content: Callable[[Store], dict[str, Any]]) -> Response:
+        """A page for a logged-in browser (else the login page), with what every page shows."""
+        session = session_of(request)
+        if session is None:
+            return to_login()
+        view = service.view()
+        return _page(name, title=title, csrf=session.csrf, store_id=view.id, flash=flash_of(request), **content(view))
+
     @router.get("/")
     def overview(request: Request) -> Response:
-        session = session_of(request)
-        if session is None:
-            return to_login()
-        view = service.view()
-        regions = view.encryption_status()
-        return _page(
-            "overview", title="Overview", csrf=session.csrf, store_id=view.id, regions=regions, flash=flash_of(request)
-        )
+        return logged_in(request, "overview", "Overview", lambda view: {"regions": view.encryption_status()})
 
-    @router.get("/backups")
-    def backups(request: Request) -> Response:
-        session = session_of(request)
-        if session is None:
-            return to_login()
-        view = service.view()
+    def backups_content(view: Store) -> dict[str, Any]:
         listed = [
             {
                 "region": b.region,
@@ -297,43 +294,30 @@ def console_router(service: StoreService, token: bytes, actor: str, sessions: Se
             }
             for b in view.managed_backups()
         ]
-        databases = {r: view.dbs.in_region(r) for r in view.regions}
-        jobs = list(reversed(view.jobs.list()))[:RECENT_JOBS]
-        return _page(
-            "backups",
-            title="Backups",
-            csrf=session.csrf,
-            store_id=view.id,
-            backups=listed,
-            databases=databases,
-            schedules=view.schedules.show(),
-            jobs=jobs,
-            config=view.managed_backup_schedule,
-            flash=flash_of(request),
-            live=True,
-        )
+        return {
+            "backups": listed,
+            "databases": {r: view.dbs.in_region(r) for r in view.regions},
+            "schedules": view.schedules.show(),
+            "jobs": list(reversed(view.jobs.list()))[:RECENT_JOBS],
+            "config": view.managed_backup_schedule,
+            "live": True,
+        }
+
+    @router.get("/backups")
+    def backups(request: Request) -> Response:
+        return logged_in(request, "backups", "Backups", backups_content)
 
     @router.get("/audit")
     def audit(request: Request) -> Response:
-        session = session_of(request)
-        if session is None:
-            return to_login()
-        view = service.view()
-        records = view.audit_records()
-        names = ("region", "actor", "operation", "result")
-        filters = {n: request.query_params.get(n, "") for n in names}
-        choices = {n: sorted({_audit_value(r, n) for r in records}) for n in names}
-        shown = [r for r in records if all(not v or _audit_value(r, n) == v for n, v in filters.items())]
-        return _page(
-            "audit",
-            title="Audit",
-            csrf=session.csrf,
-            store_id=view.id,
-            records=list(reversed(shown)),
-            total=len(records),
-            filters=filters,
-            choices=choices,
-        )
+        def content(view: Store) -> dict[str, Any]:
+            records = view.audit_records()
+            names = ("region", "actor", "operation", "result")
+            filters = {n: request.query_params.get(n, "") for n in names}
+            choices = {n: sorted({_audit_value(r, n) for r in records}) for n in names}
+            shown = [r for r in records if all(not v or _audit_value(r, n) == v for n, v in filters.items())]
+            return {"records": list(reversed(shown)), "total": len(records), "filters": filters, "choices": choices}
+
+        return logged_in(request, "audit", "Audit", content)
 
     def started(name: str, back: str) -> RedirectResponse:
         return RedirectResponse(f"{back}?started={name}", status_code=303, headers=HEADERS)

@@ -47,14 +47,11 @@ class RestoreRecord:
 
 class RestoreRecords:
     def __init__(self, path: Path) -> None:
-        self._path = path
+        self._table = systemdb.Table(path, _SCHEMA)
         self._lock = threading.Lock()
-        self._ready = False
 
     def _connect(self) -> apsw.Connection:
-        schema = None if self._ready else _SCHEMA
-        self._ready = True
-        return systemdb.connect(self._path, schema)
+        return self._table.connect()
 
     def add(self, record: RestoreRecord) -> None:
         with self._lock:

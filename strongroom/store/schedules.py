@@ -336,14 +336,11 @@ class ScheduleTable:
     """The ``schedules`` table of system.db."""
 
     def __init__(self, path: Path) -> None:
-        self._path = path
+        self._table = systemdb.Table(path, _SCHEMA)
         self._lock = threading.Lock()
-        self._ready = False
 
     def _connect(self) -> apsw.Connection:
-        schema = None if self._ready else _SCHEMA
-        self._ready = True
-        return systemdb.connect(self._path, schema)
+        return self._table.connect()
 
     @contextmanager
     def transaction(self) -> Iterator[apsw.Connection]:

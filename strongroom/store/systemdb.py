@@ -24,3 +24,16 @@ def connect(path: Path, schema: str | None = None) -> apsw.Connection:
     if schema is not None:
         conn.execute(schema)
     return conn
+
+
+class Table:
+    """One table of system.db: created (``schema``) on the first connection of this process, not on every one."""
+
+    def __init__(self, path: Path, schema: str) -> None:
+        self.path, self._schema = path, schema
+        self._ready = False
+
+    def connect(self) -> apsw.Connection:
+        conn = connect(self.path, None if self._ready else self._schema)
+        self._ready = True
+        return conn
