@@ -100,16 +100,26 @@ def _raw_params(query: str) -> list[tuple[str, str]]:
     return out
 
 
-def check_path_length(path: str, uri: str) -> None:
-    """Refuse paths an object store or file system would refuse later, with a traceback or a panic."""
+def _shown(uri: str) -> str:
     shown = redact_loose(uri)
-    shown = repr(shown if len(shown) <= 80 else shown[:80] + "...")
+    return repr(shown if len(shown) <= 80 else shown[:80] + "...")
+
+
+def check_path_length(path: str, uri: str) -> None:
+    """Refuse paths an object store or a KMS would refuse later, with a traceback or a panic."""
     size = len(path.encode())
     if size > MAX_PATH_BYTES:
-        raise UsageError(f"URI {shown}: its path is {size} bytes long (at most {MAX_PATH_BYTES})")
-    longest = max(len(s.encode()) for s in path.split("/"))
+        raise UsageError(f"URI {_shown(uri)}: its path is {size} bytes long (at most {MAX_PATH_BYTES})")
+
+
+def check_path_names(parsed: ParsedURI) -> None:
+    """Refuse a storage path with a name no file system takes. Storage only: a KMS URI's path is a
+    key identifier, not file names (an SSH RSA recipient is 372 characters holding ``/`` at random)."""
+    longest = max(len(s.encode()) for s in unquote(parsed.path).split("/"))
     if longest > MAX_SEGMENT_BYTES:
-        raise UsageError(f"URI {shown}: a name in its path is {longest} bytes long (at most {MAX_SEGMENT_BYTES})")
+        raise UsageError(
+            f"URI {_shown(parsed.raw)}: a name in its path is {longest} bytes long (at most {MAX_SEGMENT_BYTES})"
+        )
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from strongroom import BackupRequest, Encryption, Store, StrongroomError, init_store
 from strongroom.sql import parse
+from strongroom.storage import open_storage
+from strongroom.uri import parse_uri
 
 NASTY = st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF)  # NUL, controls, lone surrogates
 FRAGMENTS = st.sampled_from(
@@ -291,3 +293,11 @@ def test_names_and_endpoints_the_sdks_choke_on_are_refused_first(bare_store: Sto
     with pytest.raises(StrongroomError) as exc:
         bare_store.backups.plan(BackupRequest(into=(uri,), encryption=Encryption(passphrase="p")))
     assert message in str(exc.value)
+
+
+def test_a_kms_key_identifier_is_not_held_to_file_name_lengths() -> None:
+    """A KMS URI's path is a key identifier: an SSH RSA recipient's base64 holds ``/`` at random, so
+    its longest piece between slashes is sometimes over 255 bytes. Only storage paths are file names."""
+    assert parse_uri("age:///ssh-rsa%20" + "A" * 300).path.endswith("A" * 300)
+    with pytest.raises(StrongroomError, match="a name in its path is 300 bytes long"):
+        open_storage("nodelocal://1/" + "a" * 300)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol, Self
 
 from ..errors import UsageError
-from ..uri import parse_uri, redact
+from ..uri import check_path_names, parse_uri, redact
 
 
 class ObjectWriter(Protocol):
@@ -107,6 +107,7 @@ def register_storage(scheme: str, factory: StorageFactory) -> None:
 
 def open_storage(uri: str, context: StorageContext | None = None) -> ExternalStorage:
     parsed = parse_uri(uri)
+    check_path_names(parsed)
     factory = _REGISTRY.get(parsed.scheme)
     if factory is None:
         known = ", ".join(sorted(s + "://" for s in _REGISTRY))
