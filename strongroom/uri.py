@@ -201,3 +201,23 @@ def redact_loose(text: str) -> str:
         key, sep, _value = piece.partition("=")
         out.append(f"{key}={REDACTED}" if sep and is_secret_param(key) else piece)
     return head + "?" + "&".join(out)
+
+
+# A PostgreSQL connection string, in its URI or key=value form (the ``postgres`` package parses it
+# with libpq's rules; these only find the password, here so requests and job descriptions can
+# redact a DSN without importing psycopg).
+_DSN_URI_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
+_DSN_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with its password replaced by ``redacted`` (URI and key=value forms)."""
+    return _DSN_KV_PASSWORD.sub(r"\1redacted", _DSN_URI_PASSWORD.sub(r"\1redacted\3", dsn))
+
+
+def register_dsn_secrets(dsn: str) -> None:
+    """Register what looks like a DSN's password as a secret (even in a DSN that does not parse)."""
+    for m in _DSN_URI_PASSWORD.finditer(dsn):
+        register_secret(m.group(2))
+    for m in _DSN_KV_PASSWORD.finditer(dsn):
+        register_secret(m.group(2).strip("'"))

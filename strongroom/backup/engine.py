@@ -571,11 +571,13 @@ def backup(
     incremental one, of ``sources`` (the databases the caller resolved ``request``'s targets to).
 
     ``write_databases`` reads the databases some other way than as SQLite files (``sources`` then
-    only name them, for the incremental's same-targets check)."""
+    only name them, for the incremental's same-targets check; none, on an incremental, means the
+    chain's own targets: ``BACKUP INTO LATEST IN ...`` after ``BACKUP DATABASE shop INTO ...``)."""
     enc = request.encryption
     incremental = request.incremental
     is_full_cluster = request.is_full_cluster
-    if not sources:
+    follows_chain = write_databases is not None and incremental is not None and not sources
+    if not sources and not follows_chain:
         raise UsageError("nothing to back up: no databases")
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
@@ -627,7 +629,10 @@ def backup(
             else:
                 keys = existing_backup_keys(storage, full, enc)
                 previous_layers, _first, prev_manifest = _open_chain(storage, full, latest, keys)
-            _check_same_targets(prev_manifest, sources, is_full_cluster)
+            if follows_chain:
+                is_full_cluster = prev_manifest.is_full_cluster
+            else:
+                _check_same_targets(prev_manifest, sources, is_full_cluster)
             info = None
             now = clock()
             if now <= datetime.fromisoformat(prev_manifest.end_time):

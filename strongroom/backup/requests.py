@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from ..errors import UsageError
-from ..uri import redact
+from ..uri import redact, redact_dsn, register_dsn_secrets
 from .keys import Encryption
 
 LATEST = "LATEST"
@@ -122,6 +122,11 @@ def _with(opts: list[str]) -> str:
     return f" WITH OPTIONS ({', '.join(opts)})" if opts else ""
 
 
+def _on_server(dsn: str | None) -> str:
+    """Which PostgreSQL server a job read or wrote, after the statement (its password redacted)."""
+    return f" -- PostgreSQL {redact_dsn(dsn)}" if dsn is not None else ""
+
+
 def _names(value: Sequence[str] | None) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -146,6 +151,9 @@ class BackupRequest:
     #: Strongroom's addition: consent to write databases that are encrypted at rest into a backup
     #: without encryption (``WITH include_unencrypted_data``); refused without it.
     include_unencrypted_data: bool = False
+    #: The PostgreSQL server (a DSN) whose databases to back up (``strongroom sql --postgres``);
+    #: None: the store's own (SQLite) databases.
+    postgres: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "into", collection_uris(self.into))
@@ -153,6 +161,12 @@ class BackupRequest:
         object.__setattr__(self, "tables", _names(self.tables))
         if self.databases and self.tables:
             raise UsageError("back up either databases or tables, not both")
+        if self.postgres is not None:
+            register_dsn_secrets(self.postgres)
+            if self.tables:
+                raise UsageError("BACKUP TABLE of PostgreSQL: back up the database (RESTORE TABLE takes one table out)")
+            if self.incremental is None and not self.databases:
+                raise UsageError("a full backup of PostgreSQL names its databases: BACKUP DATABASE <name> INTO ...")
 
     @property
     def is_full_cluster(self) -> bool:
@@ -171,8 +185,10 @@ class BackupRequest:
     def describe(self) -> str:
         opts = _encryption_options(self.encryption)
         opts += [name for name in ("detached", "include_unencrypted_data") if getattr(self, name)]
-        return f"BACKUP{_targets(self.databases, self.tables)} {_where('INTO', self.into, self.incremental)}" + _with(
-            opts
+        return (
+            f"BACKUP{_targets(self.databases, self.tables)} {_where('INTO', self.into, self.incremental)}"
+            + _with(opts)
+            + _on_server(self.postgres)
         )
 
 
@@ -196,9 +212,16 @@ class RestoreRequest:
     #: ``verify_backup_table_data`` (with it) first reads every row of the backup.
     schema_only: bool = False
     verify_backup_table_data: bool = False
+    #: CockroachDB's ``skip_missing_foreign_keys``: RESTORE TABLE leaves out a foreign key whose
+    #: referenced table is not in the target database, instead of failing.
+    skip_missing_foreign_keys: bool = False
+    #: The PostgreSQL server (a DSN) to restore into; None: the store.
+    postgres: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "from_", collection_uris(self.from_))
+        if self.postgres is not None:
+            register_dsn_secrets(self.postgres)
         object.__setattr__(self, "databases", _names(self.databases))
         object.__setattr__(self, "tables", _names(self.tables))
         if self.verify_backup_table_data and not self.schema_only:
@@ -219,11 +242,12 @@ class RestoreRequest:
     def describe(self) -> str:
         opts = _encryption_options(self.encryption)
         opts += [f"{n} = '{v}'" for n, v in (("new_db_name", self.new_db_name), ("into_db", self.into_db)) if v]
-        flags = ("detached", "verify", "schema_only", "verify_backup_table_data")
+        flags = ("detached", "verify", "schema_only", "verify_backup_table_data", "skip_missing_foreign_keys")
         opts += [name for name in flags if getattr(self, name)]
         where = _where("FROM", self.from_, self.subdir)
         as_of = f" AS OF SYSTEM TIME '{self.as_of.isoformat()}'" if self.as_of else ""
-        return f"RESTORE{_targets(self.databases, self.tables)} {where}{as_of}" + _with(opts)
+        targets = _targets(self.databases, self.tables)
+        return f"RESTORE{targets} {where}{as_of}" + _with(opts) + _on_server(self.postgres)
 
 
 @dataclass(frozen=True)

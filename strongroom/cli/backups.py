@@ -9,7 +9,7 @@ import click
 
 from ..backup import engine as backup_engine
 from ..backup import rekey
-from ..backup.jobs import JobResult
+from ..backup.jobs import Cancel, JobResult, Progress, checking, foreground
 from ..backup.keys import Encryption
 from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 from ..errors import UsageError
@@ -33,8 +33,8 @@ POSTGRES = click.option(
     "--postgres",
     "postgres_dsn",
     metavar="DSN",
-    help="A PostgreSQL server (postgresql://user:pw@host/db or key=value; the password is never shown); "
-    "with --database NAME.",
+    help="A PostgreSQL server (postgresql://user@host/db or key=value) whose databases (--database) to back up or "
+    "restore into; its password is never shown: give it in PGPASSWORD or ~/.pgpass (argv is visible to ps).",
 )
 
 
@@ -95,15 +95,14 @@ def backup(
         enc = Encryption(groups=groups, threshold=threshold or 0)
     else:
         enc = encryption(kms, passphrase, passphrase_file, confirm=inc is None)
-    if postgres_dsn is not None and (file_ or tables or len(databases) != 1 or kms_groups):
-        raise UsageError("--postgres backs up one database: give exactly one --database (no --file, --table)")
+    if postgres_dsn is not None and (file_ or tables):
+        raise UsageError("--postgres backs up whole databases: name them with --database (no --file, --table)")
     with progress_bar("backing up") as progress:
         if postgres_dsn is not None:
-            from ..postgres import backup_database  # psycopg is the optional `postgres` extra
-
-            result = backup_database(
-                postgres_dsn, databases[0], collection, encryption=enc, incremental=inc or False, progress=progress
+            request = BackupRequest(
+                into=(collection,), databases=databases or None, encryption=enc, incremental=inc, postgres=postgres_dsn
             )
+            result = _postgres_job(store, request, progress)
         elif file_:
             result = backup_file(file_, collection, encryption=enc, incremental=inc, progress=progress)
         else:
@@ -167,11 +166,27 @@ def restore(
         raise UsageError("--schema-only restores into the store: drop --file")
     collection = resolve_collection(collection)
     enc = encryption(kms, passphrase, passphrase_file)
-    if postgres_dsn is not None:
-        show_job(_restore_postgres(postgres_dsn, collection, subdir, databases, tables, new_db_name, into_db, enc), fmt)
-        return
+    if postgres_dsn is not None and (file_ or verify or schema_only):
+        raise UsageError("--postgres restores into the server: drop --file, --verify and --schema-only")
     with progress_bar("restoring") as progress:
-        if file_:
+        if postgres_dsn is not None:
+            if new_db_name and not databases and not tables:
+                from ..postgres.target import only_database  # the one database of the backup
+
+                databases = (only_database(collection, subdir, enc),)
+            request = RestoreRequest(
+                from_=(collection,),
+                subdir=subdir,
+                databases=None if tables else databases or None,
+                tables=tuple(_in_database(t, databases) for t in tables) or None,
+                new_db_name=new_db_name,
+                into_db=into_db,
+                encryption=enc,
+                as_of=as_of,
+                postgres=postgres_dsn,
+            )
+            result = _postgres_job(store, request, progress)
+        elif file_:
             result = restore_file(
                 collection,
                 file_,
@@ -200,31 +215,32 @@ def restore(
     show_job(result, fmt)
 
 
-def _restore_postgres(
-    dsn: str,
-    collection: str,
-    subdir: str,
-    databases: tuple[str, ...],
-    tables: tuple[str, ...],
-    new_db_name: str | None,
-    into_db: str | None,
-    enc: Encryption,
-) -> JobResult:
-    """A whole database under --new-db-name, or one --table into the existing --into-db."""
-    from ..postgres import restore_database, restore_table  # psycopg is the optional `postgres` extra
+def _in_database(table: str, databases: tuple[str, ...]) -> str:
+    """``--database shop --table orders`` (or ``public.orders``): the table as shop.public.orders."""
+    if len(databases) > 1:
+        raise UsageError("--table with --postgres takes at most one --database (the table's)")
+    if not databases:
+        return table
+    parts = table.split(".")
+    return ".".join([databases[0], *(["public"] if len(parts) == 1 else []), *parts]) if len(parts) < 3 else table
 
-    if len(databases) > 1 or len(tables) > 1:
-        raise UsageError("--postgres restores one database or one table at a time")
-    database = databases[0] if databases else None
-    if tables:
-        if not into_db or new_db_name:
-            raise UsageError("--postgres --table needs --into-db, an existing database to restore the table into")
-        return restore_table(
-            dsn, collection, tables[0], into_db=into_db, database=database, subdir=subdir, encryption=enc
+
+def _postgres_job(store: str | None, request: BackupRequest | RestoreRequest, progress: Progress | None) -> JobResult:
+    """A PostgreSQL BACKUP or RESTORE: a job of the store when there is one (SHOW JOBS, CANCEL JOB),
+    else run here, as a plain file's backup is."""
+    s = maybe_store(store)
+    if s is not None:
+        return (
+            s.backups.backup(request, progress)
+            if isinstance(request, BackupRequest)
+            else s.backups.restore(request, progress)
         )
-    if not new_db_name or into_db:
-        raise UsageError("--postgres restores a database under a new name: give --new-db-name")
-    return restore_database(dsn, collection, new_db_name=new_db_name, database=database, subdir=subdir, encryption=enc)
+    from ..postgres import run_backup, run_restore  # psycopg is the optional `postgres` extra
+
+    with foreground(cancel := Cancel()):  # Ctrl-C or SIGTERM stops it at a progress point
+        if isinstance(request, BackupRequest):
+            return run_backup(request, progress=checking(progress, cancel))
+        return run_restore(request, progress=checking(progress, cancel))
 
 
 @click.group()

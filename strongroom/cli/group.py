@@ -34,6 +34,8 @@ EXTRAS = {
     "hvac": "vault",
     "Crypto": "groups",
     "pyrage": "age",
+    "psycopg": "postgres",
+    "pyfastcdc": "postgres",
 }
 
 

@@ -131,6 +131,13 @@ def _shell(session: Session, fmt: str) -> None:
     metavar="COLLECTION",
     help="Query the databases of a backup in place, read-only (nothing is restored or written).",
 )
+@click.option(
+    "--postgres",
+    "postgres_dsn",
+    metavar="DSN",
+    help="Run against a PostgreSQL server (postgresql://user@host/db): BACKUP reads its databases, RESTORE writes "
+    "into it, other statements go to it; jobs and schedules are the store's. Password: PGPASSWORD or ~/.pgpass.",
+)
 @click.option("--from", "subdir", default="LATEST", show_default=True, help="With --backup: LATEST or a full subdir.")
 @AS_OF
 @encryption_options("With --backup: open the backup (decrypt it)")
@@ -141,6 +148,7 @@ def sql(
     database: str | None,
     param_env: tuple[str, ...],
     backup_collection: str | None,
+    postgres_dsn: str | None,
     subdir: str,
     as_of: datetime | None,
     kms: tuple[str, ...],
@@ -158,6 +166,8 @@ def sql(
         if not _is_text(value):
             raise UsageError(f"--param-env {var}: the value is not valid UTF-8 text")
         params.append(value)
+    if backup_collection is not None and postgres_dsn is not None:
+        raise UsageError("--backup opens a backup of SQLite databases; restore a PostgreSQL backup with --postgres")
     if backup_collection is None and (kms or passphrase or passphrase_file or as_of or subdir != "LATEST"):
         raise UsageError("--from, --as-of, --kms and --passphrase go with --backup")
     session: Session
@@ -171,6 +181,10 @@ def sql(
             else backup_engine.open_backup(collection, subdir=subdir, as_of=as_of, encryption=enc)
         )
         session = BackupSession(reader)
+    elif postgres_dsn is not None:
+        from ..postgres import PostgresSession  # psycopg is the optional `postgres` extra
+
+        session = PostgresSession(open_store(store), postgres_dsn)
     else:
         session = Session(open_store(store))
     with session:

@@ -7,16 +7,20 @@ pyfastcdc) and the PostgreSQL client programs (pg_dump, pg_restore) on PATH.
 """
 
 from .conn import Dsn, PostgresError, ServerVersionError, check_server_version, redact_dsn
-from .source import backup_database
-from .target import restore_database, restore_table
+from .session import PostgresSession
+from .source import backup_database, run_backup
+from .target import restore_database, restore_table, run_restore
 
 __all__ = [
     "Dsn",
     "PostgresError",
+    "PostgresSession",
     "ServerVersionError",
     "backup_database",
     "check_server_version",
     "redact_dsn",
     "restore_database",
     "restore_table",
+    "run_backup",
+    "run_restore",
 ]

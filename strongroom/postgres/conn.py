@@ -4,13 +4,13 @@ StrongroomErrors with one clear (redacted) message."""
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import conninfo
 
 from ..errors import StrongroomError, UsageError, register_secret, scrub
+from ..uri import redact_dsn, register_dsn_secrets
 
 
 class PostgresError(StrongroomError):
@@ -19,15 +19,6 @@ class PostgresError(StrongroomError):
 
 class ServerVersionError(PostgresError):
     """A restore into a server older than the one backed up."""
-
-
-_URI_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
-_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN with its password replaced by ``redacted`` (URI and key=value forms)."""
-    return _KV_PASSWORD.sub(r"\1redacted", _URI_PASSWORD.sub(r"\1redacted\3", dsn))
 
 
 @dataclass(frozen=True)
@@ -44,7 +35,7 @@ class Dsn:
         try:
             params = conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError:
-            register_secret_in(dsn)
+            register_dsn_secrets(dsn)
             raise UsageError(f"not a PostgreSQL connection string: {redact_dsn(dsn)}") from None
         password = params.pop("password", None)
         password = None if password is None else str(password)
@@ -74,14 +65,6 @@ class Dsn:
             return psycopg.connect(conninfo.make_conninfo(**params), autocommit=autocommit, connect_timeout=10)
         except psycopg.Error as exc:
             raise PostgresError(f"cannot connect to PostgreSQL at {self.display}: {_first_line(exc)}") from None
-
-
-def register_secret_in(dsn: str) -> None:
-    """A DSN that does not parse may still hold a password: register what looks like one."""
-    for m in _URI_PASSWORD.finditer(dsn):
-        register_secret(m.group(2))
-    for m in _KV_PASSWORD.finditer(dsn):
-        register_secret(m.group(2).strip("'"))
 
 
 def _first_line(exc: BaseException) -> str:

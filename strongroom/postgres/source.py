@@ -22,6 +22,7 @@ from ..backup.keys import Encryption
 from ..backup.manifest import DatabaseEntry, Manifest, ObjectInfo
 from ..backup.requests import BackupRequest
 from ..errors import NotFoundError, UsageError, scrub
+from ..storage import StorageContext
 from .conn import Dsn, PostgresError, failed, quote_ident
 from .streams import StreamChunk, StreamWriter, read_index
 
@@ -109,14 +110,20 @@ def _previous_chunks(layer: engine.LayerWriter, prev: Manifest | None, name: str
 
 
 def write_database(
-    dsn: Dsn, name: str, layer: engine.LayerWriter, prev: Manifest | None, progress: Progress | None
+    dsn: Dsn,
+    name: str,
+    layer: engine.LayerWriter,
+    prev: Manifest | None,
+    progress: Progress | None,
+    number: int = 0,
 ) -> DatabaseEntry:
-    """Read database ``dsn`` in one snapshot into ``layer`` as the database entry ``name``."""
+    """Read database ``dsn`` in one snapshot into ``layer`` as the database entry ``name`` (the
+    layer's ``number``-th database)."""
     conn = dsn.connect()
     dump: _SchemaDump | None = None
     locality = layer.dests.locality_for_region(None)
     packs = layer.packs(locality)
-    index_path = f"{layer.layer_dir}/data/pg-0000.idx"
+    index_path = f"{layer.layer_dir}/data/pg-{number:04}.idx"
     writer = StreamWriter(
         layer.dests.storage_for(locality),
         index_path,
@@ -237,6 +244,36 @@ class _suppress_closed:
         return exc[0] is not None and issubclass(exc[0], psycopg.Error)  # type: ignore[arg-type]
 
 
+def run_backup(
+    request: BackupRequest,
+    *,
+    context: StorageContext | None = None,
+    progress: Progress | None = None,
+    job_id: int | None = None,
+) -> JobResult:
+    """BACKUP of the PostgreSQL server ``request.postgres`` names: each database in its own snapshot
+    (PostgreSQL shares a snapshot only within one database). An incremental that names no database
+    follows its chain's. The store runs this as a job; :func:`backup_database` without one."""
+    assert request.postgres is not None
+    server = Dsn.parse(request.postgres)
+    names = list(request.databases or ())
+    sources = [engine.DatabaseSource(n, Path()) for n in names]  # named for the chain's targets check
+
+    def write(layer: engine.LayerWriter, prev: Manifest | None, progress: Progress | None) -> list[DatabaseEntry]:
+        if prev is not None and any(d.kind != KIND for d in prev.databases):
+            raise UsageError(
+                "this chain holds SQLite databases, not PostgreSQL ones: take a full backup of the "
+                "PostgreSQL databases with BACKUP DATABASE ... INTO"
+            )
+        targets = names or ([d.name for d in prev.databases] if prev is not None else [])
+        return [
+            write_database(server.for_database(n), n, layer, prev, progress, number=i) for i, n in enumerate(targets)
+        ]
+
+    result = engine.backup(request, sources, context=context, progress=progress, job_id=job_id, write_databases=write)
+    return replace(result, encryption=request.encryption.kind)
+
+
 def backup_database(
     dsn: str,
     database: str,
@@ -246,26 +283,25 @@ def backup_database(
     incremental: bool | str = False,
     progress: Progress | None = None,
 ) -> JobResult:
-    """Back up PostgreSQL database ``database`` (on the server ``dsn`` names) into ``collection``.
+    """Back up PostgreSQL database ``database`` (on the server ``dsn`` names) into ``collection``,
+    with no store (a store runs the same as a job: ``store.backups.backup(BackupRequest(...,
+    postgres=dsn))`` or ``BACKUP`` in ``strongroom sql --postgres``).
 
     ``incremental``: True (onto LATEST) or a full backup's subdir; the incremental stores only the
     content-defined chunks of each table's COPY stream that no earlier layer of the chain holds.
     """
-    parsed = Dsn.parse(dsn).for_database(database)
     if not database:
         raise UsageError("name the PostgreSQL database to back up")
     onto = "LATEST" if incremental is True else (incremental or None)
     request = BackupRequest(
-        into=(collection,), databases=(database,), encryption=encryption or Encryption(), incremental=onto
+        into=(collection,),
+        databases=(database,),
+        encryption=encryption or Encryption(),
+        incremental=onto,
+        postgres=dsn,
     )
-    source = engine.DatabaseSource(database, Path(), None)  # names the database for the chain check
-
-    def write(layer: engine.LayerWriter, prev: Manifest | None, progress: Progress | None) -> list[DatabaseEntry]:
-        return [write_database(parsed, database, layer, prev, progress)]
-
     with foreground(cancel := Cancel()):  # as files.backup_file: Ctrl-C stops at a progress point
-        result = engine.backup(request, [source], progress=checking(progress, cancel), write_databases=write)
-    return replace(result, encryption=request.encryption.kind)
+        return run_backup(request, progress=checking(progress, cancel))
 
 
 def missing_database(dsn: Dsn, database: str) -> NotFoundError:

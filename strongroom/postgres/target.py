@@ -16,11 +16,13 @@ from typing import Any
 import psycopg
 
 from ..backup import engine
-from ..backup.jobs import JobResult, new_job_id
+from ..backup.jobs import Cancel, JobResult, Progress, checking, foreground, new_job_id
 from ..backup.keys import Encryption
 from ..backup.manifest import DatabaseEntry
 from ..backup.reader import BackupReader
+from ..backup.requests import RestoreRequest
 from ..errors import AlreadyExistsError, NotFoundError, UsageError, scrub
+from ..storage import StorageContext
 from .conn import Dsn, PostgresError, check_server_version, failed, quote_ident
 from .source import KIND, META_STREAM, SCHEMA_STREAM, qualified
 from .streams import StreamReader, read_index
@@ -93,52 +95,92 @@ def _copy_in(
     return cur.rowcount
 
 
-def restore_database(
-    dsn: str,
-    collection: str,
+def run_restore(
+    request: RestoreRequest,
     *,
-    new_db_name: str,
-    database: str | None = None,
-    subdir: str = "LATEST",
-    encryption: Encryption | None = None,
+    context: StorageContext | None = None,
+    progress: Progress | None = None,
+    job_id: int | None = None,
 ) -> JobResult:
-    """Restore a PostgreSQL database of a backup as ``new_db_name`` (refused if it exists):
-    CREATE DATABASE, the schema's pre-data section, every table's rows, sequence values, then the
+    """RESTORE into the PostgreSQL server ``request.postgres`` names, as CockroachDB restores:
+
+    - ``RESTORE DATABASE d``: ``d`` recreated under its own name, or ``new_db_name``;
+    - ``RESTORE TABLE d.s.t``: ``t`` created in database ``into_db`` (default ``d``), which exists;
+    - ``RESTORE FROM ...``: every database of the backup under its own name.
+
+    Nothing is overwritten: a database or table that exists is refused before anything is written.
+    The store runs this as a job; :func:`restore_database` and :func:`restore_table` without one."""
+    assert request.postgres is not None
+    server = Dsn.parse(request.postgres)
+    enc = request.encryption
+    rows = size = 0
+    with engine.open_backup(
+        request.collection, subdir=request.subdir, as_of=request.as_of, encryption=enc, context=context
+    ) as reader:
+        names = [d.name for d in reader.manifest.databases]
+        if request.tables:
+            targets = [_split_table(t, names) for t in request.tables]
+            for n, (database, schema, table) in enumerate(targets):
+                into = request.into_db or database
+                r, b = _table_into(reader, server, database, schema, table, into, request)
+                rows, size = rows + r, size + b
+                if progress:
+                    progress(n + 1, len(targets), f"restored {schema}.{table} into {into}")
+        else:
+            databases = list(request.databases or names)
+            for n, database in enumerate(databases):
+                r, b = _database_into(reader, server, database, request.new_db_name or database)
+                rows, size = rows + r, size + b
+                if progress:
+                    progress(n + 1, len(databases), f"restored {database}")
+    return JobResult(job_id or new_job_id(), "succeeded", 1.0, rows, 0, size, encryption=enc.kind)
+
+
+def _split_table(qualified_name: str, databases: list[str]) -> tuple[str, str, str]:
+    """``db.schema.table``, ``db.table`` (schema public), or ``table`` / ``schema.table`` when the
+    backup holds one database: (database, schema, table)."""
+    parts = qualified_name.split(".")
+    if len(parts) == 3:
+        return parts[0], parts[1], parts[2]
+    if len(parts) == 2 and parts[0] in databases:
+        return parts[0], "public", parts[1]
+    if len(databases) == 1 and len(parts) <= 2:
+        return databases[0], parts[0] if len(parts) == 2 else "public", parts[-1]
+    raise UsageError(f'qualify table "{qualified_name}" with its database, as database.schema.table')
+
+
+def _database_into(reader: BackupReader, server: Dsn, database: str, new_db_name: str) -> tuple[int, int]:
+    """Recreate ``database`` of the backup as ``new_db_name`` (refused if it exists): CREATE
+    DATABASE, the schema's pre-data section, every table's rows, sequence values, then the
     post-data section (indexes, constraints, triggers). A failure drops the new database."""
-    server = Dsn.parse(dsn)
     if not new_db_name:
         raise UsageError("name the database to restore into (new_db_name)")
-    with engine.open_backup(collection, subdir=subdir, encryption=encryption or Encryption()) as reader:
-        bk = _open(reader, database)
+    bk = _open(reader, database)
+    try:
+        admin = server.connect()
         try:
-            admin = server.connect()
-            try:
-                check_server_version(bk.meta["server_version_num"], _server_version(admin))
-                if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (new_db_name,)).fetchone():
-                    raise AlreadyExistsError(f'database "{new_db_name}" already exists on {server.display}')
-                admin.execute(
-                    f"CREATE DATABASE {quote_ident(new_db_name)} TEMPLATE template0 ENCODING %s "
-                    "LC_COLLATE %s LC_CTYPE %s".replace("%s", "{}").format(
-                        *(_literal(bk.meta[k]) for k in ("encoding", "collate", "ctype"))
-                    )
+            check_server_version(bk.meta["server_version_num"], _server_version(admin))
+            if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (new_db_name,)).fetchone():
+                raise AlreadyExistsError(f'database "{new_db_name}" already exists on {server.display}')
+            admin.execute(
+                f"CREATE DATABASE {quote_ident(new_db_name)} TEMPLATE template0 ENCODING %s "
+                "LC_COLLATE %s LC_CTYPE %s".replace("%s", "{}").format(
+                    *(_literal(bk.meta[k]) for k in ("encoding", "collate", "ctype"))
                 )
-            except psycopg.Error as exc:
-                raise failed(f"creating database {new_db_name} on {server.display}", exc) from None
-            finally:
-                admin.close()
-            target = server.for_database(new_db_name)
-            try:
-                rows = _fill(target, bk)
-            except BaseException:
-                _best_effort(
-                    server, f"DROP DATABASE IF EXISTS {quote_ident(new_db_name)} WITH (FORCE)"
-                )  # all or nothing
-                raise
+            )
+        except psycopg.Error as exc:
+            raise failed(f"creating database {new_db_name} on {server.display}", exc) from None
         finally:
-            bk.reader.close()
-    return JobResult(
-        new_job_id(), "succeeded", 1.0, rows, 0, bk.entry.bytes, encryption=(encryption or Encryption()).kind
-    )
+            admin.close()
+        target = server.for_database(new_db_name)
+        try:
+            rows = _fill(target, bk)
+        except BaseException:
+            _best_effort(server, f"DROP DATABASE IF EXISTS {quote_ident(new_db_name)} WITH (FORCE)")  # all or nothing
+            raise
+    finally:
+        bk.reader.close()
+    return rows, bk.entry.bytes
 
 
 def _fill(target: Dsn, bk: _Backup) -> int:
@@ -176,6 +218,85 @@ def _literal(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+def _table_into(
+    reader: BackupReader,
+    server_dsn: Dsn,
+    database: str,
+    schema: str,
+    name: str,
+    into_db: str,
+    request: RestoreRequest,
+) -> tuple[int, int]:
+    """Restore table ``schema.name`` of ``database`` into the existing database ``into_db``: its
+    CREATE TABLE (pg_restore -t), rows, then its primary key, unique constraints and indexes."""
+    server = server_dsn.for_database(into_db)
+    bk = _open(reader, database)
+    try:
+        spec = next((t for t in bk.meta["tables"] if (t["schema"], t["table"]) == (schema, name)), None)
+        if spec is None:
+            raise NotFoundError(f'table "{database}.{schema}.{name}" does not exist in the backup')
+        post = next(o for o in bk.entry.objects if o.name == f"{schema}.{name}")
+        conn = server.connect(autocommit=False)
+        try:
+            check_server_version(bk.meta["server_version_num"], _server_version(conn))
+            found = conn.execute(
+                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s",
+                (schema, name),
+            ).fetchone()
+            conn.rollback()
+        except psycopg.Error as exc:
+            raise failed(f"restoring table {schema}.{name} into {server.display}", exc) from None
+        finally:
+            conn.close()
+        if found:
+            raise AlreadyExistsError(f'relation "{schema}.{name}" already exists in database "{into_db}"')
+        _pg_restore(server, bk.reader.stream(SCHEMA_STREAM), "--section=pre-data", "-n", schema, "-t", name)
+        conn = server.connect(autocommit=False)
+        try:
+            try:
+                rows = _copy_in(conn, spec, bk.reader.stream(spec["stream"]))
+                for stmt in spec.get("post", []):
+                    conn.execute(stmt)
+                conn.commit()
+            except psycopg.Error as exc:
+                raise failed(f"restoring table {schema}.{name} into {server.display}", exc) from None
+        except BaseException:
+            conn.close()
+            _best_effort(server, f"DROP TABLE IF EXISTS {qualified(schema, name)}")  # all or nothing
+            raise
+        finally:
+            conn.close()
+    finally:
+        bk.reader.close()
+    return rows, post.bytes
+
+
+def restore_database(
+    dsn: str,
+    collection: str,
+    *,
+    new_db_name: str,
+    database: str | None = None,
+    subdir: str = "LATEST",
+    encryption: Encryption | None = None,
+) -> JobResult:
+    """Restore a PostgreSQL database of a backup as ``new_db_name`` (refused if it exists), with no
+    store (a store runs the same as a job: ``RESTORE DATABASE`` in ``strongroom sql --postgres``)."""
+    if not new_db_name:
+        raise UsageError("name the database to restore into (new_db_name)")
+    enc = encryption or Encryption()
+    request = RestoreRequest(
+        from_=(collection,),
+        subdir=subdir,
+        databases=(database or only_database(collection, subdir, enc),),
+        new_db_name=new_db_name,
+        encryption=enc,
+        postgres=dsn,
+    )
+    return _foreground(request)
+
+
 def restore_table(
     dsn: str,
     collection: str,
@@ -187,50 +308,32 @@ def restore_table(
     encryption: Encryption | None = None,
 ) -> JobResult:
     """Restore one table (``schema.table``, or ``table`` for public) into the existing database
-    ``into_db``: its CREATE TABLE (pg_restore -t), rows, then its primary key, unique constraints
-    and indexes. Foreign keys and column defaults that name other objects are not restored (as
-    CockroachDB's skip_missing_foreign_keys / skip_missing_sequences)."""
-    server = Dsn.parse(dsn).for_database(into_db)
+    ``into_db``, with no store."""
+    if not into_db:
+        raise UsageError("name the existing database to restore the table into (into_db)")
+    enc = encryption or Encryption()
+    database = database or only_database(collection, subdir, enc)
     schema, _, name = table.rpartition(".")
-    schema = schema or "public"
-    with engine.open_backup(collection, subdir=subdir, encryption=encryption or Encryption()) as reader:
-        bk = _open(reader, database)
-        try:
-            spec = next((t for t in bk.meta["tables"] if (t["schema"], t["table"]) == (schema, name)), None)
-            if spec is None:
-                raise NotFoundError(f'table "{schema}.{name}" does not exist in the backup')
-            post = next(o for o in bk.entry.objects if o.name == f"{schema}.{name}")
-            conn = server.connect(autocommit=False)
-            try:
-                check_server_version(bk.meta["server_version_num"], _server_version(conn))
-                found = conn.execute(
-                    "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = %s AND c.relname = %s",
-                    (schema, name),
-                ).fetchone()
-                conn.rollback()
-            except psycopg.Error as exc:
-                raise failed(f"restoring table {schema}.{name} into {server.display}", exc) from None
-            finally:
-                conn.close()
-            if found:
-                raise AlreadyExistsError(f'relation "{schema}.{name}" already exists in database "{into_db}"')
-            _pg_restore(server, bk.reader.stream(SCHEMA_STREAM), "--section=pre-data", "-n", schema, "-t", name)
-            conn = server.connect(autocommit=False)
-            try:
-                try:
-                    rows = _copy_in(conn, spec, bk.reader.stream(spec["stream"]))
-                    for stmt in spec.get("post", []):
-                        conn.execute(stmt)
-                    conn.commit()
-                except psycopg.Error as exc:
-                    raise failed(f"restoring table {schema}.{name} into {server.display}", exc) from None
-            except BaseException:
-                conn.close()
-                _best_effort(server, f"DROP TABLE IF EXISTS {qualified(schema, name)}")  # all or nothing
-                raise
-            finally:
-                conn.close()
-        finally:
-            bk.reader.close()
-    return JobResult(new_job_id(), "succeeded", 1.0, rows, 0, post.bytes, encryption=(encryption or Encryption()).kind)
+    request = RestoreRequest(
+        from_=(collection,),
+        subdir=subdir,
+        tables=(f"{database}.{schema or 'public'}.{name}",),
+        into_db=into_db,
+        encryption=enc,
+        postgres=dsn,
+    )
+    return _foreground(request)
+
+
+def only_database(collection: str, subdir: str, enc: Encryption) -> str:
+    """The name of the one PostgreSQL database a backup holds (refused if it holds several)."""
+    with engine.open_backup(collection, subdir=subdir, encryption=enc) as reader:
+        dbs = [d.name for d in reader.manifest.databases if d.kind == KIND]
+    if len(dbs) != 1:
+        raise UsageError(f"the backup holds {len(dbs)} PostgreSQL databases: say which")
+    return dbs[0]
+
+
+def _foreground(request: RestoreRequest) -> JobResult:
+    with foreground(cancel := Cancel()):  # as files.restore_file: Ctrl-C stops at a progress point
+        return run_restore(request, progress=checking(None, cancel))

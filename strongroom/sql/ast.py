@@ -64,6 +64,7 @@ class Options:
     verify: bool = False  # Strongroom's addition: RESTORE runs SQLite's full integrity_check
     schema_only: bool = False  # RESTORE creates the databases' schema, no rows
     verify_backup_table_data: bool = False  # with schema_only: read every row of the backup first
+    skip_missing_foreign_keys: bool = False  # RESTORE TABLE leaves out FKs to tables not restored
 
     def __repr__(self) -> str:
         return _repr(

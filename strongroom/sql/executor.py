@@ -117,6 +117,10 @@ def _split_backup_uri(uri: str) -> tuple[str, str]:
 class Session:
     """A connection to a store: the current database (``USE``) and open SQLite connections."""
 
+    #: The PostgreSQL server BACKUP reads and RESTORE writes (strongroom.postgres.PostgresSession);
+    #: None: the store's own databases.
+    postgres: str | None = None
+
     def __init__(self, store: Store, database: str | None = None) -> None:
         self.store = store
         self.database = database
@@ -305,6 +309,7 @@ class Session:
             incremental=incremental,
             detached=stmt.options.detached,
             include_unencrypted_data=stmt.options.include_unencrypted_data,
+            postgres=self.postgres,
         )
 
     def _run_Restore(self, stmt: Restore, params: object) -> Result:
@@ -323,6 +328,8 @@ class Session:
             verify=stmt.options.verify,
             schema_only=stmt.options.schema_only,
             verify_backup_table_data=stmt.options.verify_backup_table_data,
+            skip_missing_foreign_keys=stmt.options.skip_missing_foreign_keys,
+            postgres=self.postgres,
         )
         for name in (request.new_db_name, request.into_db):
             if name is not None:

@@ -500,11 +500,19 @@ def _parse_tree(toks: list[_Tok], sql: str) -> Tree:
 _STRING_OPTIONS = frozenset({"encryption_passphrase"})
 _NAME_OPTIONS = frozenset({"new_db_name", "into_db"})
 _FLAG_OPTIONS = frozenset(
-    {"check_files", "detached", "include_unencrypted_data", "verify", "schema_only", "verify_backup_table_data"}
+    {
+        "check_files",
+        "detached",
+        "include_unencrypted_data",
+        "verify",
+        "schema_only",
+        "verify_backup_table_data",
+        "skip_missing_foreign_keys",
+    }
 )
 # flags that also accept ``= true|false``
 _BOOL_VALUE_OPTIONS = _FLAG_OPTIONS - {"check_files"}
-_RESTORE_FLAGS = frozenset({"verify", "schema_only", "verify_backup_table_data"})
+_RESTORE_FLAGS = frozenset({"verify", "schema_only", "verify_backup_table_data", "skip_missing_foreign_keys"})
 _KNOWN_OPTIONS = frozenset({"kms"}) | _STRING_OPTIONS | _NAME_OPTIONS | _FLAG_OPTIONS
 _ALLOWED_OPTIONS = {
     "BACKUP": frozenset({"kms", "encryption_passphrase", "detached", "include_unencrypted_data"}),

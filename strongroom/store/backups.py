@@ -26,6 +26,7 @@ from ..backup.requests import (
     ShowBackupRequest,
 )
 from ..backup.retention import RetentionPolicy
+from ..cloud.extras import import_extra
 from ..errors import NotFoundError, UsageError
 from ..kms import open_kms
 from ..storage import StorageContext
@@ -160,14 +161,21 @@ class Backups:
         """Planning errors surface before a job starts, as CockroachDB reports them: a bad URI, an
         unknown scheme or parameter (every storage and KMS the request names is opened and closed,
         no object is read or written), and a plaintext backup of encrypted data without consent."""
+        if request.postgres is not None:
+            for module in ("psycopg", "pyfastcdc"):
+                import_extra(module, "postgres", "PostgreSQL")
         open_destinations(request.collection, self.context).close()
         for uri in request.encryption.kms:
             open_kms(uri).close()
-        if isinstance(request, BackupRequest):
-            check_consent(request)
+        if isinstance(request, BackupRequest) and request.postgres is None:
+            check_consent(request)  # a PostgreSQL server's data is not the store's, nor encrypted by it
 
     # -- the work ---------------------------------------------------------------------------------
     def _backup(self, request: BackupRequest, progress: Progress, job_id: int) -> JobResult:
+        if request.postgres is not None:
+            from ..postgres.source import run_backup  # psycopg is the optional `postgres` extra
+
+            return run_backup(request, context=self.context, progress=progress, job_id=job_id)
         with self.databases.lock.shared():
             result = engine.backup(
                 request, self.sources(request), context=self.context, progress=progress, job_id=job_id
@@ -175,6 +183,10 @@ class Backups:
         return replace(result, encryption=request.encryption.kind)
 
     def _restore(self, request: RestoreRequest, progress: Progress, job_id: int) -> JobResult:
+        if request.postgres is not None:
+            from ..postgres.target import run_restore  # psycopg is the optional `postgres` extra
+
+            return run_restore(request, context=self.context, progress=progress, job_id=job_id)
         if request.new_db_name is not None:
             check_database_name(request.new_db_name)
         with self.databases.lock.shared():

@@ -197,6 +197,7 @@ def _secret_doc(request: BackupRequest) -> str:
             "threshold": enc.threshold,
             "passphrase": enc.passphrase,
             "include_unencrypted_data": request.include_unencrypted_data,
+            "postgres": request.postgres,  # a DSN may hold a password: sealed with the rest
         }
     )
 
@@ -216,6 +217,7 @@ def _request_from(doc_text: str, kind: str) -> BackupRequest:
         ),
         incremental=LATEST if kind == INCREMENTAL else None,
         include_unencrypted_data=bool(doc["include_unencrypted_data"]),
+        postgres=doc.get("postgres"),
     )
 
 
