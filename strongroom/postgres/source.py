@@ -304,8 +304,19 @@ def backup_database(
         return run_backup(request, progress=checking(progress, cancel))
 
 
-def missing_database(dsn: Dsn, database: str) -> NotFoundError:
-    return NotFoundError(f'database "{database}" does not exist on {dsn.display}')
+def check_databases(request: BackupRequest) -> None:
+    """Each database ``request`` names is on its server (a schedule checks at creation, not at 3 a.m.)."""
+    assert request.postgres is not None
+    server = Dsn.parse(request.postgres)
+    conn = server.connect()
+    try:
+        for name in request.databases or ():
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                raise NotFoundError(f'database "{name}" does not exist on {server.display}')
+    except psycopg.Error as exc:
+        raise failed(f"checking the databases on {server.display}", exc) from None
+    finally:
+        conn.close()
 
 
 TickFn = Callable[[int], None]

@@ -193,6 +193,15 @@ class Backups:
             result = engine.restore(request, self.databases, context=self.context, progress=progress, job_id=job_id)
         return replace(result, encryption=request.encryption.kind)
 
+    def check_targets(self, request: BackupRequest) -> None:
+        """Every database (or table) ``request`` names exists: in the store, or on its PostgreSQL server."""
+        if request.postgres is not None:
+            from ..postgres.source import check_databases  # psycopg is the optional `postgres` extra
+
+            check_databases(request)
+        else:
+            self.sources(request)
+
     def sources(self, request: BackupRequest) -> list[DatabaseSource]:
         """The databases (or tables) ``request`` names, each with its file, key and home region."""
         dbs = self.databases

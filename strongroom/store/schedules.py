@@ -442,7 +442,7 @@ class Schedules:
         # The checks BACKUP itself makes, now rather than at 3 a.m.: every URI and KMS opens, every
         # target exists, a plaintext backup of encrypted data has consent.
         self.backups.plan(backup)
-        self.backups.sources(backup)
+        self.backups.check_targets(backup)
         if not options.ignore_existing_backups and self.backups.show_backups(backup.collection):
             raise UsageError(
                 f"backups already created in {backup.shown_collection}; "
