@@ -182,7 +182,7 @@ def sql(
         )
         session = BackupSession(reader)
     elif postgres_dsn is not None:
-        from ..postgres import PostgresSession  # psycopg is the optional `postgres` extra
+        from ..sql.postgres import PostgresSession  # psycopg is the optional `postgres` extra
 
         session = PostgresSession(open_store(store), postgres_dsn)
     else:

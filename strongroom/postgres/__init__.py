@@ -7,14 +7,12 @@ pyfastcdc) and the PostgreSQL client programs (pg_dump, pg_restore) on PATH.
 """
 
 from .conn import Dsn, PostgresError, ServerVersionError, check_server_version, redact_dsn
-from .session import PostgresSession
 from .source import backup_database, run_backup
 from .target import restore_database, restore_table, run_restore
 
 __all__ = [
     "Dsn",
     "PostgresError",
-    "PostgresSession",
     "ServerVersionError",
     "backup_database",
     "check_server_version",

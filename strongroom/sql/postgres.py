@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from ..errors import NotFoundError, UsageError, scrub
-from ..sql.ast import CreateDatabase, DropDatabase, Passthrough, ShowDatabases, ShowTables, Use
-from ..sql.executor import Result, Session
-from .conn import Dsn, PostgresError, failed, quote_ident
+from ..postgres.conn import Dsn, PostgresError, failed, quote_ident
+from .ast import CreateDatabase, DropDatabase, Passthrough, ShowDatabases, ShowTables, Use
+from .executor import Result, Session
 
 if TYPE_CHECKING:
     from ..store import Store
