@@ -5,7 +5,7 @@ on the line before it. The blocks run in README order in one folder (tmp_path as
 keyring and store isolated), as a new user would type them: shell blocks with ``bash -euo
 pipefail``, Python snippets with the interpreter, the ``strongroom sql`` transcript through
 ``strongroom sql -e`` (its ``$1`` from ``--param-env``), and a ``sql`` block marked
-``<!-- readme-test: strongroom sql --store DIR -->`` through that, after the ``strongroom init``
+``<!-- readme-test: strongroom sql --store DIR [ARGS] -->`` through that, after the ``strongroom init``
 its paragraph names.
 
 Cloud lines run against the test servers: the README writes CockroachDB's placeholders (``aws:///...``,
@@ -21,19 +21,24 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 pytest.register_assert_rewrite("cloud_servers", "kms_servers")
 
 from cloud_servers import CloudTarget  # noqa: E402
 from kms_servers import AwsKmsServer, GcpKmsServer  # noqa: E402
+from pg_server import PASSWORD as PG_PASSWORD  # noqa: E402
+from pg_server import PgServer, pg_server  # noqa: E402
 
 pytest_plugins = ("cloud_servers", "kms_servers")
+__all__ = ["pg_server"]  # the session fixture, imported so pytest finds it
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -70,6 +75,7 @@ def env(tmp_path: Path) -> dict[str, str]:
         STRONGROOM_KEYRING=str(tmp_path / "keyring"),
         PYTHONPATH=str(ROOT),
         STRONGROOM_PASSPHRASE="correct horse battery staple",
+        PGPASSWORD=PG_PASSWORD,  # the README's way: the server's password in libpq's environment
     )
     return e
 
@@ -118,12 +124,43 @@ def _transcript(body: str) -> tuple[list[str], list[str]]:
     return stmts, headers
 
 
+README_DSN = "postgresql://app@db.internal:5432/postgres"
+
+
 @pytest.fixture
-def cloud_substitutions(aws_kms: AwsKmsServer, gcp_kms: GcpKmsServer, moto_s3: CloudTarget) -> Iterator[dict[str, str]]:
+def readme_shop(pg_server: PgServer) -> Iterator[PgServer]:
+    """The README's PostgreSQL server: a database ``shop`` (orders, customers) as a user would have."""
+    names = ("shop", "shop_audit", "shop_yesterday", "shop_cli")
+
+    def drop() -> None:
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+            for name in names:
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
+
+    drop()
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(b"CREATE DATABASE shop")
+    with psycopg.connect(pg_server.dsn("shop"), autocommit=True) as conn:
+        conn.execute(
+            b"CREATE TABLE customers (id int PRIMARY KEY, name text);"
+            b"CREATE TABLE orders (id serial PRIMARY KEY, customer int, total numeric(10,2));"
+            b"INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 50) g;"
+            b"INSERT INTO orders (customer, total) SELECT 1 + g % 50, g FROM generate_series(1, 500) g"
+        )
+    yield pg_server
+    drop()
+
+
+@pytest.fixture
+def cloud_substitutions(
+    aws_kms: AwsKmsServer, gcp_kms: GcpKmsServer, moto_s3: CloudTarget, readme_shop: PgServer
+) -> Iterator[dict[str, str]]:
     """The README's placeholders, each to a URI of a server this test runs (exact strings only)."""
     first, second = aws_kms.create_key("us-east-1"), aws_kms.create_key("us-east-1")
     west = gcp_kms.create_key(location="us-west1")
     yield {
+        README_DSN: f"postgresql://{readme_shop.user}@{readme_shop.host}:{readme_shop.port}/postgres",
+        "s3://backups/pg?...": moto_s3.uri("readme/pg"),
         "aws:///arn:aws:kms:us-east-1:111122223333:key/...?AUTH=implicit&REGION=us-east-1": aws_kms.uri(first.arn),
         "gs:///projects/p/locations/us-west1/keyRings/r/cryptoKeys/k?AUTH=implicit": gcp_kms.uri(west),
         "aws:///new-key...": aws_kms.uri(second.key_id),
@@ -176,13 +213,14 @@ def test_every_block_runs_in_readme_order(
             )
             assert r.returncode == 0, f"README {where}: {r.stderr}"
         elif lang == "sql":
-            store = re.fullmatch(r"<!-- readme-test: strongroom sql --store (\S+) -->", mark or "")
+            store = re.fullmatch(r"<!-- readme-test: strongroom sql (--store \S+.*) -->", mark or "")
             assert store, f"README {where}: a sql block says where it runs"
             setup = re.search(r"`(strongroom init [^`]+)`", paragraph)
             if setup:
                 sh(setup.group(1), tmp_path, env, f"{where}, the init its paragraph names")
             stmts = [s.strip() for s in body.split(";\n") if s.strip()]
-            _sql(["--store", store.group(1), *[a for s in stmts for a in ("-e", s.rstrip(";"))]], tmp_path, env, where)
+            args = shlex.split(_substitute(store.group(1), cloud_substitutions))
+            _sql([*args, *[a for s in stmts for a in ("-e", s.rstrip(";"))]], tmp_path, env, where)
         else:
             raise AssertionError(f"README {where}: no runner for ```{lang}")
         ran += 1

@@ -948,7 +948,8 @@ def restore(
         for entry in chosen:
             if entry.kind != "sqlite":
                 raise UsageError(
-                    f'database "{entry.name}" is a {entry.kind} backup: restore it with strongroom.{entry.kind}'
+                    f'database "{entry.name}" is a PostgreSQL backup: restore it into a server with '
+                    "strongroom sql --postgres DSN (or strongroom restore --postgres DSN)"
                 )
             if entry.tables is not None:
                 raise UsageError(
