@@ -168,6 +168,17 @@ def test_the_issue_statements_on_the_embedded_default(pg_server: PgServer, shop:
     assert f"BACKUP DATABASE {shop} INTO 'nodelocal://1/pg'" in str(backup_job["description"])
     assert f"-- PostgreSQL postgresql://postgres@{pg_server.host}" in str(backup_job["description"])
 
+    # check, forget and prune take a PostgreSQL collection as any other.
+    shell.sql(f"BACKUP DATABASE {shop} INTO '{coll}' WITH kms = 'local:///east';")  # a second chain
+    checked = shell.cli("check", coll, "--read-data", "--kms", "local:///east", "--format", "json")
+    assert json.loads(checked.output) and all(c["status"] == "ok" for c in json.loads(checked.output))
+    shell.cli("forget", coll, "--keep-last", "1", "--prune")
+    assert len(shell.sql(f"SHOW BACKUPS IN '{coll}';")) == 1
+    r = shell.sql(
+        f"RESTORE DATABASE {shop} FROM LATEST IN '{coll}' WITH kms = 'local:///east', new_db_name = '{shop}_kept';"
+    )
+    assert r[0]["rows"] == 100 + 100
+
     # A schedule backs up the PostgreSQL database later, from its sealed DSN.
     made = shell.sql(
         f"CREATE SCHEDULE nightly FOR BACKUP DATABASE {shop} INTO 'nodelocal://1/pg-nightly' "
