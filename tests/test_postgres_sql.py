@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -273,3 +274,61 @@ def test_a_locality_aware_postgres_backup(pg_server: PgServer, shop: str, tmp_pa
     assert r[0]["rows"] == 5100
     assert _orders(pg_server, f"{shop}_loc") == _orders(pg_server, shop)
     assert not [p for p in (store / "extern" / "pg-eu").rglob("*") if p.is_file()]
+
+
+def test_cancel_job_from_another_process_stops_a_postgres_backup(
+    pg_server: PgServer, shop: str, tmp_path: Path
+) -> None:
+    """CANCEL JOB of a PostgreSQL BACKUP running in another process: the job ends canceled, LATEST
+    never moves and nothing is left in the collection. Deterministic: a transaction holding a lock
+    on a table keeps the backup waiting inside the server until the cancel is recorded."""
+    import subprocess
+    import sys
+    import time
+
+    from strongroom import open_store
+
+    store_dir = tmp_path / "store"
+    store = init_store(store_dir)
+    create_key("k")
+    dsn = f"postgresql://postgres@{pg_server.host}:{pg_server.port}/postgres"
+    locker = psycopg.connect(pg_server.dsn(shop))
+    locker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")  # held until the rollback below
+    env = {**os.environ, "PGPASSWORD": PASSWORD}
+    statement = f"BACKUP DATABASE {shop} INTO 'nodelocal://1/canceled' WITH kms = 'local:///k'"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "strongroom.cli", "--store", str(store_dir), "sql", "--postgres", dsn, "-e", statement],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def waiting_backup() -> int | None:
+            running = [j for j in store.jobs.list() if j.job_type == "BACKUP" and j.status == "running"]
+            blocked = _sql(
+                pg_server,
+                "postgres",
+                f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{shop}' AND wait_event_type = 'Lock'",
+            )
+            return running[0].job_id if running and blocked[0][0] else None
+
+        deadline = time.monotonic() + 60
+        while (job_id := waiting_backup()) is None:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the backup never reached the locked table"
+            time.sleep(0.05)
+        store.jobs.cancel(job_id)
+        assert store.jobs.list(job_id)[0].status == "cancel-requested"
+    finally:
+        locker.rollback()
+        locker.close()
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "canceled" in err, err
+    job = open_store(store_dir).jobs.list(job_id)[0]
+    assert job.status == "canceled"
+    assert open_store(store_dir).backups.show_backups("nodelocal://1/canceled") == []
+    left = [p for p in (store_dir / "extern" / "canceled").rglob("*") if p.is_file()]
+    assert left == [], left
+    assert PASSWORD not in err
