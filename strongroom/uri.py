@@ -206,7 +206,7 @@ def redact_loose(text: str) -> str:
 # A PostgreSQL connection string, in its URI or key=value form (the ``postgres`` package parses it
 # with libpq's rules; these only find the password, here so requests and job descriptions can
 # redact a DSN without importing psycopg).
-_DSN_URI_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
+_DSN_URI_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@]*:)([^@]*)(@)")
 _DSN_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 

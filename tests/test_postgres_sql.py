@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pg_server import PASSWORD, PgServer, pg_server
 
 from strongroom import init_store
@@ -332,3 +334,27 @@ def test_cancel_job_from_another_process_stops_a_postgres_backup(
     left = [p for p in (store_dir / "extern" / "canceled").rglob("*") if p.is_file()]
     assert left == [], left
     assert PASSWORD not in err
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    dsn=st.one_of(
+        st.text(),
+        st.builds(lambda a, b: f"postgresql://{a}:{b}@h/db", st.text(), st.text()),
+        st.builds(lambda a: f"host=h password={a} dbname=x", st.text()),
+    )
+)
+def test_any_dsn_parses_or_is_one_clear_error_without_its_password(dsn: str) -> None:
+    """A DSN of any text: parsed, or one UsageError naming it, its password never shown."""
+    from strongroom.errors import StrongroomError, clear_secrets
+    from strongroom.postgres import Dsn
+
+    clear_secrets()
+    try:
+        parsed = Dsn.parse(dsn)
+    except StrongroomError as exc:
+        assert "PostgreSQL connection string" in str(exc)
+        return
+    if parsed.password:
+        assert parsed.password not in parsed.display or parsed.password in "redacted"
+        assert "password" not in parsed.libpq
