@@ -358,3 +358,25 @@ def test_any_dsn_parses_or_is_one_clear_error_without_its_password(dsn: str) -> 
     if parsed.password:
         assert parsed.password not in parsed.display or parsed.password in "redacted"
         assert "password" not in parsed.libpq
+
+
+def test_restore_as_of_system_time_picks_the_layer_of_that_time(pg_server: PgServer, shop: str, tmp_path: Path) -> None:
+    """``RESTORE ... AS OF SYSTEM TIME`` on a PostgreSQL chain: the newest layer at or before it."""
+    store = tmp_path / "store"
+    init_store(store)
+    create_key("k")
+    shell = Shell(store, pg_server)
+    coll = "nodelocal://1/asof"
+    shell.sql(f"BACKUP DATABASE {shop} INTO '{coll}' WITH kms = 'local:///k';")
+    at_full = _orders(pg_server, shop)
+    _sql(pg_server, shop, "DELETE FROM orders WHERE id % 2 = 0")
+    shell.sql(f"BACKUP INTO LATEST IN '{coll}' WITH kms = 'local:///k';")
+    layers = shell.sql(f"SHOW BACKUP LATEST IN '{coll}' WITH kms = 'local:///k';")
+    full_end = next(r["end_time"] for r in layers if r["backup_type"] == "full")
+    shell.sql(
+        f"RESTORE DATABASE {shop} FROM LATEST IN '{coll}' AS OF SYSTEM TIME '{full_end}' "
+        f"WITH kms = 'local:///k', new_db_name = '{shop}_then';"
+    )
+    assert _orders(pg_server, f"{shop}_then") == at_full
+    shell.sql(f"RESTORE DATABASE {shop} FROM LATEST IN '{coll}' WITH kms = 'local:///k', new_db_name = '{shop}_now';")
+    assert _orders(pg_server, f"{shop}_now") == _orders(pg_server, shop)
