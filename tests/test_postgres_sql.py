@@ -380,3 +380,36 @@ def test_restore_as_of_system_time_picks_the_layer_of_that_time(pg_server: PgSer
     assert _orders(pg_server, f"{shop}_then") == at_full
     shell.sql(f"RESTORE DATABASE {shop} FROM LATEST IN '{coll}' WITH kms = 'local:///k', new_db_name = '{shop}_now';")
     assert _orders(pg_server, f"{shop}_now") == _orders(pg_server, shop)
+
+
+def test_restore_of_several_targets_is_all_or_nothing(pg_server: PgServer, shop: str, tmp_path: Path) -> None:
+    """Several tables or databases: one that exists refuses the whole RESTORE before anything is
+    written, as CockroachDB does."""
+    store = tmp_path / "store"
+    init_store(store)
+    create_key("k")
+    shell = Shell(store, pg_server)
+    coll = "nodelocal://1/several"
+    shell.sql(f"BACKUP DATABASE {shop} INTO '{coll}' WITH kms = 'local:///k';")
+    shell.sql(f"CREATE DATABASE {shop}_x;")
+    _sql(pg_server, f"{shop}_x", "CREATE TABLE customers (id int)")
+    refused = shell.cli(
+        "sql",
+        "--postgres",
+        f"postgresql://postgres@{pg_server.host}:{pg_server.port}/postgres",
+        "-e",
+        f"RESTORE TABLE {shop}.public.orders, {shop}.public.customers FROM LATEST IN '{coll}' "
+        f"WITH kms = 'local:///k', into_db = '{shop}_x', skip_missing_foreign_keys",
+        ok=False,
+    )
+    assert 'relation "public.customers" already exists' in refused.output
+    assert _sql(pg_server, f"{shop}_x", "SELECT to_regclass('public.orders')") == [(None,)]
+    missing = shell.cli(
+        "sql",
+        "--postgres",
+        f"postgresql://postgres@{pg_server.host}:{pg_server.port}/postgres",
+        "-e",
+        f"RESTORE TABLE {shop}.public.orders FROM LATEST IN '{coll}' WITH kms = 'local:///k', into_db = 'nowhere'",
+        ok=False,
+    )
+    assert 'database "nowhere" to restore public.orders into does not exist' in missing.output

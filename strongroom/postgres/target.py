@@ -118,22 +118,60 @@ def run_restore(
         request.collection, subdir=request.subdir, as_of=request.as_of, encryption=enc, context=context
     ) as reader:
         names = [d.name for d in reader.manifest.databases]
-        if request.tables:
-            targets = [_split_table(t, names) for t in request.tables]
-            for n, (database, schema, table) in enumerate(targets):
-                into = request.into_db or database
-                r, b = _table_into(reader, server, database, schema, table, into, request)
-                rows, size = rows + r, size + b
-                if progress:
-                    progress(n + 1, len(targets), f"restored {schema}.{table} into {into}")
-        else:
-            databases = list(request.databases or names)
-            for n, database in enumerate(databases):
-                r, b = _database_into(reader, server, database, request.new_db_name or database)
-                rows, size = rows + r, size + b
-                if progress:
-                    progress(n + 1, len(databases), f"restored {database}")
+        undo: list[tuple[Dsn, str]] = []  # what to drop if a later target fails: all or nothing
+        try:
+            if request.tables:
+                targets = [_split_table(t, names) for t in request.tables]
+                for database, schema, table in targets:
+                    _check_free(server.for_database(request.into_db or database), (schema, table))
+                for n, (database, schema, table) in enumerate(targets):
+                    into = request.into_db or database
+                    r, b = _table_into(reader, server, database, schema, table, into, request)
+                    undo.append((server.for_database(into), f"DROP TABLE IF EXISTS {qualified(schema, table)} CASCADE"))
+                    rows, size = rows + r, size + b
+                    if progress:
+                        progress(n + 1, len(targets), f"restored {schema}.{table} into {into}")
+            else:
+                databases = list(request.databases or names)
+                for database in databases:
+                    _check_free(server, None, request.new_db_name or database)
+                for n, database in enumerate(databases):
+                    new_name = request.new_db_name or database
+                    r, b = _database_into(reader, server, database, new_name)
+                    undo.append((server, f"DROP DATABASE IF EXISTS {quote_ident(new_name)} WITH (FORCE)"))
+                    rows, size = rows + r, size + b
+                    if progress:
+                        progress(n + 1, len(databases), f"restored {database}")
+        except BaseException:
+            for dsn, sql in reversed(undo):
+                _best_effort(dsn, sql)
+            raise
     return JobResult(job_id or new_job_id(), "succeeded", 1.0, rows, 0, size, encryption=enc.kind)
+
+
+def _check_free(server: Dsn, table: tuple[str, str] | None, database: str | None = None) -> None:
+    """Refuse, before anything is written, a target that exists (a database, or a table in its
+    database, which must exist)."""
+    try:
+        conn = server.connect()
+    except PostgresError as exc:
+        if table is not None and "does not exist" in str(exc):
+            raise NotFoundError(
+                f'database "{server.params.get("dbname")}" to restore {".".join(table)} into does not exist '
+                f"on {server.display}"
+            ) from None
+        raise
+    database_of = server.params.get("dbname")
+    try:
+        if database is not None:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+                raise AlreadyExistsError(f'database "{database}" already exists on {server.display}')
+        elif table is not None and conn.execute("SELECT to_regclass(%s)", (qualified(*table),)).fetchone() != (None,):
+            raise AlreadyExistsError(f'relation "{".".join(table)}" already exists in database "{database_of}"')
+    except psycopg.Error as exc:
+        raise failed(f"checking {server.display}", exc) from None
+    finally:
+        conn.close()
 
 
 def _split_table(qualified_name: str, databases: list[str]) -> tuple[str, str, str]:
