@@ -413,3 +413,30 @@ def test_restore_of_several_targets_is_all_or_nothing(pg_server: PgServer, shop:
         ok=False,
     )
     assert 'database "nowhere" to restore public.orders into does not exist' in missing.output
+
+
+def test_several_databases_back_up_and_come_back_under_their_names(
+    pg_server: PgServer, shop: str, tmp_path: Path
+) -> None:
+    """``BACKUP DATABASE a, b``: each in its own snapshot (PostgreSQL shares one only within a
+    database); ``RESTORE FROM LATEST IN`` brings every database back under its own name."""
+    store = tmp_path / "store"
+    init_store(store)
+    create_key("k")
+    shell = Shell(store, pg_server)
+    other = f"{shop}_two"
+    shell.sql(f"CREATE DATABASE {other};")
+    _sql(pg_server, other, "CREATE TABLE t (k text PRIMARY KEY); INSERT INTO t VALUES ('a'), ('b')")
+    coll = "nodelocal://1/two"
+    before = _orders(pg_server, shop)
+    r = shell.sql(f"BACKUP DATABASE {shop}, {other} INTO '{coll}' WITH kms = 'local:///k';")
+    assert r[0]["rows"] == 5100 + 2
+    shell.sql(f"BACKUP INTO LATEST IN '{coll}' WITH kms = 'local:///k';")
+    shown = shell.sql(f"SHOW BACKUP LATEST IN '{coll}' WITH kms = 'local:///k';")
+    assert {r["database_name"] for r in shown} >= {shop, other}
+    shell.sql(f"DROP DATABASE {shop};")
+    shell.sql(f"DROP DATABASE {other};")
+    r = shell.sql(f"RESTORE FROM LATEST IN '{coll}' WITH kms = 'local:///k';")
+    assert r[0]["rows"] == 5100 + 2
+    assert _orders(pg_server, shop) == before
+    assert _sql(pg_server, other, "SELECT k FROM t ORDER BY k") == [("a",), ("b",)]
