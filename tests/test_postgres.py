@@ -442,3 +442,36 @@ def test_incremental_right_after_a_full_stores_almost_nothing(pg_server: PgServe
     assert full.chunks_written > 500
     assert inc.chunks_written <= 2 and inc.stored_bytes < 64 * 1024
     assert [(o.name, o.rows, o.bytes) for o in inc.objects] == [(o.name, o.rows, o.bytes) for o in full.objects]
+
+
+def test_parallel_restore_validates_foreign_keys_and_fails_whole(
+    pg_server: PgServer, shop: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coll = str(tmp_path / "coll")
+    backup_database(pg_server.dsn(), shop, coll)
+    new = f"{shop}_fk"
+    fk = (
+        "SELECT conname, convalidated FROM pg_constraint "
+        "WHERE contype = 'f' AND conrelid = 'public.orders'::regclass ORDER BY 1"
+    )
+    try:
+        restore_database(pg_server.dsn(), coll, new_db_name=new)
+        assert _sql(pg_server, new, fk) == [("orders_account_fkey", True)]
+        for q in ("SELECT count(*), sum(balance) FROM accounts", "SELECT count(*), sum(amount) FROM orders"):
+            assert _sql(pg_server, new, q) == _sql(pg_server, shop, q)
+    finally:
+        _drop(pg_server, new)
+    # A COPY that fails in one worker stops the others and drops the new database.
+    from strongroom.postgres import target
+
+    real = target._copy_in
+
+    def failing(conn: psycopg.Connection[tuple[object, ...]], spec: dict[str, object], data: Iterator[bytes]) -> int:
+        if spec["table"] == "accounts":
+            raise psycopg.errors.DataException("injected failure")
+        return real(conn, spec, data)
+
+    monkeypatch.setattr(target, "_copy_in", failing)
+    with pytest.raises(PostgresError, match=r"table public\.accounts.*injected failure"):
+        restore_database(pg_server.dsn(), coll, new_db_name=new)
+    assert _sql(pg_server, "postgres", "SELECT count(*) FROM pg_database WHERE datname = %s", (new,)) == [(0,)]

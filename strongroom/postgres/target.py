@@ -7,9 +7,10 @@ each table's COPY stream straight into ``COPY ... FROM STDIN (FORMAT binary)``.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +26,18 @@ from .conn import Dsn, PostgresError, check_server_version, failed, quote_ident
 from .source import KIND, META_STREAM, SCHEMA_STREAM, qualified
 from .streams import StreamReader, read_index
 
+log = logging.getLogger("strongroom.postgres")
+
+#: COPY connections of a whole-database restore, each table in its own transaction.
+WORKERS = 2
+
 
 @dataclass
 class _Backup:
     entry: DatabaseEntry
     meta: dict[str, Any]
     reader: StreamReader
+    new_reader: Callable[[], StreamReader] | None = None  # another reader of the same streams, per thread
 
 
 def _open(reader: BackupReader, database: str | None) -> _Backup:
@@ -48,7 +55,7 @@ def _open(reader: BackupReader, database: str | None) -> _Backup:
     streams = StreamReader(reader.storage_for, reader.keys, chunks)
     streams.check_files()
     meta = json.loads(b"".join(streams.stream(META_STREAM)))
-    return _Backup(entry, meta, streams)
+    return _Backup(entry, meta, streams, lambda: StreamReader(reader.storage_for, reader.keys, chunks))
 
 
 def _pg_restore(dsn: Dsn, stream: Iterator[bytes], *args: str) -> None:
@@ -143,12 +150,10 @@ def restore_database(
 
 def _fill(target: Dsn, bk: _Backup) -> int:
     _pg_restore(target, bk.reader.stream(SCHEMA_STREAM), "--section=pre-data")
+    rows = _copy_tables(target, bk, WORKERS)
     conn = target.connect(autocommit=False)
-    rows = 0
     try:
         try:
-            for spec in bk.meta["tables"]:
-                rows += _copy_in(conn, spec, bk.reader.stream(spec["stream"]))
             for schema, seq, value, called in bk.meta["sequences"]:
                 conn.execute("SELECT pg_catalog.setval(%s, %s, %s)", (qualified(schema, seq), value, called))
             conn.commit()
@@ -156,8 +161,76 @@ def _fill(target: Dsn, bk: _Backup) -> int:
             raise failed(f"restoring into {target.display}", exc) from None
     finally:
         conn.close()
+    # Indexes, constraints (foreign keys validated against the rows now there) and triggers.
     _pg_restore(target, bk.reader.stream(SCHEMA_STREAM), "--section=post-data")
     return rows
+
+
+class _Stopped(Exception):
+    """Another table's COPY failed: this one ends (COPY FAIL) and its transaction rolls back."""
+
+
+def _copy_tables(target: Dsn, bk: _Backup, workers: int) -> int:
+    """Every table's rows, by ``workers`` connections (largest tables first), each table's COPY in
+    its own transaction: the database is new and dropped whole if anything fails. Each worker reads
+    the streams with its own StreamReader (they are not thread-safe)."""
+    sizes = {o.name: o.bytes for o in bk.entry.objects}
+    tables = sorted(bk.meta["tables"], key=lambda t: -sizes.get(f"{t['schema']}.{t['table']}", 0))
+    lock = threading.Lock()
+    stop = threading.Event()
+    todo = iter(tables)
+    counts: list[int] = []
+    errors: list[BaseException] = []
+
+    def checked(blocks: Iterator[bytes]) -> Iterator[bytes]:
+        for block in blocks:
+            if stop.is_set():
+                raise _Stopped
+            yield block
+
+    def run() -> None:
+        spec: dict[str, Any] | None = None
+        reader = bk.new_reader() if bk.new_reader is not None and workers > 1 else bk.reader
+        try:
+            conn = target.connect(autocommit=False)
+            try:
+                while not stop.is_set():
+                    with lock:
+                        spec = next(todo, None)
+                    if spec is None:
+                        return
+                    counts.append(_copy_in(conn, spec, checked(reader.stream(spec["stream"]))))
+                    conn.commit()
+            finally:
+                conn.close()
+                if reader is not bk.reader:
+                    reader.close()
+        except _Stopped:
+            pass
+        except BaseException as exc:
+            if isinstance(exc, psycopg.Error):
+                where = f" table {spec['schema']}.{spec['table']}" if spec is not None else ""
+                exc = failed(f"restoring{where} into {target.display}", exc)
+            with lock:
+                errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=run, name="pg-restore") for _ in range(min(max(1, workers), len(tables)))]
+    started: list[threading.Thread] = []
+    try:
+        for t in threads:
+            t.start()
+            started.append(t)
+        for t in started:
+            while t.is_alive():  # a wait that Ctrl-C can interrupt
+                t.join(0.2)
+    finally:
+        stop.set()
+        for t in started:
+            t.join()
+    if errors:
+        raise errors[0]
+    return sum(counts)
 
 
 def _best_effort(server: Dsn, sql: str) -> None:
