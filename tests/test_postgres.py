@@ -227,17 +227,55 @@ def test_one_table_into_an_existing_database(pg_server: PgServer, shop: str, tmp
     other = f"{shop}_other"
     _sql(pg_server, "postgres", f"CREATE DATABASE {other}")
     try:
-        result = restore_table(pg_server.dsn(), coll, "orders", into_db=other)
+        # orders references accounts, which is not in the other database: refused, naming both,
+        # before anything is created ...
+        with pytest.raises(NotFoundError, match=r'foreign key "orders_account_fkey" references public\.accounts'):
+            restore_table(pg_server.dsn(), coll, "orders", into_db=other)
+        assert _sql(pg_server, other, "SELECT count(*) FROM pg_tables WHERE tablename = 'orders'") == [(0,)]
+        # ... unless that constraint is left out, which the result says.
+        result = restore_table(pg_server.dsn(), coll, "orders", into_db=other, skip_missing_foreign_keys=True)
         assert result.rows == 20000
+        assert len(result.notes) == 1 and '"orders_account_fkey"' in result.notes[0]
+        assert _sql(pg_server, other, "SELECT count(*) FROM pg_constraint WHERE contype = 'f'") == [(0,)]
         q = "SELECT count(*), md5(string_agg(note, ',' ORDER BY id)) FROM orders"
         assert _sql(pg_server, other, q) == _sql(pg_server, shop, q)
         idx = "SELECT indexname FROM pg_indexes WHERE tablename = 'orders' ORDER BY 1"
         assert _sql(pg_server, other, idx) == [("orders_by_account",), ("orders_note",), ("orders_pkey",)]
         assert _sql(pg_server, other, "SELECT count(*) FROM pg_tables WHERE tablename = 'accounts'") == [(0,)]
         with pytest.raises(AlreadyExistsError, match=r'relation "public\.orders" already exists'):
-            restore_table(pg_server.dsn(), coll, "orders", into_db=other)
+            restore_table(pg_server.dsn(), coll, "orders", into_db=other, skip_missing_foreign_keys=True)
         with pytest.raises(NotFoundError, match="does not exist in the backup"):
             restore_table(pg_server.dsn(), coll, "nope", into_db=other)
+    finally:
+        _drop(pg_server, other)
+
+
+def test_one_table_restore_adds_its_foreign_keys_validated(pg_server: PgServer, shop: str, tmp_path: Path) -> None:
+    _sql(
+        pg_server,
+        shop,
+        "ALTER TABLE withdrawals ADD CONSTRAINT withdrawals_account FOREIGN KEY (account) "
+        "REFERENCES accounts(id); INSERT INTO withdrawals (account, amount) VALUES (3, 5), (7, 1)",
+    )
+    coll = str(tmp_path / "coll")
+    backup_database(pg_server.dsn(), shop, coll)
+    other = f"{shop}_fkt"
+    _sql(pg_server, "postgres", f"CREATE DATABASE {other}")
+    fks = "SELECT conname, convalidated FROM pg_constraint WHERE contype = 'f' AND conrelid = %s::regclass ORDER BY 1"
+    try:
+        # The referenced table restored first: the foreign key comes back, validated, and holds.
+        assert restore_table(pg_server.dsn(), coll, "accounts", into_db=other).rows == ACCOUNTS
+        result = restore_table(pg_server.dsn(), coll, "orders", into_db=other)
+        assert result.rows == 20000 and result.notes == ()
+        assert _sql(pg_server, other, fks, ("public.orders",)) == [("orders_account_fkey", True)]
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            _sql(pg_server, other, "INSERT INTO orders (id, account, note) VALUES (0, 999999, 'x')")
+        # A referenced table that exists but lacks the referenced rows: the validation fails the
+        # restore, which leaves no table behind.
+        _sql(pg_server, other, "DELETE FROM orders WHERE account = 7; DELETE FROM accounts WHERE id = 7")
+        with pytest.raises(PostgresError, match="withdrawals_account"):
+            restore_table(pg_server.dsn(), coll, "withdrawals", into_db=other)
+        assert _sql(pg_server, other, "SELECT count(*) FROM pg_tables WHERE tablename = 'withdrawals'") == [(0,)]
     finally:
         _drop(pg_server, other)
 

@@ -258,11 +258,16 @@ def restore_table(
     database: str | None = None,
     subdir: str = "LATEST",
     encryption: Encryption | None = None,
+    skip_missing_foreign_keys: bool = False,
 ) -> JobResult:
     """Restore one table (``schema.table``, or ``table`` for public) into the existing database
-    ``into_db``: its CREATE TABLE (pg_restore -t), rows, then its primary key, unique constraints
-    and indexes. Foreign keys and column defaults that name other objects are not restored (as
-    CockroachDB's skip_missing_foreign_keys / skip_missing_sequences)."""
+    ``into_db``: its CREATE TABLE (pg_restore -t), rows, then its primary key, unique constraints,
+    indexes and foreign keys (validated against the rows of the tables they reference).
+
+    As CockroachDB's RESTORE TABLE: a foreign key whose referenced table does not exist in
+    ``into_db`` fails the restore before anything is created, naming the constraint and the table,
+    unless ``skip_missing_foreign_keys``, which leaves that constraint out (``JobResult.notes`` says
+    which). Column defaults that name other objects (sequences) are not restored."""
     server = Dsn.parse(dsn).for_database(into_db)
     schema, _, name = table.rpartition(".")
     schema = schema or "public"
@@ -281,6 +286,7 @@ def restore_table(
                     "WHERE n.nspname = %s AND c.relname = %s",
                     (schema, name),
                 ).fetchone()
+                foreign_keys, missing = _foreign_keys(conn, spec)
                 conn.rollback()
             except psycopg.Error as exc:
                 raise failed(f"restoring table {schema}.{name} into {server.display}", exc) from None
@@ -288,6 +294,7 @@ def restore_table(
                 conn.close()
             if found:
                 raise AlreadyExistsError(f'relation "{schema}.{name}" already exists in database "{into_db}"')
+            notes = _missing_foreign_keys(spec, missing, into_db, skip_missing_foreign_keys)
             _pg_restore(server, bk.reader.stream(SCHEMA_STREAM), "--section=pre-data", "-n", schema, "-t", name)
             conn = server.connect(autocommit=False)
             try:
@@ -295,6 +302,11 @@ def restore_table(
                     rows = _copy_in(conn, spec, bk.reader.stream(spec["stream"]))
                     for stmt in spec.get("post", []):
                         conn.execute(stmt)
+                    for fk in foreign_keys:  # ADD CONSTRAINT checks every row (unless NOT VALID was backed up)
+                        conn.execute(
+                            f"ALTER TABLE ONLY {qualified(schema, name)} ADD CONSTRAINT "
+                            f"{quote_ident(fk['name'])} {fk['definition']}".encode()
+                        )
                     conn.commit()
                 except psycopg.Error as exc:
                     raise failed(f"restoring table {schema}.{name} into {server.display}", exc) from None
@@ -306,4 +318,50 @@ def restore_table(
                 conn.close()
         finally:
             bk.reader.close()
-    return JobResult(new_job_id(), "succeeded", 1.0, rows, 0, post.bytes, encryption=(encryption or Encryption()).kind)
+    return JobResult(
+        new_job_id(), "succeeded", 1.0, rows, 0, post.bytes, encryption=(encryption or Encryption()).kind, notes=notes
+    )
+
+
+def _foreign_keys(
+    conn: psycopg.Connection[Any], spec: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The table's backed-up foreign keys whose referenced table exists in the target database (or
+    is the table itself), and those whose referenced table does not."""
+    present: list[dict[str, Any]] = []
+    missing: list[dict[str, Any]] = []
+    for fk in spec.get("foreign_keys", []):
+        ref_schema, ref_table = fk["references"]
+        if (ref_schema, ref_table) == (spec["schema"], spec["table"]):
+            present.append(fk)
+            continue
+        row = conn.execute(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+            (ref_schema, ref_table),
+        ).fetchone()
+        (present if row else missing).append(fk)
+    return present, missing
+
+
+def _missing_foreign_keys(
+    spec: dict[str, Any], missing: list[dict[str, Any]], into_db: str, skip: bool
+) -> tuple[str, ...]:
+    """Refuse (or, with ``skip``, note) the foreign keys whose referenced table is not in ``into_db``."""
+    table = f"{spec['schema']}.{spec['table']}"
+    if "foreign_keys" not in spec:  # a backup taken before foreign keys were recorded per table
+        return (f"{table}: this backup does not record the table's foreign keys; none were restored",)
+    named = [f'"{fk["name"]}" references {".".join(fk["references"])}' for fk in missing]
+    if missing and not skip:
+        raise NotFoundError(
+            f'cannot restore {table} into database "{into_db}": foreign key {"; foreign key ".join(named)}, '
+            "which does not exist there: restore the referenced table first, or skip_missing_foreign_keys "
+            "to restore the table without that constraint"
+        )
+    notes = tuple(
+        f"foreign key {n} of {table} was not restored (skip_missing_foreign_keys): no such table in {into_db}"
+        for n in named
+    )
+    for note in notes:
+        log.warning("%s", note)
+    return notes
