@@ -389,7 +389,9 @@ def test_cli_backup_and_restore_never_show_the_password(pg_server: PgServer, sho
         _drop(pg_server, f"{shop}_cli")
 
 
-LEDGERS = {"ledger_a": 40000, "ledger_b": 30000, "ledger_c": 20000, "ledger_d": 10000}
+# Unequal sizes, each COPY larger than a worker's read-ahead (8 MiB): a worker holding a ledger's
+# COPY open waits while the coordinator stores a larger table, so the COPYs overlap for certain.
+LEDGERS = {"ledger_a": 100000, "ledger_b": 80000, "ledger_c": 60000, "ledger_d": 40000}
 
 
 def test_parallel_copy_workers_read_one_snapshot_while_a_writer_commits(
@@ -405,7 +407,7 @@ def test_parallel_copy_workers_read_one_snapshot_while_a_writer_commits(
     for t, n in LEDGERS.items():
         ddl += (
             f"CREATE TABLE {t} (id bigserial PRIMARY KEY, batch bigint NOT NULL, v text NOT NULL);"
-            f"INSERT INTO {t} (batch, v) SELECT 0, md5(g::text) FROM generate_series(1, {n}) g;"
+            f"INSERT INTO {t} (batch, v) SELECT 0, repeat(md5(g::text), 5) FROM generate_series(1, {n}) g;"
         )
     _sql(pg_server, shop, ddl)
     stop = threading.Event()

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import queue
+import select
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
 from ..backup import engine
 from ..backup.jobs import Cancel, JobResult, Progress, checking, foreground
@@ -182,18 +184,7 @@ class _CopyWorkers:
                         return
                     table = self._tables[self._next]
                     self._next += 1
-                cur = conn.cursor()
-                pending = bytearray()
-                with cur.copy(table.sql) as copy:
-                    # psycopg hands a binary COPY over row by row: ~1 MiB blocks to the queue.
-                    for row in copy:
-                        pending += row
-                        if len(pending) >= _READ:
-                            self._put(table, bytes(pending))
-                            pending.clear()
-                if pending:
-                    self._put(table, bytes(pending))
-                table.rows = cur.rowcount
+                table.rows = _copy_out(conn, table.sql, partial(self._put, table), self._stop)
                 self._put(table, None)
         except _Stopped:
             pass
@@ -207,6 +198,7 @@ class _CopyWorkers:
             self._stop.set()
 
     def _put(self, table: _Table, block: bytes | None) -> None:
+        """Queue ``block`` (None: the table's end) unless the backup is given up."""
         while True:
             if self._stop.is_set():
                 raise _Stopped
@@ -236,6 +228,67 @@ class _CopyWorkers:
             thread.join(30)
         for conn in self._conns:
             conn.close()
+
+
+def _copy_out(conn: psycopg.Connection[Any], query: str, put: Callable[[bytes], None], stop: threading.Event) -> int:
+    """Run ``COPY ... TO STDOUT`` and hand its data to ``put`` in ~1 MiB blocks; returns the rows.
+
+    libpq hands a COPY over one row at a time; psycopg's Copy iterator costs several generator
+    steps a row, about as much client CPU as chunking, hashing and compressing the same bytes, so
+    the rows are taken from libpq directly (PQgetCopyData, non-blocking, waiting on the socket
+    with the GIL released). On ``stop`` (or an error in ``put``) the COPY is abandoned mid-stream:
+    the caller closes the connection."""
+    pg = conn.pgconn
+    with conn.lock:  # psycopg's own: nothing else may use the connection meanwhile
+        pg.send_query(query.encode())
+        result = _wait_result(pg, stop)
+        if result.status != pq.ExecStatus.COPY_OUT:
+            raise _error(conn, result)
+        pending = bytearray()
+        while True:
+            nbytes, data = pg.get_copy_data(1)
+            if nbytes > 0:
+                pending += data
+                if len(pending) >= _READ:
+                    put(bytes(pending))
+                    pending.clear()
+            elif nbytes == 0:
+                _wait_readable(pg, stop)
+            else:
+                break  # -1: the COPY ended; -2: an error, which the result below holds
+        result = _wait_result(pg, stop)
+        while _wait_result(pg, stop, final=True) is not None:
+            pass
+        if result.status != pq.ExecStatus.COMMAND_OK:
+            raise _error(conn, result)
+        if pending:
+            put(bytes(pending))
+        return int(result.command_tuples or 0)
+
+
+def _wait_readable(pg: Any, stop: threading.Event) -> None:
+    while not select.select([pg.socket], [], [], 0.5)[0]:
+        if stop.is_set():
+            raise _Stopped
+    pg.consume_input()
+
+
+def _wait_result(pg: Any, stop: threading.Event, *, final: bool = False) -> Any:
+    """The next PGresult of the running query (None after the last one)."""
+    pg.consume_input()
+    while pg.is_busy():
+        _wait_readable(pg, stop)
+    result = pg.get_result()
+    if result is None and not final:
+        raise psycopg.OperationalError(pg.error_message.decode(errors="replace") or "no result from the server")
+    return result
+
+
+def _error(conn: psycopg.Connection[Any], result: Any) -> psycopg.Error:
+    if result.status == pq.ExecStatus.FATAL_ERROR:
+        return psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+    message = conn.pgconn.error_message.decode(errors="replace")
+    return psycopg.OperationalError(message or f"unexpected result {result.status} of COPY")
 
 
 def _table_specs(
