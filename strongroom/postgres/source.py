@@ -135,7 +135,7 @@ class _Table:
 
 
 class _Stopped(Exception):
-    """The backup failed elsewhere: a worker leaves its COPY (psycopg cancels it on the way out)."""
+    """The backup failed elsewhere: a worker leaves its COPY mid-stream (its connection is closed after)."""
 
 
 class _CopyWorkers:
