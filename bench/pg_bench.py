@@ -18,6 +18,7 @@ import io
 import os
 import pstats
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -173,6 +174,7 @@ def main() -> None:
     ap.add_argument("--serve", action="store_true", help="start the server, build, print its DSN and wait")
     ap.add_argument("--dsn", help="use this running server (from --serve) instead of starting one")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so a killed --serve still stops its server
     from strongroom.postgres import source, target
 
     has_workers = hasattr(source, "WORKERS")
