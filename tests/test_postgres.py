@@ -227,17 +227,55 @@ def test_one_table_into_an_existing_database(pg_server: PgServer, shop: str, tmp
     other = f"{shop}_other"
     _sql(pg_server, "postgres", f"CREATE DATABASE {other}")
     try:
-        result = restore_table(pg_server.dsn(), coll, "orders", into_db=other)
+        # orders references accounts, which is not in the other database: refused, naming both,
+        # before anything is created ...
+        with pytest.raises(NotFoundError, match=r'foreign key "orders_account_fkey" references public\.accounts'):
+            restore_table(pg_server.dsn(), coll, "orders", into_db=other)
+        assert _sql(pg_server, other, "SELECT count(*) FROM pg_tables WHERE tablename = 'orders'") == [(0,)]
+        # ... unless that constraint is left out, which the result says.
+        result = restore_table(pg_server.dsn(), coll, "orders", into_db=other, skip_missing_foreign_keys=True)
         assert result.rows == 20000
+        assert len(result.notes) == 1 and '"orders_account_fkey"' in result.notes[0]
+        assert _sql(pg_server, other, "SELECT count(*) FROM pg_constraint WHERE contype = 'f'") == [(0,)]
         q = "SELECT count(*), md5(string_agg(note, ',' ORDER BY id)) FROM orders"
         assert _sql(pg_server, other, q) == _sql(pg_server, shop, q)
         idx = "SELECT indexname FROM pg_indexes WHERE tablename = 'orders' ORDER BY 1"
         assert _sql(pg_server, other, idx) == [("orders_by_account",), ("orders_note",), ("orders_pkey",)]
         assert _sql(pg_server, other, "SELECT count(*) FROM pg_tables WHERE tablename = 'accounts'") == [(0,)]
         with pytest.raises(AlreadyExistsError, match=r'relation "public\.orders" already exists'):
-            restore_table(pg_server.dsn(), coll, "orders", into_db=other)
+            restore_table(pg_server.dsn(), coll, "orders", into_db=other, skip_missing_foreign_keys=True)
         with pytest.raises(NotFoundError, match="does not exist in the backup"):
             restore_table(pg_server.dsn(), coll, "nope", into_db=other)
+    finally:
+        _drop(pg_server, other)
+
+
+def test_one_table_restore_adds_its_foreign_keys_validated(pg_server: PgServer, shop: str, tmp_path: Path) -> None:
+    _sql(
+        pg_server,
+        shop,
+        "ALTER TABLE withdrawals ADD CONSTRAINT withdrawals_account FOREIGN KEY (account) "
+        "REFERENCES accounts(id); INSERT INTO withdrawals (account, amount) VALUES (3, 5), (7, 1)",
+    )
+    coll = str(tmp_path / "coll")
+    backup_database(pg_server.dsn(), shop, coll)
+    other = f"{shop}_fkt"
+    _sql(pg_server, "postgres", f"CREATE DATABASE {other}")
+    fks = "SELECT conname, convalidated FROM pg_constraint WHERE contype = 'f' AND conrelid = %s::regclass ORDER BY 1"
+    try:
+        # The referenced table restored first: the foreign key comes back, validated, and holds.
+        assert restore_table(pg_server.dsn(), coll, "accounts", into_db=other).rows == ACCOUNTS
+        result = restore_table(pg_server.dsn(), coll, "orders", into_db=other)
+        assert result.rows == 20000 and result.notes == ()
+        assert _sql(pg_server, other, fks, ("public.orders",)) == [("orders_account_fkey", True)]
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            _sql(pg_server, other, "INSERT INTO orders (id, account, note) VALUES (0, 999999, 'x')")
+        # A referenced table that exists but lacks the referenced rows: the validation fails the
+        # restore, which leaves no table behind.
+        _sql(pg_server, other, "DELETE FROM orders WHERE account = 7; DELETE FROM accounts WHERE id = 7")
+        with pytest.raises(PostgresError, match="withdrawals_account"):
+            restore_table(pg_server.dsn(), coll, "withdrawals", into_db=other)
+        assert _sql(pg_server, other, "SELECT count(*) FROM pg_tables WHERE tablename = 'withdrawals'") == [(0,)]
     finally:
         _drop(pg_server, other)
 
@@ -349,3 +387,131 @@ def test_cli_backup_and_restore_never_show_the_password(pg_server: PgServer, sho
             assert PASSWORD not in text and "nope-4411" not in text
     finally:
         _drop(pg_server, f"{shop}_cli")
+
+
+# Unequal sizes, each COPY larger than a worker's read-ahead (8 MiB): a worker holding a ledger's
+# COPY open waits while the coordinator stores a larger table, so the COPYs overlap for certain.
+LEDGERS = {"ledger_a": 100000, "ledger_b": 80000, "ledger_c": 60000, "ledger_d": 40000}
+
+
+def test_parallel_copy_workers_read_one_snapshot_while_a_writer_commits(
+    pg_server: PgServer, shop: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each writer transaction adds one row to every ledger table; the tables are read by separate
+    COPY workers at different times (a large one first), so only one shared snapshot keeps the
+    ledgers' new-row counts equal in the restored copy."""
+    from strongroom.postgres import source
+
+    monkeypatch.setattr(source, "WORKERS", 3)
+    ddl = "CREATE TABLE pad AS SELECT g AS id, md5(g::text) || md5((g+1)::text) AS v FROM generate_series(1, 300000) g;"
+    for t, n in LEDGERS.items():
+        ddl += (
+            f"CREATE TABLE {t} (id bigserial PRIMARY KEY, batch bigint NOT NULL, v text NOT NULL);"
+            f"INSERT INTO {t} (batch, v) SELECT 0, repeat(md5(g::text), 5) FROM generate_series(1, {n}) g;"
+        )
+    _sql(pg_server, shop, ddl)
+    stop = threading.Event()
+    batches: list[int] = []
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with psycopg.connect(pg_server.dsn(shop), autocommit=True) as conn:
+                for batch in itertools.count(1):
+                    if stop.is_set():
+                        return
+                    with conn.transaction():
+                        for t in LEDGERS:
+                            conn.execute(f"INSERT INTO {t} (batch, v) VALUES (%s, 'new')", (batch,))
+                    batches.append(batch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    watcher = psycopg.connect(pg_server.dsn(), autocommit=True)
+    concurrent: list[int] = []
+
+    def progress(done: int, total: int, what: str) -> None:
+        row = watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND state = 'active' "
+            "AND query LIKE 'COPY (SELECT %%'",
+            (shop,),
+        ).fetchone()
+        concurrent.append(int(row[0]) if row else 0)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    coll = str(tmp_path / "coll")
+    try:
+        wait_until(lambda: len(batches) >= 20, what="the writer to commit")
+        backup_database(pg_server.dsn(), shop, coll, progress=progress)
+        seen = len(batches)
+        wait_until(lambda: len(batches) >= seen + 20, what="the writer to commit after the full")
+        backup_database(pg_server.dsn(), shop, coll, incremental=True, progress=progress)
+    finally:
+        stop.set()
+        writer.join(30)
+        watcher.close()
+    assert not errors, errors
+    assert max(concurrent) >= 2  # the COPYs did run side by side, on separate connections
+    name = f"{shop}_par"
+    try:
+        restore_database(pg_server.dsn(), coll, new_db_name=name)
+        new_rows = [_sql(pg_server, name, f"SELECT count(*) - {n}, max(batch) FROM {t}")[0] for t, n in LEDGERS.items()]
+        assert len(set(new_rows)) == 1, new_rows  # a torn read would show different counts
+        assert int(str(new_rows[0][0])) >= 40 and new_rows[0][0] == new_rows[0][1]
+        assert _sql(pg_server, name, "SELECT count(*) FROM pad") == [(300000,)]
+    finally:
+        _drop(pg_server, name)
+
+
+def test_incremental_right_after_a_full_stores_almost_nothing(pg_server: PgServer, shop: str, tmp_path: Path) -> None:
+    """Parallel reads lay the layer out the same way each time: with no change in between, the
+    incremental stores no table chunk (only pg_dump's archive header, which holds the dump's time)."""
+    _sql(
+        pg_server,
+        shop,
+        "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 200000) g;"
+        "CREATE TABLE mid AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g",
+    )
+    coll = str(tmp_path / "coll")
+    backup_database(pg_server.dsn(), shop, coll)
+    backup_database(pg_server.dsn(), shop, coll, incremental=True)
+    full, inc = (m.databases[0] for m in _layers(coll, Encryption()))
+    print(f"full: {full.chunks_written} chunks, {full.stored_bytes} B;", end=" ")
+    print(f"incremental: {inc.chunks_written} chunks, {inc.stored_bytes} B")
+    assert full.chunks_written > 500
+    assert inc.chunks_written <= 2 and inc.stored_bytes < 64 * 1024
+    assert [(o.name, o.rows, o.bytes) for o in inc.objects] == [(o.name, o.rows, o.bytes) for o in full.objects]
+
+
+def test_parallel_restore_validates_foreign_keys_and_fails_whole(
+    pg_server: PgServer, shop: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coll = str(tmp_path / "coll")
+    backup_database(pg_server.dsn(), shop, coll)
+    new = f"{shop}_fk"
+    fk = (
+        "SELECT conname, convalidated FROM pg_constraint "
+        "WHERE contype = 'f' AND conrelid = 'public.orders'::regclass ORDER BY 1"
+    )
+    try:
+        restore_database(pg_server.dsn(), coll, new_db_name=new)
+        assert _sql(pg_server, new, fk) == [("orders_account_fkey", True)]
+        for q in ("SELECT count(*), sum(balance) FROM accounts", "SELECT count(*), sum(amount) FROM orders"):
+            assert _sql(pg_server, new, q) == _sql(pg_server, shop, q)
+    finally:
+        _drop(pg_server, new)
+    # A COPY that fails in one worker stops the others and drops the new database.
+    from strongroom.postgres import target
+
+    real = target._copy_in
+
+    def failing(conn: psycopg.Connection[tuple[object, ...]], spec: dict[str, object], data: Iterator[bytes]) -> int:
+        if spec["table"] == "accounts":
+            raise psycopg.errors.DataException("injected failure")
+        return real(conn, spec, data)
+
+    monkeypatch.setattr(target, "_copy_in", failing)
+    with pytest.raises(PostgresError, match=r"table public\.accounts.*injected failure"):
+        restore_database(pg_server.dsn(), coll, new_db_name=new)
+    assert _sql(pg_server, "postgres", "SELECT count(*) FROM pg_database WHERE datname = %s", (new,)) == [(0,)]

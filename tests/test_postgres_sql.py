@@ -86,7 +86,7 @@ class Shell:
         if not ok:
             assert result.exit_code != 0
             return []
-        text = result.output.strip()
+        text = result.stdout.strip()
         return json.loads(text) if text.startswith("[") else []
 
 

@@ -48,6 +48,9 @@ class JobResult:
     #: Strongroom's addition to CockroachDB's columns: how the backup is encrypted (passphrase, kms
     #: or none), so a plaintext backup never passes unnoticed.
     encryption: str = "none"
+    #: What the job left out or worked around, one sentence each (e.g. a one-table restore's foreign
+    #: keys skipped with skip_missing_foreign_keys): not a column, for callers and logs.
+    notes: tuple[str, ...] = ()
 
     COLUMNS = ("job_id", "status", "fraction_completed", "rows", "index_entries", "bytes", "encryption")
 

@@ -137,6 +137,11 @@ def backup(
     is_flag=True,
     help="With --schema-only: first read every row of the backup (each page decrypted and hash-checked).",
 )
+@click.option(
+    "--skip-missing-foreign-keys",
+    is_flag=True,
+    help="With --table: leave out a foreign key whose referenced table is not in the target database.",
+)
 @AS_OF
 @encryption_options("Decrypt the backup")
 @FORMAT
@@ -153,6 +158,7 @@ def restore(
     verify: bool,
     schema_only: bool,
     verify_backup_table_data: bool,
+    skip_missing_foreign_keys: bool,
     as_of: datetime | None,
     kms: tuple[str, ...],
     passphrase: bool,
@@ -183,6 +189,7 @@ def restore(
                 into_db=into_db,
                 encryption=enc,
                 as_of=as_of,
+                skip_missing_foreign_keys=skip_missing_foreign_keys,
                 postgres=postgres_dsn,
             )
             result = _postgres_job(store, request, progress)

@@ -247,3 +247,5 @@ def echo_table(columns: Sequence[str], rows: Sequence[Sequence[object]], fmt: st
 
 def show_job(result: JobResult, fmt: str) -> None:
     echo_table(JobResult.COLUMNS, [result.row()], fmt)
+    for note in result.notes:  # what the job left out on request (skip_missing_foreign_keys)
+        click.echo(f"NOTE: {note}", err=True)

@@ -8,13 +8,18 @@ COPY. So the schema, every table and the row counts are one point in time, whate
 from __future__ import annotations
 
 import json
+import queue
+import select
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from psycopg import pq, sql
 
 from ..backup import engine
 from ..backup.jobs import Cancel, JobResult, Progress, checking, foreground
@@ -29,6 +34,10 @@ from .streams import StreamChunk, StreamWriter, read_index
 KIND = "postgres"
 SCHEMA_STREAM, META_STREAM, FIRST_TABLE_STREAM = 0, 1, 2
 _READ = 1 << 20
+#: COPY connections of one backup, all in the coordinator's exported snapshot (write_database's
+#: ``workers`` when not given).
+WORKERS = 2
+_QUEUED_BLOCKS = 8  # ~1 MiB blocks read ahead per table in flight: memory stays flat
 
 _TABLES = """
 SELECT n.nspname, c.relname, c.oid,
@@ -52,6 +61,11 @@ ORDER BY 1, 2
 """
 
 
+_FOREIGN_KEYS = """
+SELECT c.conname, rn.nspname, r.relname, pg_get_constraintdef(c.oid)
+FROM pg_constraint c JOIN pg_class r ON r.oid = c.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace
+WHERE c.conrelid = %(oid)s::oid AND c.contype = 'f' ORDER BY c.conname
+"""
 _POST_DATA = """
 SELECT format('ALTER TABLE ONLY %%s ADD CONSTRAINT %%I %%s', %(t)s::text, c.conname, pg_get_constraintdef(c.oid))
 FROM pg_constraint c WHERE c.conrelid = %(oid)s::oid AND c.contype IN ('p', 'u', 'x')
@@ -109,6 +123,212 @@ def _previous_chunks(layer: engine.LayerWriter, prev: Manifest | None, name: str
     return {c.digest: c for c in read_index(layer.dests.storage_for, entry.index, prev.packs, layer.keys)}
 
 
+@dataclass
+class _Table:
+    """One table's COPY: read by a worker into ``blocks`` (bounded), stored by the coordinator."""
+
+    number: int  # its stream
+    name: str  # schema.table, for messages
+    sql: str
+    size: int  # pg_table_size, for largest first
+    blocks: queue.Queue[bytes | None] = field(default_factory=lambda: queue.Queue(_QUEUED_BLOCKS))
+    rows: int = 0
+
+
+class _Stopped(Exception):
+    """The backup failed elsewhere: a worker leaves its COPY mid-stream (its connection is closed after)."""
+
+
+class _CopyWorkers:
+    """``n`` connections COPY the tables, each in a REPEATABLE READ, READ ONLY transaction that
+    imports the coordinator's exported snapshot (SET TRANSACTION SNAPSHOT), so every table is read
+    at the one point in time the schema dump and the catalog queries see.
+
+    Each free worker takes the next table of ``tables`` (largest first) and reads it ahead into
+    that table's bounded queue. The StreamWriter (and the PackWriter under it) is not thread-safe,
+    so the coordinator alone chunks, hashes, compresses and stores, one table after another in the
+    same order: a table's chunks are one run of its stream in the index, and the layout does not
+    depend on which worker was faster. A worker's error stops the others and is raised to the
+    coordinator at its next wait."""
+
+    def __init__(self, dsn: Dsn, snapshot: str, tables: list[_Table], n: int, what: str) -> None:
+        self._tables, self._what = tables, what
+        self._next = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._conns: list[psycopg.Connection[Any]] = []
+        self._threads: list[threading.Thread] = []
+        try:
+            for _ in range(min(max(1, n), len(tables))):
+                conn = dsn.connect()
+                self._conns.append(conn)
+                try:
+                    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+                except psycopg.Error as exc:
+                    raise failed(f"{what}: importing the snapshot into a COPY worker", exc) from None
+        except BaseException:
+            self.close()
+            raise
+        for conn in self._conns:
+            thread = threading.Thread(target=self._run, args=(conn,), name="pg-copy", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _run(self, conn: psycopg.Connection[Any]) -> None:
+        table: _Table | None = None
+        try:
+            while True:
+                with self._lock:
+                    if self._stop.is_set() or self._next >= len(self._tables):
+                        return
+                    table = self._tables[self._next]
+                    self._next += 1
+                table.rows = _copy_out(conn, table.sql, partial(self._put, table), self._stop)
+                self._put(table, None)
+        except _Stopped:
+            pass
+        except BaseException as exc:
+            error = exc
+            if isinstance(exc, psycopg.Error):
+                where = f"{self._what}: table {table.name}" if table is not None else self._what
+                error = failed(where, exc)
+            with self._lock:
+                self._error = self._error or error
+            self._stop.set()
+
+    def _put(self, table: _Table, block: bytes | None) -> None:
+        """Queue ``block`` (None: the table's end) unless the backup is given up."""
+        while True:
+            if self._stop.is_set():
+                raise _Stopped
+            try:
+                table.blocks.put(block, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def blocks(self, table: _Table) -> Iterator[bytes]:
+        """``table``'s COPY stream, as its worker reads it."""
+        while True:
+            try:
+                block = table.blocks.get(timeout=0.05)
+            except queue.Empty:
+                if self._error is not None:
+                    raise self._error from None
+                continue
+            if block is None:
+                return
+            yield block
+
+    def close(self) -> None:
+        """Stop (or wait for) the workers, then end their transactions."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        for conn in self._conns:
+            conn.close()
+
+
+def _copy_out(conn: psycopg.Connection[Any], query: str, put: Callable[[bytes], None], stop: threading.Event) -> int:
+    """Run ``COPY ... TO STDOUT`` and hand its data to ``put`` in ~1 MiB blocks; returns the rows.
+
+    libpq hands a COPY over one row at a time; psycopg's Copy iterator costs several generator
+    steps a row, about as much client CPU as chunking, hashing and compressing the same bytes, so
+    the rows are taken from libpq directly (PQgetCopyData, non-blocking, waiting on the socket
+    with the GIL released). On ``stop`` (or an error in ``put``) the COPY is abandoned mid-stream:
+    the caller closes the connection."""
+    pg = conn.pgconn
+    with conn.lock:  # psycopg's own: nothing else may use the connection meanwhile
+        pg.send_query(query.encode())
+        result = _wait_result(pg, stop)
+        if result.status != pq.ExecStatus.COPY_OUT:
+            raise _error(conn, result)
+        pending = bytearray()
+        while True:
+            nbytes, data = pg.get_copy_data(1)
+            if nbytes > 0:
+                pending += data
+                if len(pending) >= _READ:
+                    put(bytes(pending))
+                    pending.clear()
+            elif nbytes == 0:
+                _wait_readable(pg, stop)
+            else:
+                break  # -1: the COPY ended; -2: an error, which the result below holds
+        result = _wait_result(pg, stop)
+        while _wait_result(pg, stop, final=True) is not None:
+            pass
+        if result.status != pq.ExecStatus.COMMAND_OK:
+            raise _error(conn, result)
+        if pending:
+            put(bytes(pending))
+        return int(result.command_tuples or 0)
+
+
+def _wait_readable(pg: Any, stop: threading.Event) -> None:
+    while not select.select([pg.socket], [], [], 0.5)[0]:
+        if stop.is_set():
+            raise _Stopped
+    pg.consume_input()
+
+
+def _wait_result(pg: Any, stop: threading.Event, *, final: bool = False) -> Any:
+    """The next PGresult of the running query (None after the last one)."""
+    pg.consume_input()
+    while pg.is_busy():
+        _wait_readable(pg, stop)
+    result = pg.get_result()
+    if result is None and not final:
+        raise psycopg.OperationalError(pg.error_message.decode(errors="replace") or "no result from the server")
+    return result
+
+
+def _error(conn: psycopg.Connection[Any], result: Any) -> psycopg.Error:
+    if result.status == pq.ExecStatus.FATAL_ERROR:
+        return psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+    message = conn.pgconn.error_message.decode(errors="replace")
+    return psycopg.OperationalError(message or f"unexpected result {result.status} of COPY")
+
+
+def _table_specs(
+    conn: psycopg.Connection[Any], tables: list[tuple[Any, ...]], what: str
+) -> tuple[list[dict[str, Any]], list[_Table]]:
+    """Each table's metadata (columns, stream, post-data, foreign keys) and its COPY, in stream order."""
+    specs, copies = [], []
+    for number, (schema, table, oid, cols, pk, size) in enumerate(tables, start=FIRST_TABLE_STREAM):
+        schema, table = str(schema), str(table)
+        columns = [str(c) for c in cols]
+        key = [str(c) for c in pk]
+        col_sql = ", ".join(quote_ident(c) for c in columns)
+        # Ordered by primary key, an updated row stays where it was in the stream (heap order
+        # would move it), so the incremental's changed chunks are only those around it.
+        order = f" ORDER BY {', '.join(quote_ident(c) for c in key)}" if key else ""
+        copy = f"COPY (SELECT {col_sql} FROM {qualified(schema, table)}{order}) TO STDOUT (FORMAT binary)"
+        try:
+            # The table's own keys and indexes, for a table restored into another database
+            # (the whole-database restore applies pg_dump's post-data section instead).
+            post = [str(r[0]) for r in conn.execute(_POST_DATA, {"t": qualified(schema, table), "oid": oid})]
+        except psycopg.Error as exc:
+            raise failed(f"{what}: table {schema}.{table}", exc) from None
+        specs.append({"schema": schema, "table": table, "columns": columns, "stream": number, "post": post})
+        copies.append(_Table(number, f"{schema}.{table}", copy, int(str(size))))
+    try:
+        # Its foreign keys apart, each with the table it references, so that a one-table restore
+        # can add those whose referenced table exists. An empty search_path (for the rest of this
+        # read-only transaction) makes pg_get_constraintdef name every table with its schema.
+        conn.execute("SELECT set_config('search_path', '', true)")
+        for spec, (*_, oid, _cols, _pk, _size) in zip(specs, tables, strict=True):
+            spec["foreign_keys"] = [
+                {"name": str(r[0]), "references": [str(r[1]), str(r[2])], "definition": str(r[3])}
+                for r in conn.execute(_FOREIGN_KEYS, {"oid": oid})
+            ]
+    except psycopg.Error as exc:
+        raise failed(f"{what}: foreign keys", exc) from None
+    return specs, copies
+
+
 def write_database(
     dsn: Dsn,
     name: str,
@@ -116,11 +336,15 @@ def write_database(
     prev: Manifest | None,
     progress: Progress | None,
     number: int = 0,
+    *,
+    workers: int | None = None,
 ) -> DatabaseEntry:
     """Read database ``dsn`` in one snapshot into ``layer`` as the database entry ``name`` (the
-    layer's ``number``-th database)."""
+    layer's ``number``-th database), the tables by ``workers`` COPY connections in that snapshot
+    (default WORKERS)."""
     conn = dsn.connect()
     dump: _SchemaDump | None = None
+    copiers: _CopyWorkers | None = None
     locality = layer.dests.locality_for_region(None)
     packs = layer.packs(locality)
     index_path = f"{layer.layer_dir}/data/pg-{number:04}.idx"
@@ -154,11 +378,14 @@ def write_database(
                 "WHERE datname = current_database()"
             ).fetchone()
             assert enc_row is not None
-            tables = conn.execute(_TABLES).fetchall()
-            size_row = conn.execute(
-                "SELECT coalesce(sum(pg_table_size(oid)), 0) FROM unnest(%s::oid[]) oid", ([t[2] for t in tables],)
-            ).fetchone()
-            expected = max(1, int(str(size_row[0]))) if size_row else 1
+            tables = [(*t, 0) for t in conn.execute(_TABLES).fetchall()]
+            if tables:
+                size_rows = conn.execute(
+                    "SELECT oid, pg_table_size(oid) FROM unnest(%s::oid[]) oid", ([t[2] for t in tables],)
+                ).fetchall()
+                sizes = {r[0]: r[1] for r in size_rows}
+                tables = [(*t[:5], int(str(sizes.get(t[2]) or 0))) for t in tables]
+            expected = max(1, sum(int(str(t[5])) for t in tables))
             sequences = []
             for schema, seq in conn.execute(_SEQUENCES).fetchall():
                 r = conn.execute(f"SELECT last_value, is_called FROM {qualified(str(schema), str(seq))}").fetchone()
@@ -166,38 +393,22 @@ def write_database(
                 sequences.append([schema, seq, int(str(r[0])), bool(r[1])])
         except psycopg.Error as exc:
             raise failed(what, exc) from None
+        meta_tables, copies = _table_specs(conn, tables, what)
+        # Largest first: the last table to finish is a small one, so the workers end together.
+        order = sorted(copies, key=lambda c: -c.size)
+        # The workers start reading ahead (bounded) while the schema is dumped and stored.
+        copiers = _CopyWorkers(dsn, snapshot, order, WORKERS if workers is None else workers, what)
         dump = _SchemaDump(dsn, snapshot)
         writer.write_stream(SCHEMA_STREAM, dump.blocks(), tick)
-        objects: list[ObjectInfo] = []
-        meta_tables = []
-        logical = 0
-        for number, (schema, table, _oid, cols, pk) in enumerate(tables, start=FIRST_TABLE_STREAM):
-            columns = [str(c) for c in cols]  # type: ignore[attr-defined]
-            key = [str(c) for c in pk]  # type: ignore[attr-defined]
-            col_sql = ", ".join(quote_ident(c) for c in columns)
-            # Ordered by primary key, an updated row stays where it was in the stream (heap order
-            # would move it), so the incremental's changed chunks are only those around it.
-            order = f" ORDER BY {', '.join(quote_ident(c) for c in key)}" if key else ""
-            sql = f"COPY (SELECT {col_sql} FROM {qualified(str(schema), str(table))}{order}) TO STDOUT (FORMAT binary)"
-            try:
-                cur = conn.cursor()
-                with cur.copy(sql) as copy:
-                    size = writer.write_stream(number, iter(copy), tick)
-                rows = cur.rowcount
-            except psycopg.Error as exc:
-                raise failed(f"{what}: table {schema}.{table}", exc) from None
-            logical += size
-            try:
-                # The table's own keys and indexes, for a table restored into another database
-                # (the whole-database restore applies pg_dump's post-data section instead).
-                post = [
-                    str(r[0]) for r in conn.execute(_POST_DATA, {"t": qualified(str(schema), str(table)), "oid": _oid})
-                ]
-            except psycopg.Error as exc:
-                raise failed(f"{what}: table {schema}.{table}", exc) from None
-            spec = {"schema": schema, "table": table, "columns": columns, "stream": number, "post": post}
-            meta_tables.append(spec)
-            objects.append(ObjectInfo(f"{schema}.{table}", "table", rows, 0, size, json.dumps(spec)))
+        sizes_written: dict[int, int] = {}
+        for copy in order:
+            sizes_written[copy.number] = writer.write_stream(copy.number, copiers.blocks(copy), tick)
+        copiers.close()
+        objects = [
+            ObjectInfo(c.name, "table", c.rows, 0, sizes_written[c.number], json.dumps(spec))
+            for c, spec in zip(copies, meta_tables, strict=True)
+        ]
+        logical = sum(sizes_written.values())
         meta = {
             "server_version_num": version,
             "encoding": enc_row[0],
@@ -211,6 +422,8 @@ def write_database(
             conn.execute("COMMIT")
         ref = writer.finish()
     finally:
+        if copiers is not None:
+            copiers.close()
         if dump is not None:
             dump.close()
         conn.close()

@@ -7,9 +7,10 @@ each table's COPY stream straight into ``COPY ... FROM STDIN (FORMAT binary)``.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +28,18 @@ from .conn import Dsn, PostgresError, check_server_version, failed, quote_ident
 from .source import KIND, META_STREAM, SCHEMA_STREAM, qualified
 from .streams import StreamReader, read_index
 
+log = logging.getLogger("strongroom.postgres")
+
+#: COPY connections of a whole-database restore, each table in its own transaction.
+WORKERS = 2
+
 
 @dataclass
 class _Backup:
     entry: DatabaseEntry
     meta: dict[str, Any]
     reader: StreamReader
+    new_reader: Callable[[], StreamReader] | None = None  # another reader of the same streams, per thread
 
 
 def _open(reader: BackupReader, database: str | None) -> _Backup:
@@ -50,7 +57,7 @@ def _open(reader: BackupReader, database: str | None) -> _Backup:
     streams = StreamReader(reader.storage_for, reader.keys, chunks)
     streams.check_files()
     meta = json.loads(b"".join(streams.stream(META_STREAM)))
-    return _Backup(entry, meta, streams)
+    return _Backup(entry, meta, streams, lambda: StreamReader(reader.storage_for, reader.keys, chunks))
 
 
 def _pg_restore(dsn: Dsn, stream: Iterator[bytes], *args: str) -> None:
@@ -114,6 +121,7 @@ def run_restore(
     server = Dsn.parse(request.postgres)
     enc = request.encryption
     rows = size = 0
+    notes: tuple[str, ...] = ()
     with engine.open_backup(
         request.collection, subdir=request.subdir, as_of=request.as_of, encryption=enc, context=context
     ) as reader:
@@ -124,13 +132,18 @@ def run_restore(
                 targets = [_split_table(t, names) for t in request.tables]
                 for database, schema, table in targets:
                     _check_free(server.for_database(request.into_db or database), (schema, table))
+                deferred: dict[str, list[bytes]] = {}
                 for n, (database, schema, table) in enumerate(targets):
                     into = request.into_db or database
-                    r, b = _table_into(reader, server, database, schema, table, into, request)
+                    together = {(s, t) for d, s, t in targets if (request.into_db or d) == into}
+                    done = _table_into(reader, server, database, schema, table, into, request, together)
                     undo.append((server.for_database(into), f"DROP TABLE IF EXISTS {qualified(schema, table)} CASCADE"))
-                    rows, size = rows + r, size + b
+                    rows, size, notes = rows + done.rows, size + done.size, notes + done.notes
+                    deferred.setdefault(into, []).extend(done.deferred)
                     if progress:
                         progress(n + 1, len(targets), f"restored {schema}.{table} into {into}")
+                for into, statements in deferred.items():  # keys between tables restored together
+                    _run_all(server.for_database(into), statements)
             else:
                 databases = list(request.databases or names)
                 for database in databases:
@@ -146,7 +159,19 @@ def run_restore(
             for dsn, sql in reversed(undo):
                 _best_effort(dsn, sql)
             raise
-    return JobResult(job_id or new_job_id(), "succeeded", 1.0, rows, 0, size, encryption=enc.kind)
+    return JobResult(job_id or new_job_id(), "succeeded", 1.0, rows, 0, size, encryption=enc.kind, notes=notes)
+
+
+def _run_all(target: Dsn, statements: list[bytes]) -> None:
+    conn = target.connect(autocommit=False)
+    try:
+        for stmt in statements:
+            conn.execute(stmt)
+        conn.commit()
+    except psycopg.Error as exc:
+        raise failed(f"adding foreign keys in {target.display}", exc) from None
+    finally:
+        conn.close()
 
 
 def _check_free(server: Dsn, table: tuple[str, str] | None, database: str | None = None) -> None:
@@ -223,12 +248,10 @@ def _database_into(reader: BackupReader, server: Dsn, database: str, new_db_name
 
 def _fill(target: Dsn, bk: _Backup) -> int:
     _pg_restore(target, bk.reader.stream(SCHEMA_STREAM), "--section=pre-data")
+    rows = _copy_tables(target, bk, WORKERS)
     conn = target.connect(autocommit=False)
-    rows = 0
     try:
         try:
-            for spec in bk.meta["tables"]:
-                rows += _copy_in(conn, spec, bk.reader.stream(spec["stream"]))
             for schema, seq, value, called in bk.meta["sequences"]:
                 conn.execute("SELECT pg_catalog.setval(%s, %s, %s)", (qualified(schema, seq), value, called))
             conn.commit()
@@ -236,8 +259,76 @@ def _fill(target: Dsn, bk: _Backup) -> int:
             raise failed(f"restoring into {target.display}", exc) from None
     finally:
         conn.close()
+    # Indexes, constraints (foreign keys validated against the rows now there) and triggers.
     _pg_restore(target, bk.reader.stream(SCHEMA_STREAM), "--section=post-data")
     return rows
+
+
+class _Stopped(Exception):
+    """Another table's COPY failed: this one ends (COPY FAIL) and its transaction rolls back."""
+
+
+def _copy_tables(target: Dsn, bk: _Backup, workers: int) -> int:
+    """Every table's rows, by ``workers`` connections (largest tables first), each table's COPY in
+    its own transaction: the database is new and dropped whole if anything fails. Each worker reads
+    the streams with its own StreamReader (they are not thread-safe)."""
+    sizes = {o.name: o.bytes for o in bk.entry.objects}
+    tables = sorted(bk.meta["tables"], key=lambda t: -sizes.get(f"{t['schema']}.{t['table']}", 0))
+    lock = threading.Lock()
+    stop = threading.Event()
+    todo = iter(tables)
+    counts: list[int] = []
+    errors: list[BaseException] = []
+
+    def checked(blocks: Iterator[bytes]) -> Iterator[bytes]:
+        for block in blocks:
+            if stop.is_set():
+                raise _Stopped
+            yield block
+
+    def run() -> None:
+        spec: dict[str, Any] | None = None
+        reader = bk.new_reader() if bk.new_reader is not None and workers > 1 else bk.reader
+        try:
+            conn = target.connect(autocommit=False)
+            try:
+                while not stop.is_set():
+                    with lock:
+                        spec = next(todo, None)
+                    if spec is None:
+                        return
+                    counts.append(_copy_in(conn, spec, checked(reader.stream(spec["stream"]))))
+                    conn.commit()
+            finally:
+                conn.close()
+                if reader is not bk.reader:
+                    reader.close()
+        except _Stopped:
+            pass
+        except BaseException as exc:
+            if isinstance(exc, psycopg.Error):
+                where = f" table {spec['schema']}.{spec['table']}" if spec is not None else ""
+                exc = failed(f"restoring{where} into {target.display}", exc)
+            with lock:
+                errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=run, name="pg-restore") for _ in range(min(max(1, workers), len(tables)))]
+    started: list[threading.Thread] = []
+    try:
+        for t in threads:
+            t.start()
+            started.append(t)
+        for t in started:
+            while t.is_alive():  # a wait that Ctrl-C can interrupt
+                t.join(0.2)
+    finally:
+        stop.set()
+        for t in started:
+            t.join()
+    if errors:
+        raise errors[0]
+    return sum(counts)
 
 
 def _best_effort(server: Dsn, sql: str) -> None:
@@ -256,6 +347,15 @@ def _literal(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+@dataclass
+class _TableDone:
+    rows: int
+    size: int
+    notes: tuple[str, ...]
+    #: ALTER TABLE ... ADD FOREIGN KEY statements that wait for other tables of the same RESTORE.
+    deferred: list[bytes]
+
+
 def _table_into(
     reader: BackupReader,
     server_dsn: Dsn,
@@ -264,9 +364,17 @@ def _table_into(
     name: str,
     into_db: str,
     request: RestoreRequest,
-) -> tuple[int, int]:
+    together: set[tuple[str, str]],
+) -> _TableDone:
     """Restore table ``schema.name`` of ``database`` into the existing database ``into_db``: its
-    CREATE TABLE (pg_restore -t), rows, then its primary key, unique constraints and indexes."""
+    CREATE TABLE (pg_restore -t), rows, then its primary key, unique constraints, indexes and
+    foreign keys (validated against the rows of the tables they reference).
+
+    As CockroachDB's RESTORE TABLE: a foreign key whose referenced table is neither in ``into_db``
+    nor restored by the same RESTORE (``together``; those keys are added once all are in) fails the
+    restore before anything is created, naming the constraint and the table, unless
+    ``skip_missing_foreign_keys``, which leaves that constraint out (the notes say which). Column
+    defaults that name other objects (sequences) are not restored."""
     server = server_dsn.for_database(into_db)
     bk = _open(reader, database)
     try:
@@ -282,6 +390,7 @@ def _table_into(
                 "WHERE n.nspname = %s AND c.relname = %s",
                 (schema, name),
             ).fetchone()
+            foreign_keys, missing = _foreign_keys(conn, spec)
             conn.rollback()
         except psycopg.Error as exc:
             raise failed(f"restoring table {schema}.{name} into {server.display}", exc) from None
@@ -289,6 +398,9 @@ def _table_into(
             conn.close()
         if found:
             raise AlreadyExistsError(f'relation "{schema}.{name}" already exists in database "{into_db}"')
+        later = [fk for fk in missing if tuple(fk["references"]) in together]
+        missing = [fk for fk in missing if tuple(fk["references"]) not in together]
+        notes = _missing_foreign_keys(spec, missing, into_db, request.skip_missing_foreign_keys)
         _pg_restore(server, bk.reader.stream(SCHEMA_STREAM), "--section=pre-data", "-n", schema, "-t", name)
         conn = server.connect(autocommit=False)
         try:
@@ -296,6 +408,8 @@ def _table_into(
                 rows = _copy_in(conn, spec, bk.reader.stream(spec["stream"]))
                 for stmt in spec.get("post", []):
                     conn.execute(stmt)
+                for fk in foreign_keys:  # ADD CONSTRAINT checks every row (unless NOT VALID was backed up)
+                    conn.execute(_add_foreign_key(schema, name, fk))
                 conn.commit()
             except psycopg.Error as exc:
                 raise failed(f"restoring table {schema}.{name} into {server.display}", exc) from None
@@ -307,7 +421,13 @@ def _table_into(
             conn.close()
     finally:
         bk.reader.close()
-    return rows, post.bytes
+    return _TableDone(rows, post.bytes, notes, [_add_foreign_key(schema, name, fk) for fk in later])
+
+
+def _add_foreign_key(schema: str, table: str, fk: dict[str, Any]) -> bytes:
+    return (
+        f"ALTER TABLE ONLY {qualified(schema, table)} ADD CONSTRAINT {quote_ident(fk['name'])} {fk['definition']}"
+    ).encode()
 
 
 def restore_database(
@@ -344,9 +464,10 @@ def restore_table(
     database: str | None = None,
     subdir: str = "LATEST",
     encryption: Encryption | None = None,
+    skip_missing_foreign_keys: bool = False,
 ) -> JobResult:
     """Restore one table (``schema.table``, or ``table`` for public) into the existing database
-    ``into_db``, with no store."""
+    ``into_db``, with no store; its foreign keys as RESTORE TABLE's (see :func:`_table_into`)."""
     if not into_db:
         raise UsageError("name the existing database to restore the table into (into_db)")
     enc = encryption or Encryption()
@@ -358,6 +479,7 @@ def restore_table(
         tables=(f"{database}.{schema or 'public'}.{name}",),
         into_db=into_db,
         encryption=enc,
+        skip_missing_foreign_keys=skip_missing_foreign_keys,
         postgres=dsn,
     )
     return _foreground(request)
@@ -375,3 +497,47 @@ def only_database(collection: str, subdir: str, enc: Encryption) -> str:
 def _foreground(request: RestoreRequest) -> JobResult:
     with foreground(cancel := Cancel()):  # as files.restore_file: Ctrl-C stops at a progress point
         return run_restore(request, progress=checking(None, cancel))
+
+
+def _foreign_keys(
+    conn: psycopg.Connection[Any], spec: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The table's backed-up foreign keys whose referenced table exists in the target database (or
+    is the table itself), and those whose referenced table does not."""
+    present: list[dict[str, Any]] = []
+    missing: list[dict[str, Any]] = []
+    for fk in spec.get("foreign_keys", []):
+        ref_schema, ref_table = fk["references"]
+        if (ref_schema, ref_table) == (spec["schema"], spec["table"]):
+            present.append(fk)
+            continue
+        row = conn.execute(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+            (ref_schema, ref_table),
+        ).fetchone()
+        (present if row else missing).append(fk)
+    return present, missing
+
+
+def _missing_foreign_keys(
+    spec: dict[str, Any], missing: list[dict[str, Any]], into_db: str, skip: bool
+) -> tuple[str, ...]:
+    """Refuse (or, with ``skip``, note) the foreign keys whose referenced table is not in ``into_db``."""
+    table = f"{spec['schema']}.{spec['table']}"
+    if "foreign_keys" not in spec:  # a backup taken before foreign keys were recorded per table
+        return (f"{table}: this backup does not record the table's foreign keys; none were restored",)
+    named = [f'"{fk["name"]}" references {".".join(fk["references"])}' for fk in missing]
+    if missing and not skip:
+        raise NotFoundError(
+            f'cannot restore {table} into database "{into_db}": foreign key {"; foreign key ".join(named)}, '
+            "which does not exist there: restore the referenced table first, or skip_missing_foreign_keys "
+            "to restore the table without that constraint"
+        )
+    notes = tuple(
+        f"foreign key {n} of {table} was not restored (skip_missing_foreign_keys): no such table in {into_db}"
+        for n in named
+    )
+    for note in notes:
+        log.warning("%s", note)
+    return notes
