@@ -440,3 +440,49 @@ def test_several_databases_back_up_and_come_back_under_their_names(
     assert r[0]["rows"] == 5100 + 2
     assert _orders(pg_server, shop) == before
     assert _sql(pg_server, other, "SELECT k FROM t ORDER BY k") == [("a",), ("b",)]
+
+
+def test_ownership_and_grants_come_back_where_their_roles_exist(pg_server: PgServer, shop: str, tmp_path: Path) -> None:
+    """A restore keeps owners and grants when every role they name is on the server; when one is
+    gone, the restore still succeeds, everything owned by the restoring user (not a failure on the
+    first ALTER ... OWNER TO)."""
+    suffix = uuid.uuid4().hex[:6]
+    owner, reader, gone = f"owner_{suffix}", f"reader_{suffix}", f"gone_{suffix}"
+    for role in (owner, reader, gone):
+        _sql(pg_server, "postgres", f"CREATE ROLE {role}")
+    try:
+        _sql(pg_server, shop, f"ALTER TABLE orders OWNER TO {owner}; GRANT SELECT ON customers TO {reader}")
+        store = tmp_path / "store"
+        init_store(store)
+        create_key("k")
+        shell = Shell(store, pg_server)
+        shell.sql(f"BACKUP DATABASE {shop} INTO 'nodelocal://1/own' WITH kms = 'local:///k';")
+        shell.sql(
+            f"RESTORE DATABASE {shop} FROM LATEST IN 'nodelocal://1/own' WITH kms = 'local:///k', "
+            f"new_db_name = '{shop}_own';"
+        )
+        assert _sql(pg_server, f"{shop}_own", "SELECT tableowner FROM pg_tables WHERE tablename = 'orders'") == [
+            (owner,)
+        ]
+        assert _sql(pg_server, f"{shop}_own", f"SELECT has_table_privilege('{reader}', 'customers', 'SELECT')") == [
+            (True,)
+        ]
+
+        _sql(pg_server, shop, f"ALTER TABLE customers OWNER TO {gone}")
+        shell.sql(f"BACKUP DATABASE {shop} INTO 'nodelocal://1/gone' WITH kms = 'local:///k';")
+        _sql(pg_server, shop, f"REASSIGN OWNED BY {gone} TO postgres; DROP OWNED BY {gone}")
+        _sql(pg_server, "postgres", f"DROP ROLE {gone}")
+        shell.sql(
+            f"RESTORE DATABASE {shop} FROM LATEST IN 'nodelocal://1/gone' WITH kms = 'local:///k', "
+            f"new_db_name = '{shop}_gone';"
+        )
+        owners = _sql(
+            pg_server, f"{shop}_gone", "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
+        )
+        assert owners == [("postgres",)]
+        assert len(_sql(pg_server, f"{shop}_gone", "SELECT * FROM orders")) == 5000
+    finally:
+        for (db,) in _sql(pg_server, "postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{shop}%'"):
+            _sql(pg_server, "postgres", f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        for role in (owner, reader, gone):
+            _sql(pg_server, "postgres", f"DROP ROLE IF EXISTS {role}")

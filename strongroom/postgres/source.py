@@ -76,6 +76,30 @@ WHERE i.indrelid = %(oid)s::oid AND NOT EXISTS (SELECT 1 FROM pg_constraint k WH
 """
 
 
+# The roles the schema names: owners of the database's own objects and grantees of their ACLs.
+# A restore keeps ownership and grants only where every one of them exists on the target.
+_ROLES = """
+WITH objs AS (
+    SELECT c.relowner AS owner, c.relacl AS acl FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'
+    UNION ALL
+    SELECT nspowner, nspacl FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema')
+      AND nspname NOT LIKE 'pg_%%'
+    UNION ALL
+    SELECT p.proowner, p.proacl FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+    UNION ALL
+    SELECT t.typowner, t.typacl FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'
+)
+SELECT DISTINCT r.rolname FROM (
+    SELECT owner AS id FROM objs
+    UNION SELECT (aclexplode(acl)).grantee FROM objs WHERE acl IS NOT NULL
+) ids JOIN pg_roles r ON r.oid = ids.id
+ORDER BY 1
+"""
+
+
 def qualified(schema: str, table: str) -> str:
     return f"{quote_ident(schema)}.{quote_ident(table)}"
 
@@ -391,6 +415,7 @@ def write_database(
                 r = conn.execute(f"SELECT last_value, is_called FROM {qualified(str(schema), str(seq))}").fetchone()
                 assert r is not None
                 sequences.append([schema, seq, int(str(r[0])), bool(r[1])])
+            roles = [str(r[0]) for r in conn.execute(_ROLES).fetchall()]
         except psycopg.Error as exc:
             raise failed(what, exc) from None
         meta_tables, copies = _table_specs(conn, tables, what)
@@ -416,6 +441,7 @@ def write_database(
             "ctype": enc_row[2],
             "sequences": sequences,
             "tables": meta_tables,
+            "roles": roles,
         }
         writer.write_stream(META_STREAM, [json.dumps(meta).encode()], tick)
         with _suppress_closed():

@@ -246,8 +246,35 @@ def _database_into(reader: BackupReader, server: Dsn, database: str, new_db_name
     return rows, bk.entry.bytes
 
 
+def ownership(target: Dsn, meta: dict[str, Any]) -> tuple[str, ...]:
+    """pg_restore's arguments for ownership and grants: kept as backed up when every role they
+    name exists on the target; otherwise left out (``--no-owner --no-privileges``: the restoring
+    user owns everything), rather than failing the restore on the first missing role."""
+    roles = meta.get("roles")
+    if roles is None:  # a backup from before roles were recorded: the safe choice
+        return ("--no-owner", "--no-privileges")
+    try:
+        conn = target.connect()
+        try:
+            found = {str(r[0]) for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (roles,))}
+        finally:
+            conn.close()
+    except psycopg.Error as exc:
+        raise failed(f"reading the roles of {target.display}", exc) from None
+    missing = sorted(set(roles) - found)
+    if missing:
+        log.warning(
+            "roles %s are not on %s: the restored objects are owned by the restoring user, without grants",
+            ", ".join(missing),
+            target.display,
+        )
+        return ("--no-owner", "--no-privileges")
+    return ()
+
+
 def _fill(target: Dsn, bk: _Backup) -> int:
-    _pg_restore(target, bk.reader.stream(SCHEMA_STREAM), "--section=pre-data")
+    owner_args = ownership(target, bk.meta)
+    _pg_restore(target, bk.reader.stream(SCHEMA_STREAM), "--section=pre-data", *owner_args)
     rows = _copy_tables(target, bk, WORKERS)
     conn = target.connect(autocommit=False)
     try:
@@ -260,7 +287,7 @@ def _fill(target: Dsn, bk: _Backup) -> int:
     finally:
         conn.close()
     # Indexes, constraints (foreign keys validated against the rows now there) and triggers.
-    _pg_restore(target, bk.reader.stream(SCHEMA_STREAM), "--section=post-data")
+    _pg_restore(target, bk.reader.stream(SCHEMA_STREAM), "--section=post-data", *owner_args)
     return rows
 
 
@@ -401,7 +428,10 @@ def _table_into(
         later = [fk for fk in missing if tuple(fk["references"]) in together]
         missing = [fk for fk in missing if tuple(fk["references"]) not in together]
         notes = _missing_foreign_keys(spec, missing, into_db, request.skip_missing_foreign_keys)
-        _pg_restore(server, bk.reader.stream(SCHEMA_STREAM), "--section=pre-data", "-n", schema, "-t", name)
+        owner_args = ownership(server, bk.meta)
+        _pg_restore(
+            server, bk.reader.stream(SCHEMA_STREAM), "--section=pre-data", "-n", schema, "-t", name, *owner_args
+        )
         conn = server.connect(autocommit=False)
         try:
             try:
