@@ -60,9 +60,17 @@ class Dsn:
             env["PGPASSWORD"] = self.password
         return env
 
-    def connect(self, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
+    def connect(
+        self, *, autocommit: bool = True, user_search_path: bool = False
+    ) -> psycopg.Connection[tuple[object, ...]]:
+        """A connection for Strongroom's own queries: its search_path is empty, as pg_dump's is, so
+        an object a database's owner put in a schema on the path (a ``public.current_setting``)
+        never runs in place of the catalog's, and the definitions read back name every schema.
+        ``user_search_path``: the server's setting, for a user's own statements (``strongroom sql``)."""
         try:
             params = dict(self.params)
+            if not user_search_path:
+                params["options"] = (params.get("options", "") + " -c search_path=").strip()
             if self.password is not None:
                 params["password"] = self.password
             return psycopg.connect(conninfo.make_conninfo(**params), autocommit=autocommit, connect_timeout=10)

@@ -42,7 +42,7 @@ class PostgresSession(Session):
         name = database or self._current()
         conn = self._pg.get(name)
         if conn is None or conn.closed:
-            conn = self._pg[name] = self.server.for_database(name).connect()
+            conn = self._pg[name] = self.server.for_database(name).connect(user_search_path=True)
         return conn
 
     def _forget(self, name: str) -> None:
