@@ -23,7 +23,7 @@ from ..backup.manifest import DatabaseEntry, Manifest, ObjectInfo
 from ..backup.requests import BackupRequest
 from ..errors import NotFoundError, UsageError, scrub
 from .conn import Dsn, PostgresError, failed, quote_ident
-from .streams import StreamChunk, StreamWriter, read_index
+from .streams import PreviousStreams, StreamReader, StreamWriter, read_index
 
 KIND = "postgres"
 SCHEMA_STREAM, META_STREAM, FIRST_TABLE_STREAM = 0, 1, 2
@@ -100,12 +100,24 @@ class _SchemaDump:
         self._reader.join(5)
 
 
-def _previous_chunks(layer: engine.LayerWriter, prev: Manifest | None, name: str) -> dict[bytes, StreamChunk]:
-    """Every chunk the previous layer's stream index of ``name`` holds, by keyed hash."""
+def _previous_streams(layer: engine.LayerWriter, prev: Manifest | None, name: str) -> PreviousStreams | None:
+    """The previous layer's streams of ``name``: every chunk its stream index holds, by keyed hash and
+    by table and position (the delta bases), read back from its packs one chunk at a time."""
     entry = prev.database(name) if prev is not None else None
     if prev is None or entry is None or entry.kind != KIND:
-        return {}
-    return {c.digest: c for c in read_index(layer.dests.storage_for, entry.index, prev.packs, layer.keys)}
+        return None
+    chunks = read_index(layer.dests.storage_for, entry.index, prev.packs, layer.keys)
+    reader = StreamReader(layer.dests.storage_for, layer.keys, chunks)
+    try:
+        meta = json.loads(b"".join(reader.stream(META_STREAM)))
+    except BaseException:
+        reader.close()
+        raise
+    # A table's stream number shifts when a table sorting before it is added or dropped: bases are
+    # found by what a stream holds (as write_database names it), never by its number.
+    streams = {f"#{SCHEMA_STREAM}": SCHEMA_STREAM, f"#{META_STREAM}": META_STREAM}
+    streams.update({qualified(t["schema"], t["table"]): int(t["stream"]) for t in meta["tables"]})
+    return PreviousStreams(chunks, reader, streams)
 
 
 def write_database(
@@ -117,14 +129,16 @@ def write_database(
     locality = layer.dests.locality_for_region(None)
     packs = layer.packs(locality)
     index_path = f"{layer.layer_dir}/data/pg-0000.idx"
+    previous = _previous_streams(layer, prev, name)
     writer = StreamWriter(
         layer.dests.storage_for(locality),
         index_path,
         layer.keys,
         packs,
         layer.table,
-        _previous_chunks(layer, prev, name),
+        previous.known if previous is not None else {},
         locality,
+        bases=previous,
     )
     done = 0
     expected = 1  # the tables' on-disk size, once known: COPY's bytes come close to it
@@ -175,7 +189,7 @@ def write_database(
             try:
                 cur = conn.cursor()
                 with cur.copy(sql) as copy:
-                    size = writer.write_stream(number, iter(copy), tick)
+                    size = writer.write_stream(number, iter(copy), tick, qualified(str(schema), str(table)))
                 rows = cur.rowcount
             except psycopg.Error as exc:
                 raise failed(f"{what}: table {schema}.{table}", exc) from None
@@ -206,6 +220,7 @@ def write_database(
     finally:
         if dump is not None:
             dump.close()
+        writer.close()
         conn.close()
     layer.written.append((locality, ref.path))
     rows = sum(o.rows for o in objects)
