@@ -460,3 +460,22 @@ class StreamReader:
             f.close()
         self._open.clear()
         self._bases.clear()
+
+
+def verify_index(
+    storage_for: StorageFor, ref: FileRef, packs: list[FileRef], keys: BackupKeys, seen: set[tuple[str, int]]
+) -> int:
+    """check --read-data: decode every chunk of a stream index not yet seen (a delta through its
+    bases) and check it against its keyed hash; returns how many were decoded."""
+    chunks = read_index(storage_for, ref, packs, keys)
+    reader = StreamReader(storage_for, keys, chunks)
+    done = 0
+    try:
+        for c in chunks:
+            if (c.pack.path, c.offset) not in seen:
+                seen.add((c.pack.path, c.offset))
+                reader.plaintext(c)
+                done += 1
+    finally:
+        reader.close()
+    return done
