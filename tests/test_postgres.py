@@ -14,6 +14,7 @@ from pg_server import PASSWORD, PgServer, pg_server, wait_until
 
 from strongroom.backup import engine
 from strongroom.backup.keys import Encryption
+from strongroom.backup.lifecycle import prune
 from strongroom.backup.manifest import Manifest
 from strongroom.backup.requests import ShowBackupRequest
 from strongroom.errors import AlreadyExistsError, NotFoundError, UsageError
@@ -26,6 +27,7 @@ from strongroom.postgres import (
     restore_database,
     restore_table,
 )
+from strongroom.postgres.streams import read_index
 
 __all__ = ["pg_server"]  # the session fixture, imported so pytest finds it
 
@@ -217,6 +219,16 @@ def test_incremental_after_one_percent_changed_stores_a_few_percent(
     assert share < (0.04 if change == "range" else 0.05)
     events = next(o for o in inc.objects if o.name == "public.events")
     assert events.rows == (rows + rows // 200 if change == "range" else rows)
+    if change == "scattered":
+        # The deltas' bases are the full's chunks; their packs are in the incremental's manifest,
+        # which is what check verifies and what keeps prune (whole layers only) from removing them.
+        with engine.open_backup(coll, encryption=enc) as reader:
+            entry = reader.manifest.databases[0]
+            chunks = read_index(reader.storage_for, entry.index, reader.manifest.packs, reader.keys)
+            listed = {p.path for p in reader.manifest.packs}
+        bases = {c.base.pack.path for c in chunks if c.base is not None}
+        assert bases and bases <= listed and all("/incrementals/" not in "/" + b for b in bases)
+        assert [a for a in prune(coll).actions if a.action != "kept"] == []
     assert [(r.status, r.chunks_read > 0) for r in engine.check(coll, enc, read_data=True)] == [("ok", True)]
     name = f"{shop}_cdc"
     try:
