@@ -397,7 +397,7 @@ class StreamReader:
         self._storage_for, self._keys = storage_for, keys
         self._chunks = chunks
         self._open: dict[str, StoredFile] = {}
-        self._dctx = zstandard.ZstdDecompressor()
+        self._local = threading.local()  # a zstd decompressor per thread: streams may be read in parallel
         self._bases: OrderedDict[bytes, bytes] = OrderedDict()  # digest -> plaintext, most recent last
         self._lock = threading.Lock()
 
@@ -426,7 +426,10 @@ class StreamReader:
         stored = self._pack(c.pack).read(c.offset, c.length)
         try:
             if c.codec == CODEC_ZSTD:
-                data = self._dctx.decompress(stored, max_output_size=c.plain)
+                dctx = getattr(self._local, "dctx", None)
+                if dctx is None:
+                    dctx = self._local.dctx = zstandard.ZstdDecompressor()
+                data = dctx.decompress(stored, max_output_size=c.plain)
             elif c.codec == CODEC_ZSTD_DELTA:
                 assert c.base is not None  # StreamChunk's invariant
                 dctx = zstandard.ZstdDecompressor(dict_data=_raw_dict(self.plaintext(c.base)))
