@@ -21,6 +21,7 @@ from strongroom.postgres.streams import (
     StreamReader,
     StreamWriter,
     read_index,
+    verify_index,
 )
 from strongroom.storage.local import LocalStorage
 
@@ -106,6 +107,9 @@ def test_scattered_changes_are_small_deltas_on_the_previous_layers_chunks(tmp_pa
     full_packs = {p.path for p in full.packs}
     assert all(d.base is not None and d.base.pack.path in full_packs for d in deltas)
     assert full_packs <= {p.path for p in inc.packs}
+    # check --read-data decodes each chunk once, deltas through their bases.
+    distinct = {(c.pack.path, c.offset) for c in inc.chunks}
+    assert verify_index(lambda _loc: inc.storage, inc.index, inc.packs, KEYS, set()) == len(distinct)
     # Without the previous layer's bases, the same change stores (nearly) every chunk whole.
     alone = write_layer(tmp_path, "inc1-plain", {2: new}, replace(full, chunks=[]))
     assert alone.stored > 0.9 * full.stored
@@ -134,6 +138,8 @@ def test_a_delta_with_the_wrong_base_is_an_integrity_error(tmp_path: Path) -> No
     tampered = replace(inc, chunks=read_index(lambda _loc: inc.storage, inc.index, inc.packs, PLAIN))
     with pytest.raises(IntegrityError, match=r"does not (match its hash|decompress)"):
         tampered.read(2)
+    with pytest.raises(IntegrityError, match=r"does not (match its hash|decompress)"):  # check --read-data
+        verify_index(lambda _loc: inc.storage, inc.index, inc.packs, PLAIN, set())
     # A base that names itself (a loop) is refused when the index is read.
     struct.pack_into("<I", raw, at, i)
     path.write_bytes(bytes(raw))
