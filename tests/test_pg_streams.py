@@ -149,18 +149,20 @@ def test_a_delta_with_the_wrong_base_is_an_integrity_error(tmp_path: Path) -> No
 
 def test_delta_chains_are_bounded(tmp_path: Path) -> None:
     n = 6000
-    layer = write_layer(tmp_path, "full", {2: rows(n)})
+    layer = full = write_layer(tmp_path, "full", {2: rows(n)})
     depths = []
     for k in range(1, MAX_DEPTH + 3):
         data = rows(n, set(range(k, n, 97)), tag=f"v{k}")
         layer = write_layer(tmp_path, f"inc{k:02d}", {2: data}, layer)
         assert layer.read(2) == data
+        assert layer.stored < 0.1 * full.stored  # every chunk changed, every time
         depths.append(max(c.depth for c in layer.chunks))
     # Each incremental's chunk is a delta on the one before, until a chain reaches MAX_DEPTH: the
-    # next is stored whole (depth 0), and so a restore never decodes more than MAX_DEPTH + 1 chunks.
-    assert depths[:MAX_DEPTH] == list(range(1, MAX_DEPTH + 1))
-    assert depths[MAX_DEPTH] < MAX_DEPTH
-    assert all(d <= MAX_DEPTH for d in depths)
+    # next is a delta on the chain's first chunk (the full's), so a restore never decodes more than
+    # MAX_DEPTH + 1 chunks for one.
+    assert depths == [*range(1, MAX_DEPTH + 1), 1, 2]
+    roots = {c.digest for c in full.chunks}
+    assert all(c.base is not None and c.base.digest in roots for c in layer.chunks if c.depth == 1 and c.base)
 
 
 def test_bases_follow_the_table_when_stream_numbers_shift(tmp_path: Path) -> None:

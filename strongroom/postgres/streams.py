@@ -11,7 +11,8 @@ table change every chunk). So a chunk the previous layer does not hold is also c
 *base*: the previous layer's chunk of the same table (matched by schema and table name, not stream
 number) at the nearest position, whose plaintext is read back (authenticated, hash-checked) and used
 as a zstd raw-content dictionary. The result is stored as a ``CODEC_ZSTD_DELTA`` chunk when it is at
-least a quarter smaller than plain zstd; a delta's base may itself be a delta, up to ``MAX_DEPTH``.
+least a quarter smaller than plain zstd; a delta's base may itself be a delta, up to ``MAX_DEPTH``
+(past it, the base is the chain's first chunk).
 
 One sealed *stream index* per database lists every stream's chunks in order, so a restore reads one
 index whatever the chain length. Format (``SRPGSTR2``): a header (magic, stream record count, base
@@ -58,10 +59,13 @@ MIN_CHUNK, AVG_CHUNK, MAX_CHUNK = 4 * 1024, 16 * 1024, 64 * 1024
 #: zstd against the base chunk's plaintext as a raw-content dictionary (codecs 0 and 1: backup.data).
 CODEC_ZSTD_DELTA = 2
 #: A delta's chain (it, its base, ...) decodes at most this many deltas and one plain chunk. Each
-#: step is one more pack read and decompression of a chunk on restore (and when the next incremental
-#: reads its bases), so a restore costs at most MAX_DEPTH + 1 times a plain one; past it, the chunk
-#: is stored plain (as a full stores it), which starts the chain again. With 8, a chunk changed by
-#: every daily incremental is stored whole once in 9 days, and a week of incrementals stays deltas.
+#: step is one more pack read, decompression and hash of a chunk on restore (and when the next
+#: incremental reads its bases), so restoring a chunk costs at most MAX_DEPTH + 1 times a plain one.
+#: A chunk whose base is that deep is compressed against the chain's first, plain chunk instead
+#: (depth 1: what changed since then, still small for a chunk changed a few rows at a time) or
+#: stored whole if that is not smaller. 8 keeps a week of daily incrementals on short chains while a
+#: restore reads at most 9 chunks for one; the chains' old chunks stay anyway (their layers are in
+#: the chain), so a deeper bound would save little and make every restore slower.
 MAX_DEPTH = 8
 #: zstd level of a delta. Not ZSTD_LEVEL (-1, the fast mode): measured here, -1 against a 64 KiB
 #: raw-content dictionary stored a 62 KB chunk of a few changed rows in 56 KB; level 1 in 185 bytes,
@@ -101,7 +105,16 @@ class PreviousStreams:
     reference), and by stream and position, with a reader of their plaintext (the delta bases)."""
 
     def __init__(self, chunks: list[StreamChunk], reader: StreamReader, streams: dict[str, int]) -> None:
-        self.known = {c.digest: c for c in chunks}
+        # Every chunk and every base (older layers' chunks: a chunk back as it was is a reference),
+        # by keyed hash; of the records of one hash, the one of the shortest chain.
+        self.known: dict[bytes, StreamChunk] = {}
+        for c in chunks:
+            b: StreamChunk | None = c
+            while b is not None:
+                had = self.known.get(b.digest)
+                if had is None or had.depth > b.depth:
+                    self.known[b.digest] = b
+                b = b.base
         self.reader = reader
         self._streams = streams  # identity (see StreamWriter.write_stream) -> previous stream number
         self._starts: dict[int, list[int]] = {}
@@ -182,6 +195,7 @@ class StreamWriter:
     ) -> None:
         self._records: list[bytes] = []  # ~64 bytes a chunk: 4 MiB of index per GiB of tables
         self._links: list[tuple[int, StreamChunk]] = []  # (record number, its base): filled in by finish
+        self._depths = bytearray()  # each record's chain depth (<= MAX_DEPTH)
         self._path, self._storage, self._keys, self._locality = path, storage, keys, locality
         self._packs, self._table = packs, table
         self._known = known  # digest -> where an earlier layer (or this one) stored that chunk
@@ -261,6 +275,7 @@ class StreamWriter:
                 cursor.drift = where[1] - cursor.offset  # back in step with the previous layer's stream
         if chunk.base is not None:
             self._links.append((len(self._records), chunk.base))
+        self._depths.append(chunk.depth)
         self._records.append(
             _RECORD.pack(cursor.stream, digest, slot, chunk.offset, chunk.length, chunk.codec, chunk.plain, _NONE)
         )
@@ -281,7 +296,13 @@ class StreamWriter:
                 cursor.drift = found[0] + found[1] - (cursor.offset + max(0, at))
                 break
         base = self._bases.overlapping(cursor.base_stream, cursor.offset + cursor.drift, len(data))
-        return base if base is not None and base.depth < MAX_DEPTH else None  # else plain: a new chain
+        if base is not None and base.depth >= MAX_DEPTH:
+            # A chain as long as allowed: a delta on its first, plain chunk instead (depth 1 again).
+            # It differs by every change since, but unless that is most of it, it is still far
+            # smaller than the chunk stored whole (and if not, the chunk is stored whole).
+            while base.base is not None:
+                base = base.base
+        return base
 
     def _bases_reader(self) -> StreamReader:
         assert self._bases is not None
@@ -296,18 +317,23 @@ class StreamWriter:
         count = len(self._records)
         bases: list[bytes] = []
         if self._links:
-            number: dict[bytes, int] = {}
+            depths = self._depths  # then the base records' depths, as they are appended
+            number: dict[bytes, int] = {}  # digest -> the record of least depth that holds it
             for i, rec in enumerate(self._records):
-                number.setdefault(rec[4:36], i)
+                n = number.get(rec[4:36])
+                if n is None or depths[n] > depths[i]:
+                    number[rec[4:36]] = i
 
             def place(c: StreamChunk) -> int:
-                # Any record of the same keyed hash decodes to the same bytes: reuse it.
+                # Any record of the same keyed hash decodes to the same bytes: reuse one, if its
+                # chain is no longer than ``c``'s (the delta on it is then no deeper than planned).
                 n = number.get(c.digest)
-                if n is None:
+                if n is None or depths[n] > c.depth:
                     below = place(c.base) if c.base is not None else _NONE
                     n = number[c.digest] = count + len(bases)
                     slot = self._slot(c.pack)  # so the manifest lists (and prune keeps) the base's pack
                     bases.append(_RECORD.pack(_NONE, c.digest, slot, c.offset, c.length, c.codec, c.plain, below))
+                    depths.append(c.depth)
                 return n
 
             for i, base in self._links:
