@@ -3,8 +3,8 @@
 Each stream is cut with FastCDC (pyfastcdc), so an insert or delete shifts chunk boundaries only
 locally and an incremental stores only the chunks around a change. Chunks are hashed with the
 backup's keyed BLAKE3, zstd-compressed and appended to the layer's sealed packs (PackWriter, as
-SQLite pages are). A chunk whose hash the previous layer already stored is not stored again: its
-record points into the older pack.
+SQLite pages are). A chunk whose hash the previous layer's index already names (one of its chunks,
+or one of their bases) is not stored again: its record points into the older pack.
 
 A changed chunk is usually a few changed rows among ~150 unchanged ones (rows scattered over the
 table change every chunk). So a chunk the previous layer does not hold is also compressed against a
