@@ -196,6 +196,7 @@ class StreamWriter:
         self._records: list[bytes] = []  # ~64 bytes a chunk: 4 MiB of index per GiB of tables
         self._links: list[tuple[int, StreamChunk]] = []  # (record number, its base): filled in by finish
         self._depths = bytearray()  # each record's chain depth (<= MAX_DEPTH)
+        self._lock = threading.Lock()
         self._path, self._storage, self._keys, self._locality = path, storage, keys, locality
         self._packs, self._table = packs, table
         self._known = known  # digest -> where an earlier layer (or this one) stored that chunk
@@ -273,12 +274,13 @@ class StreamWriter:
             where = self._bases.position(digest) if self._bases is not None else None
             if where is not None and where[0] == cursor.base_stream:
                 cursor.drift = where[1] - cursor.offset  # back in step with the previous layer's stream
-        if chunk.base is not None:
-            self._links.append((len(self._records), chunk.base))
-        self._depths.append(chunk.depth)
-        self._records.append(
-            _RECORD.pack(cursor.stream, digest, slot, chunk.offset, chunk.length, chunk.codec, chunk.plain, _NONE)
-        )
+        record = _RECORD.pack(cursor.stream, digest, slot, chunk.offset, chunk.length, chunk.codec, chunk.plain, _NONE)
+        # A record, its depth and its link stay together (PackWriter itself is not thread-safe).
+        with self._lock:
+            if chunk.base is not None:
+                self._links.append((len(self._records), chunk.base))
+            self._depths.append(chunk.depth)
+            self._records.append(record)
         cursor.offset += len(data)
 
     def _base_for(self, cursor: _Cursor, data: memoryview | bytes) -> StreamChunk | None:
