@@ -147,6 +147,24 @@ def test_a_delta_with_the_wrong_base_is_an_integrity_error(tmp_path: Path) -> No
         read_index(lambda _loc: inc.storage, inc.index, inc.packs, PLAIN)
 
 
+def test_an_index_with_a_chain_deeper_than_the_bound_is_refused(tmp_path: Path) -> None:
+    n = 3000
+    layer = write_layer(tmp_path, "full", {2: rows(n)}, keys=PLAIN)
+    for k in range(1, MAX_DEPTH + 1):
+        layer = write_layer(tmp_path, f"inc{k}", {2: rows(n, set(range(k, n, 50)), tag=f"v{k}")}, layer, keys=PLAIN)
+    last = len(layer.chunks) - 1
+    deep = next(i for i, c in enumerate(layer.chunks) if c.depth == MAX_DEPTH and i < last)
+    # The last record edited into a delta on a chain MAX_DEPTH deep (read before it, from its own
+    # record): 9 deep, more than any writer makes.
+    path = tmp_path / layer.index.path
+    raw = bytearray(path.read_bytes())
+    raw[16 + last * 61 + 52] = CODEC_ZSTD_DELTA
+    struct.pack_into("<I", raw, 16 + last * 61 + 57, deep)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="delta chain longer than"):
+        read_index(lambda _loc: layer.storage, layer.index, layer.packs, PLAIN)
+
+
 def test_delta_chains_are_bounded(tmp_path: Path) -> None:
     n = 6000
     layer = full = write_layer(tmp_path, "full", {2: rows(n)})

@@ -411,7 +411,10 @@ def read_index(storage_for: StorageFor, ref: FileRef, packs: list[FileRef], keys
                 if below >= total:
                     raise IntegrityError(f"/{ref.path} names a base record it does not hold")
                 base = build(below, level + 1)
-            c = built[i] = StreamChunk(stream, digest, packs[slot], offset, length, codec, plain, base)
+            c = StreamChunk(stream, digest, packs[slot], offset, length, codec, plain, base)
+            if c.depth > MAX_DEPTH:  # on a base built before, from another record
+                raise IntegrityError(f"/{ref.path} has a delta chain longer than {MAX_DEPTH}")
+            built[i] = c
         return c
 
     return [build(i, 0) for i in range(count)]
