@@ -29,7 +29,7 @@ from ..backup.requests import BackupRequest
 from ..errors import NotFoundError, UsageError, scrub
 from ..storage import StorageContext
 from .conn import Dsn, PostgresError, failed, quote_ident
-from .streams import StreamChunk, StreamWriter, read_index
+from .streams import PreviousStreams, StreamReader, StreamWriter, read_index
 
 KIND = "postgres"
 SCHEMA_STREAM, META_STREAM, FIRST_TABLE_STREAM = 0, 1, 2
@@ -139,12 +139,24 @@ class _SchemaDump:
         self._reader.join(5)
 
 
-def _previous_chunks(layer: engine.LayerWriter, prev: Manifest | None, name: str) -> dict[bytes, StreamChunk]:
-    """Every chunk the previous layer's stream index of ``name`` holds, by keyed hash."""
+def _previous_streams(layer: engine.LayerWriter, prev: Manifest | None, name: str) -> PreviousStreams | None:
+    """The previous layer's streams of ``name``: every chunk its stream index holds, by keyed hash and
+    by table and position (the delta bases), read back from its packs one chunk at a time."""
     entry = prev.database(name) if prev is not None else None
     if prev is None or entry is None or entry.kind != KIND:
-        return {}
-    return {c.digest: c for c in read_index(layer.dests.storage_for, entry.index, prev.packs, layer.keys)}
+        return None
+    chunks = read_index(layer.dests.storage_for, entry.index, prev.packs, layer.keys)
+    reader = StreamReader(layer.dests.storage_for, layer.keys, chunks)
+    try:
+        meta = json.loads(b"".join(reader.stream(META_STREAM)))
+    except BaseException:
+        reader.close()
+        raise
+    # A table's stream number shifts when a table sorting before it is added or dropped: bases are
+    # found by what a stream holds (as write_database names it), never by its number.
+    streams = {f"#{SCHEMA_STREAM}": SCHEMA_STREAM, f"#{META_STREAM}": META_STREAM}
+    streams.update({qualified(t["schema"], t["table"]): int(t["stream"]) for t in meta["tables"]})
+    return PreviousStreams(chunks, reader, streams)
 
 
 @dataclass
@@ -366,6 +378,7 @@ def write_database(
     """Read database ``dsn`` in one snapshot into ``layer`` as the database entry ``name`` (the
     layer's ``number``-th database), the tables by ``workers`` COPY connections in that snapshot
     (default WORKERS)."""
+    previous = _previous_streams(layer, prev, name)  # before the connection: nothing to close if it fails
     conn = dsn.connect()
     dump: _SchemaDump | None = None
     copiers: _CopyWorkers | None = None
@@ -378,8 +391,9 @@ def write_database(
         layer.keys,
         packs,
         layer.table,
-        _previous_chunks(layer, prev, name),
+        previous.known if previous is not None else {},
         locality,
+        bases=previous,
     )
     done = 0
     expected = 1  # the tables' on-disk size, once known: COPY's bytes come close to it
@@ -426,8 +440,11 @@ def write_database(
         dump = _SchemaDump(dsn, snapshot)
         writer.write_stream(SCHEMA_STREAM, dump.blocks(), tick)
         sizes_written: dict[int, int] = {}
+        # Each stream names its table, so the next incremental finds its delta bases by table.
+        identity = {int(t["stream"]): qualified(str(t["schema"]), str(t["table"])) for t in meta_tables}
         for copy in order:
-            sizes_written[copy.number] = writer.write_stream(copy.number, copiers.blocks(copy), tick)
+            blocks = copiers.blocks(copy)
+            sizes_written[copy.number] = writer.write_stream(copy.number, blocks, tick, identity[copy.number])
         copiers.close()
         objects = [
             ObjectInfo(c.name, "table", c.rows, 0, sizes_written[c.number], json.dumps(spec))
@@ -452,6 +469,7 @@ def write_database(
             copiers.close()
         if dump is not None:
             dump.close()
+        writer.close()
         conn.close()
     layer.written.append((locality, ref.path))
     rows = sum(o.rows for o in objects)
