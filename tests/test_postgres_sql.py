@@ -486,3 +486,19 @@ def test_ownership_and_grants_come_back_where_their_roles_exist(pg_server: PgSer
             _sql(pg_server, "postgres", f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         for role in (owner, reader, gone):
             _sql(pg_server, "postgres", f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_write_only_postgres_backup_is_refused_with_one_clear_error(
+    pg_server: PgServer, shop: str, tmp_path: Path
+) -> None:
+    """Public-key recipients (write-only hosts) are not supported for PostgreSQL yet: refused before
+    anything is written, naming the alternative, never a traceback."""
+    pyrage = pytest.importorskip("pyrage")
+    recipient = f"age:///{pyrage.x25519.Identity.generate().to_public()}"
+    store = tmp_path / "store"
+    init_store(store)
+    shell = Shell(store, pg_server)
+    shell.sql(f"BACKUP DATABASE {shop} INTO 'nodelocal://1/wo' WITH kms = '{recipient}';", ok=False)
+    assert "cannot be written with public-key recipients" in shell.outputs[-1]
+    assert "Traceback" not in shell.outputs[-1]
+    assert not [p for p in (store / "extern").rglob("*") if p.is_file()]

@@ -26,6 +26,7 @@ from ..backup.jobs import Cancel, JobResult, Progress, checking, foreground
 from ..backup.keys import Encryption
 from ..backup.manifest import DatabaseEntry, Manifest, ObjectInfo
 from ..backup.requests import BackupRequest
+from ..backup.writeonly import wants_write_only_chain
 from ..errors import NotFoundError, UsageError, scrub
 from ..storage import StorageContext
 from .conn import Dsn, PostgresError, failed, quote_ident
@@ -513,6 +514,13 @@ def run_backup(
     follows its chain's. The store runs this as a job; :func:`backup_database` without one."""
     assert request.postgres is not None
     server = Dsn.parse(request.postgres)
+    if request.incremental is None and wants_write_only_chain(request.encryption):
+        # A write-only host keeps a view of each layer to deduplicate against; PostgreSQL's stream
+        # indexes (and their delta bases, which need the previous plaintext) have none yet.
+        raise UsageError(
+            "a PostgreSQL backup cannot be written with public-key recipients (age://, AWS asymmetric keys) yet: "
+            "use KMS keys that can decrypt, or a passphrase"
+        )
     names = list(request.databases or ())
     sources = [engine.DatabaseSource(n, Path()) for n in names]  # named for the chain's targets check
 
