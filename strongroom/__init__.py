@@ -1,13 +1,18 @@
-"""Strongroom: CockroachDB-grade encrypted BACKUP/RESTORE and customer-managed keys for SQLite.
+"""Strongroom: CockroachDB-grade encrypted BACKUP/RESTORE and customer-managed keys for SQLite,
+and the same BACKUP/RESTORE for PostgreSQL servers.
 
 The map (dependencies point down the list; ``lint-imports`` checks it, see pyproject.toml):
     cli/      the ``strongroom`` command, one module per command group; demo.py is ``strongroom demo``
     server/   ``strongroom serve``: CockroachDB Cloud's CMEK API (FastAPI), its token, the schedule
-    sql/      the statement grammar and the executor behind ``strongroom sql`` and ``Store.execute``
+    sql/      the statement grammar and the executor behind ``strongroom sql`` and ``Store.execute``;
+              postgres.py, the session of ``strongroom sql --postgres`` (its databases a server's)
     store/    the store: named SQLite databases in regions, encrypted at rest (data keys → store key →
               CMEK); a facade (core.py) over one part per concern: meta, cmek, databases, rotation,
               status, backups (BACKUP/RESTORE/SHOW/ALTER as jobs), managed backups, jobs, audit
     files.py  back up / restore a plain SQLite file, no store
+    postgres/ a PostgreSQL server as a source (one snapshot, pg_dump's schema, parallel binary COPY)
+              and target (CREATE DATABASE or one table), its tables as content-defined chunk streams
+              with delta chunks (streams.py); run by the store as jobs, or alone
     backup/   the engine: collections and their layout, locality-aware destinations, manifests, packs
               and chunk indexes, keys; the request objects every surface builds (requests.py);
               retention policies (retention.py), FORGET and PRUNE (lifecycle.py); write-only chains,
