@@ -427,7 +427,7 @@ def test_trigger_bodies_pass_through_whole() -> None:
         ("BACKUP INTO 'x' WITH revision_history", 'unknown option "revision_history"'),
         ("BACKUP INTO 'x' WITH incremental_location = 'y'", 'unknown option "incremental_location"'),
         ("BACKUP INTO 'x' WITH encryption_info_dir = 'y'", 'unknown option "encryption_info_dir"'),
-        ("RESTORE FROM LATEST IN 'x' WITH skip_missing_foreign_keys", 'unknown option "skip_missing_foreign_keys"'),
+        ("RESTORE FROM LATEST IN 'x' WITH skip_missing_views", 'unknown option "skip_missing_views"'),
         ("BACKUP INTO 'x' WITH options", 'unknown option "options"'),
         ("BACKUP INTO 'x' WITH kms = 'a', KMS = 'b'", '"kms" specified multiple times'),
         ("BACKUP INTO 'x' WITH detached, detached = false", '"detached" specified multiple times'),
@@ -484,6 +484,7 @@ def test_options_fields_are_exactly_the_registry() -> None:
         "verify",
         "schema_only",
         "verify_backup_table_data",
+        "skip_missing_foreign_keys",
     ]
 
 
@@ -641,7 +642,7 @@ def test_repr_redacts_passphrase_and_uri_secrets() -> None:
     assert repr(Options()) == (
         "Options(kms=(), kms_groups=(), kms_threshold=0, encryption_passphrase=None, new_db_name=None, "
         "into_db=None, check_files=False, detached=False, include_unencrypted_data=False, verify=False, "
-        "schema_only=False, verify_backup_table_data=False)"
+        "schema_only=False, verify_backup_table_data=False, skip_missing_foreign_keys=False)"
     )
 
 
