@@ -427,6 +427,9 @@ class StreamReader:
     def __init__(self, storage_for: StorageFor, keys: BackupKeys, chunks: list[StreamChunk]) -> None:
         self._storage_for, self._keys = storage_for, keys
         self._chunks = chunks
+        self._by_stream: dict[int, list[StreamChunk]] = {}  # once: a table's stream is not a scan of all
+        for c in chunks:
+            self._by_stream.setdefault(c.stream, []).append(c)
         self._open: dict[str, StoredFile] = {}
         self._local = threading.local()  # a zstd decompressor per thread: streams may be read in parallel
         self._bases: OrderedDict[bytes, bytes] = OrderedDict()  # digest -> plaintext, most recent last
@@ -448,9 +451,8 @@ class StreamReader:
             return f
 
     def stream(self, number: int) -> Iterator[bytes]:
-        for c in self._chunks:
-            if c.stream == number:
-                yield self.chunk(c)
+        for c in self._by_stream.get(number, ()):
+            yield self.chunk(c)
 
     def chunk(self, c: StreamChunk) -> bytes:
         """One chunk's plaintext, checked against its keyed hash."""
