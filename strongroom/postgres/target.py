@@ -150,7 +150,7 @@ def run_restore(
                     _check_free(server, None, request.new_db_name or database)
                 for n, database in enumerate(databases):
                     new_name = request.new_db_name or database
-                    r, b = _database_into(reader, server, database, new_name)
+                    r, b = _database_into(reader, server, database, new_name, progress)
                     undo.append((server, f"DROP DATABASE IF EXISTS {quote_ident(new_name)} WITH (FORCE)"))
                     rows, size = rows + r, size + b
                     if progress:
@@ -212,7 +212,9 @@ def _split_table(qualified_name: str, databases: list[str]) -> tuple[str, str, s
     raise UsageError(f'qualify table "{qualified_name}" with its database, as database.schema.table')
 
 
-def _database_into(reader: BackupReader, server: Dsn, database: str, new_db_name: str) -> tuple[int, int]:
+def _database_into(
+    reader: BackupReader, server: Dsn, database: str, new_db_name: str, progress: Progress | None = None
+) -> tuple[int, int]:
     """Recreate ``database`` of the backup as ``new_db_name`` (refused if it exists): CREATE
     DATABASE, the schema's pre-data section, every table's rows, sequence values, then the
     post-data section (indexes, constraints, triggers). A failure drops the new database."""
@@ -237,7 +239,7 @@ def _database_into(reader: BackupReader, server: Dsn, database: str, new_db_name
             admin.close()
         target = server.for_database(new_db_name)
         try:
-            rows = _fill(target, bk)
+            rows = _fill(target, bk, progress)
         except BaseException:
             _best_effort(server, f"DROP DATABASE IF EXISTS {quote_ident(new_db_name)} WITH (FORCE)")  # all or nothing
             raise
@@ -272,10 +274,10 @@ def ownership(target: Dsn, meta: dict[str, Any]) -> tuple[str, ...]:
     return ()
 
 
-def _fill(target: Dsn, bk: _Backup) -> int:
+def _fill(target: Dsn, bk: _Backup, progress: Progress | None = None) -> int:
     owner_args = ownership(target, bk.meta)
     _pg_restore(target, bk.reader.stream(SCHEMA_STREAM), "--section=pre-data", *owner_args)
-    rows = _copy_tables(target, bk, WORKERS)
+    rows = _copy_tables(target, bk, WORKERS, progress)
     conn = target.connect(autocommit=False)
     try:
         try:
@@ -295,7 +297,7 @@ class _Stopped(Exception):
     """Another table's COPY failed: this one ends (COPY FAIL) and its transaction rolls back."""
 
 
-def _copy_tables(target: Dsn, bk: _Backup, workers: int) -> int:
+def _copy_tables(target: Dsn, bk: _Backup, workers: int, progress: Progress | None = None) -> int:
     """Every table's rows, by ``workers`` connections (largest tables first), each table's COPY in
     its own transaction: the database is new and dropped whole if anything fails. Each worker reads
     the streams with its own StreamReader (they are not thread-safe)."""
@@ -306,11 +308,13 @@ def _copy_tables(target: Dsn, bk: _Backup, workers: int) -> int:
     todo = iter(tables)
     counts: list[int] = []
     errors: list[BaseException] = []
+    copied = [0]  # bytes handed to COPY so far, for the progress the waiting thread reports
 
     def checked(blocks: Iterator[bytes]) -> Iterator[bytes]:
         for block in blocks:
             if stop.is_set():
                 raise _Stopped
+            copied[0] += len(block)
             yield block
 
     def run() -> None:
@@ -347,8 +351,11 @@ def _copy_tables(target: Dsn, bk: _Backup, workers: int) -> int:
             t.start()
             started.append(t)
         for t in started:
-            while t.is_alive():  # a wait that Ctrl-C can interrupt
+            while t.is_alive():  # a wait that Ctrl-C, and a CANCEL JOB at a progress point, interrupt
                 t.join(0.2)
+                if progress:
+                    total = max(1, bk.entry.bytes)
+                    progress(min(copied[0], total), total, f"restoring {bk.entry.name}")
     finally:
         stop.set()
         for t in started:
