@@ -50,7 +50,8 @@ S3_MODULES = ("boto3", "moto")  # strongroom-s3 needs both (moto's server stands
 STORE_REGION = "us-east1"
 STORE_DB = "orders"  # the store database that is backed up
 RESTORED_DB = "restored"  # strongroom restores it under this name, next to it
-SCENARIOS = ("plain", "store", "scaling")
+SCENARIOS = ("plain", "store", "scaling", "postgres")
+PG_TOOLS = ("strongroom", "pg_dump", "pgbackrest")  # --scenario postgres (bench/pg_bench.py)
 CLI_START_RUNS = 20
 
 
@@ -447,8 +448,8 @@ def default_tools() -> list[str]:
 
 
 def ensure_installed(tools: list[str]) -> None:
-    """restic and borgbackup from the distribution, as root, if they are missing."""
-    packages = {"restic": "restic", "borg": "borgbackup"}
+    """restic, borgbackup and pgbackrest from the distribution, as root, if they are missing."""
+    packages = {"restic": "restic", "borg": "borgbackup", "pgbackrest": "pgbackrest"}
     missing = [packages[t] for t in tools if t in packages and shutil.which(t) is None]
     if not missing:
         return
@@ -1111,15 +1112,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-build", action="store_true", help="reuse the base database of this size if present")
     ap.add_argument(
         "--tools",
-        default=",".join(default_tools()),
-        help="comma-separated, of strongroom,strongroom-s3,restic,borg (default %(default)s; -s3 needs boto3, moto)",
+        default=None,
+        help=f"comma-separated, of strongroom,strongroom-s3,restic,borg (default {','.join(default_tools())}; -s3 "
+        "needs boto3, moto); for --scenario postgres of strongroom,pg_dump,pgbackrest (default all three)",
     )
     ap.add_argument("--scattered", action="store_true", help="change 1%% of rows chosen at random, not the newest")
     ap.add_argument("--json", type=Path, help="write every figure to this file")
     ap.add_argument("--build-only", action="store_true", help="build (or reuse) the base databases, then stop")
     ap.add_argument("--keep", action="store_true", help="keep the per-tool database copies and restored files")
     args = ap.parse_args(argv)
+    args.tools_given = args.tools is not None
+    args.tools = args.tools or ",".join(default_tools())
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    # --scenario postgres runs the tools of PG_TOOLS that --tools names (all three by default)
+    pg_tools = [t for t in PG_TOOLS if t in tools] if args.tools_given else list(PG_TOOLS)
+    tools = [t for t in tools if t in ALL_TOOLS or t not in PG_TOOLS]
     if unknown_tools := set(tools) - set(ALL_TOOLS):
         ap.error(f"unknown tools: {', '.join(sorted(unknown_tools))}")
     scenarios = [s.strip() for s in args.scenario.split(",") if s.strip()]
@@ -1130,7 +1137,9 @@ def main(argv: list[str] | None = None) -> int:
         tools.remove("strongroom-s3")
 
     started = time.perf_counter()
-    ensure_installed(tools)
+    if scenarios == ["postgres"]:
+        tools = [t for t in tools if t.startswith("strongroom")][:1]  # only its version line
+    ensure_installed(tools + (pg_tools if "postgres" in scenarios else []))
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("STRONGROOM_KEYRING", str(work / "keyring"))  # the bench stores' local key files
@@ -1144,11 +1153,22 @@ def main(argv: list[str] | None = None) -> int:
     for tool, version in versions.items():
         print(f"{tool}: {version}")
     runs: list[ScenarioRun] = []
+    pg_runs: list[Any] = []  # pg_bench.PgRun
     scaling: dict[str, Any] | None = None
     texts: list[str] = []
     for scenario in scenarios:
         suffix = "-scattered" if args.scattered else ""
-        if scenario == "scaling":
+        if scenario == "postgres":
+            # The module imports its helpers from this one: let it find this very module, not a second copy.
+            sys.modules.setdefault("bench", sys.modules[__name__])
+            import pg_bench
+
+            pg_run = pg_bench.run_postgres(
+                scenario + suffix, args.size_gib, pg_tools, work, args.scattered, args.skip_build
+            )
+            pg_runs.append(pg_run)
+            texts.append(pg_bench.pg_report(pg_run))
+        elif scenario == "scaling":
             small = run_scenario(f"scaling-{args.size_gib:g}GiB{suffix}", "plain", args.size_gib, tools, args)
             large_name = f"scaling-{args.scale_gib:g}GiB{suffix}"
             large = run_scenario(large_name, "plain", args.scale_gib, tools, args, count=small.rows_changed)
@@ -1181,12 +1201,13 @@ def main(argv: list[str] | None = None) -> int:
             "versions": versions,
             "warm_cache": True,
             "cli_start": {**cli, "goal": asdict(goal)},
-            "scenarios": [r.figures() for r in runs],
+            "scenarios": [r.figures() for r in runs] + [r.figures() for r in pg_runs],
             "scaling": scaling,
         }
         args.json.write_text(json.dumps(doc, indent=2))
         print(f"wrote {args.json}")
-    ok = all(r.verified for run in runs for r in run.results) and not any(run.failed for run in runs)
+    every = [*runs, *pg_runs]
+    ok = all(r.verified for run in every for r in run.results) and not any(run.failed for run in every)
     return 0 if ok else 1
 
 
