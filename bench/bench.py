@@ -51,7 +51,7 @@ STORE_REGION = "us-east1"
 STORE_DB = "orders"  # the store database that is backed up
 RESTORED_DB = "restored"  # strongroom restores it under this name, next to it
 SCENARIOS = ("plain", "store", "scaling", "postgres")
-PG_TOOLS = ("strongroom", "pg_dump", "pgbackrest")  # --scenario postgres (bench/pg_bench.py)
+PG_TOOLS = ("strongroom", "pg_dump", "pgbackrest")  # --scenario postgres (bench/pg_scenario.py)
 CLI_START_RUNS = 20
 
 
@@ -1153,7 +1153,7 @@ def main(argv: list[str] | None = None) -> int:
     for tool, version in versions.items():
         print(f"{tool}: {version}")
     runs: list[ScenarioRun] = []
-    pg_runs: list[Any] = []  # pg_bench.PgRun
+    pg_runs: list[Any] = []  # pg_scenario.PgRun
     scaling: dict[str, Any] | None = None
     texts: list[str] = []
     for scenario in scenarios:
@@ -1161,13 +1161,13 @@ def main(argv: list[str] | None = None) -> int:
         if scenario == "postgres":
             # The module imports its helpers from this one: let it find this very module, not a second copy.
             sys.modules.setdefault("bench", sys.modules[__name__])
-            import pg_bench
+            import pg_scenario
 
-            pg_run = pg_bench.run_postgres(
+            pg_run = pg_scenario.run_postgres(
                 scenario + suffix, args.size_gib, pg_tools, work, args.scattered, args.skip_build
             )
             pg_runs.append(pg_run)
-            texts.append(pg_bench.pg_report(pg_run))
+            texts.append(pg_scenario.pg_report(pg_run))
         elif scenario == "scaling":
             small = run_scenario(f"scaling-{args.size_gib:g}GiB{suffix}", "plain", args.size_gib, tools, args)
             large_name = f"scaling-{args.scale_gib:g}GiB{suffix}"

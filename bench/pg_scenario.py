@@ -534,6 +534,7 @@ class PgBackRest(PgTool):
         super().__init__(root, source, target)
         self.conf = root / "pgbackrest.conf"
         self.restored = Server(root / "restored")
+        self.recovery_seconds = 0.0
 
     def configure(self) -> None:
         """Before the source server starts: its archive_command names this configuration."""
@@ -591,7 +592,10 @@ class PgBackRest(PgTool):
         return self.run("restore", self.pgbackrest(*args))
 
     def restored_facts(self) -> dict[str, Any]:
+        """Start a server on the restored directory and wait until it has replayed the WAL to the backup's
+        consistent point and promoted: ``recovery_seconds`` (not part of the timed restore, reported beside it)."""
         self.restored.settings = {**SERVER_SETTINGS, "archive_mode": "off"}
+        start = time.perf_counter()
         self.restored.start()
         try:
             with closing(self.restored.connect("postgres")) as conn:
@@ -599,7 +603,8 @@ class PgBackRest(PgTool):
                 while scalar(conn, "SELECT pg_is_in_recovery()"):  # promoted once consistent
                     if time.monotonic() > deadline:
                         raise TimeoutError("the pgBackRest restore did not finish recovery")
-                    time.sleep(0.1)
+                    time.sleep(0.05)
+            self.recovery_seconds = time.perf_counter() - start
             with closing(self.restored.connect(DB)) as conn:
                 return db_facts(conn)
         finally:
@@ -622,6 +627,7 @@ class PgResult:
     steps: dict[str, Step] = field(default_factory=dict)
     verified: bool = False
     verify_detail: str = ""
+    extra: dict[str, float] = field(default_factory=dict)  # pgBackRest: recovery seconds, backup/WAL bytes
 
     @property
     def peak_rss_bytes(self) -> int:
@@ -680,6 +686,7 @@ def run_postgres(name: str, size_gib: float, tools: list[str], work: Path, scatt
     """Build (or reuse) the base cluster, copy it, run every tool's full, the change, the incrementals, the
     restores (in that order, all tools on the same running server), and verify each restore."""
     print(f"\n== scenario {name} ==", flush=True)
+    load = {"load_before": os.getloadavg()[0]}
     base, info = base_cluster(work, size_gib, skip_build)
     root = work / name
     if root.exists():
@@ -748,8 +755,16 @@ def run_postgres(name: str, size_gib: float, tools: list[str], work: Path, scatt
                 results[tool.name].verify_detail = f"source {row_summary(want)}, restored {row_summary(got)}"
             except (psycopg.Error, subprocess.CalledProcessError, TimeoutError) as exc:
                 results[tool.name].verify_detail = f"cannot read the restored database: {exc}"
+            if isinstance(tool, PgBackRest):
+                results[tool.name].extra = {
+                    "recovery_seconds": tool.recovery_seconds,
+                    "backup_bytes": tree_bytes(tool.repo / "backup"),
+                    "archive_bytes": tree_bytes(tool.repo / "archive"),
+                }
             print(f"  {tool.name} restore verified={results[tool.name].verified}", flush=True)
             tool.cleanup()
+    load["load_after"] = os.getloadavg()[0]
+    info = {**info, **load}
     done = [r for r in results.values() if r.tool not in failed]
     run = PgRun(
         name,
@@ -816,6 +831,11 @@ def pg_report(run: PgRun) -> str:
         f"change: {run.rows_changed:,} orders updated ({change}, 1%) with their items, {run.rows_appended:,} appended"
     )
     out("")
+    out(
+        f"1-minute load average: {db.get('load_before', float('nan')):.2f} before the run, "
+        f"{db.get('load_after', float('nan')):.2f} after ({os.cpu_count()} cores; above ~0.5 another process competed)"
+    )
+    out("")
     out("limits of this machine on the same server (each table's binary COPY in turn, same launcher and sync after)")
     for name, (bounds, label, _) in PG_LIMITS.items():
         s = run.limits[name]
@@ -869,6 +889,13 @@ def pg_report(run: PgRun) -> str:
     for r in run.results:
         out(f"  {r.tool:<12} verified={r.verified}  {r.verify_detail}")
     out("")
+    if "pgbackrest" in by and by["pgbackrest"].extra:
+        e = by["pgbackrest"].extra
+        out(
+            f"pgBackRest: its restore (above) writes the files; starting a server on them, replaying the WAL to the "
+            f"backup's consistent point and promoting took another {e['recovery_seconds']:.2f} s (untimed above). "
+            f"Its repository: {e['backup_bytes'] / MB:,.1f} MB of backups, {e['archive_bytes'] / MB:,.1f} MB of WAL."
+        )
     out("pgBackRest is a physical backup of the whole cluster (every database, WAL to consistency); pg_dump and")
     out("strongroom are logical backups of the one database. pg_dump has no incremental (n/a).")
     out("")
