@@ -78,6 +78,7 @@ class Step:
     sync_seconds: float = 0.0  # the os.sync() right after the step (raw `seconds` exclude it)
     repo_bytes: int = 0  # repository / collection size after the step
     db_bytes: int = 0
+    cpu_seconds: float = 0.0  # user + system time of the child and the children it waited for (wait4)
 
     @property
     def durable_seconds(self) -> float:
@@ -110,7 +111,8 @@ if pid == 0:
 _, status, usage = os.wait4(pid, 0)
 seconds = time.perf_counter() - start
 with open(out, "w") as f:
-    json.dump({"seconds": seconds, "maxrss_kib": usage.ru_maxrss, "code": os.waitstatus_to_exitcode(status)}, f)
+    code, cpu = os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
+    json.dump({"seconds": seconds, "maxrss_kib": usage.ru_maxrss, "cpu_s": cpu, "code": code}, f)
 """
 
 
@@ -142,7 +144,9 @@ def run_child(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | 
     got = json.loads(figures.read_text())
     if got["code"] != 0:
         raise StepFailed(cmd, got["code"], log)
-    return Step(name=log.stem, seconds=got["seconds"], peak_rss_bytes=got["maxrss_kib"] * 1024)
+    return Step(
+        name=log.stem, seconds=got["seconds"], peak_rss_bytes=got["maxrss_kib"] * 1024, cpu_seconds=got["cpu_s"]
+    )
 
 
 def synced(step: Step) -> Step:

@@ -864,11 +864,14 @@ def pg_report(run: PgRun) -> str:
             f"{(f'{inc.repo_bytes / MB:,.1f}' if inc else 'n/a'):>16}{added:>15}{r.peak_rss_bytes / MB:>13.0f}"
         )
     out("")
-    out("raw seconds (without the sync) and each step's peak RSS")
+    out("per step: raw seconds (without the sync), CPU seconds of the tool's processes (not the server's), peak RSS")
     for r in run.results:
         out(
             f"  {r.tool:<12}"
-            + "  ".join(f"{k} {s.seconds:.2f} s {s.peak_rss_bytes / MB:.0f} MB" for k, s in r.steps.items())
+            + "  ".join(
+                f"{k} {s.seconds:.2f} s, {s.cpu_seconds:.2f} CPU s, {s.peak_rss_bytes / MB:.0f} MB"
+                for k, s in r.steps.items()
+            )
         )
     by = {r.tool: r for r in run.results}
     if "strongroom" in by:
