@@ -1105,6 +1105,15 @@ def machine_report(machine: dict[str, Any], versions: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def pg_scenario() -> Any:
+    """bench/pg_scenario.py, imported when a run needs it (it imports psycopg, and its helpers from this module:
+    it must find this very module as ``bench``, not load a second copy of it)."""
+    sys.modules.setdefault("bench", sys.modules[__name__])
+    import pg_scenario
+
+    return pg_scenario
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -1148,8 +1157,11 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("STRONGROOM_KEYRING", str(work / "keyring"))  # the bench stores' local key files
     if args.build_only:
-        for kind in dict.fromkeys("store" if s == "store" else "plain" for s in scenarios):
+        sqlite_scenarios = [s for s in scenarios if s != "postgres"]
+        for kind in dict.fromkeys("store" if s == "store" else "plain" for s in sqlite_scenarios):
             base_database(work, kind, args.size_gib, args.skip_build)
+        if "postgres" in scenarios:
+            pg_scenario().base_cluster(work, args.size_gib, args.skip_build)
         if "scaling" in scenarios:
             base_database(work, "plain", args.scale_gib, args.skip_build)
         return 0
@@ -1163,15 +1175,11 @@ def main(argv: list[str] | None = None) -> int:
     for scenario in scenarios:
         suffix = "-scattered" if args.scattered else ""
         if scenario == "postgres":
-            # The module imports its helpers from this one: let it find this very module, not a second copy.
-            sys.modules.setdefault("bench", sys.modules[__name__])
-            import pg_scenario
-
-            pg_run = pg_scenario.run_postgres(
+            pg_run = pg_scenario().run_postgres(
                 scenario + suffix, args.size_gib, pg_tools, work, args.scattered, args.skip_build
             )
             pg_runs.append(pg_run)
-            texts.append(pg_scenario.pg_report(pg_run))
+            texts.append(pg_scenario().pg_report(pg_run))
         elif scenario == "scaling":
             small = run_scenario(f"scaling-{args.size_gib:g}GiB{suffix}", "plain", args.size_gib, tools, args)
             large_name = f"scaling-{args.scale_gib:g}GiB{suffix}"
