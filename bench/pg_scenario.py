@@ -724,7 +724,13 @@ def run_postgres(name: str, size_gib: float, tools: list[str], work: Path, scatt
         limits = measure_limits(source, root)
         for tool in instances.values():
             tool.logs.mkdir(parents=True, exist_ok=True)
-            if (init := tool.init()) is not None:
+            try:
+                init = tool.init()
+            except StepFailed as exc:  # e.g. pgBackRest's check: its archive_command does not work
+                print(f"  {tool.name} init FAILED\n{exc}", flush=True)
+                failed[tool.name] = exc.summary
+                continue
+            if init is not None:
                 results[tool.name].steps["init"] = init
                 print(f"  {tool.name} init {init.seconds:.2f} s")
         size = info["bytes"]
