@@ -50,7 +50,8 @@ S3_MODULES = ("boto3", "moto")  # strongroom-s3 needs both (moto's server stands
 STORE_REGION = "us-east1"
 STORE_DB = "orders"  # the store database that is backed up
 RESTORED_DB = "restored"  # strongroom restores it under this name, next to it
-SCENARIOS = ("plain", "store", "scaling")
+SCENARIOS = ("plain", "store", "scaling", "postgres")
+PG_TOOLS = ("strongroom", "pg_dump", "pgbackrest")  # --scenario postgres (bench/pg_scenario.py)
 CLI_START_RUNS = 20
 
 
@@ -77,6 +78,7 @@ class Step:
     sync_seconds: float = 0.0  # the os.sync() right after the step (raw `seconds` exclude it)
     repo_bytes: int = 0  # repository / collection size after the step
     db_bytes: int = 0
+    cpu_seconds: float = 0.0  # user + system time of the child and the children it waited for (wait4)
 
     @property
     def durable_seconds(self) -> float:
@@ -109,7 +111,8 @@ if pid == 0:
 _, status, usage = os.wait4(pid, 0)
 seconds = time.perf_counter() - start
 with open(out, "w") as f:
-    json.dump({"seconds": seconds, "maxrss_kib": usage.ru_maxrss, "code": os.waitstatus_to_exitcode(status)}, f)
+    code, cpu = os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
+    json.dump({"seconds": seconds, "maxrss_kib": usage.ru_maxrss, "cpu_s": cpu, "code": code}, f)
 """
 
 
@@ -141,7 +144,9 @@ def run_child(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | 
     got = json.loads(figures.read_text())
     if got["code"] != 0:
         raise StepFailed(cmd, got["code"], log)
-    return Step(name=log.stem, seconds=got["seconds"], peak_rss_bytes=got["maxrss_kib"] * 1024)
+    return Step(
+        name=log.stem, seconds=got["seconds"], peak_rss_bytes=got["maxrss_kib"] * 1024, cpu_seconds=got["cpu_s"]
+    )
 
 
 def synced(step: Step) -> Step:
@@ -447,8 +452,8 @@ def default_tools() -> list[str]:
 
 
 def ensure_installed(tools: list[str]) -> None:
-    """restic and borgbackup from the distribution, as root, if they are missing."""
-    packages = {"restic": "restic", "borg": "borgbackup"}
+    """restic, borgbackup and pgbackrest from the distribution, as root, if they are missing."""
+    packages = {"restic": "restic", "borg": "borgbackup", "pgbackrest": "pgbackrest"}
     missing = [packages[t] for t in tools if t in packages and shutil.which(t) is None]
     if not missing:
         return
@@ -1100,6 +1105,15 @@ def machine_report(machine: dict[str, Any], versions: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def pg_scenario() -> Any:
+    """bench/pg_scenario.py, imported when a run needs it (it imports psycopg, and its helpers from this module:
+    it must find this very module as ``bench``, not load a second copy of it)."""
+    sys.modules.setdefault("bench", sys.modules[__name__])
+    import pg_scenario
+
+    return pg_scenario
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -1111,15 +1125,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-build", action="store_true", help="reuse the base database of this size if present")
     ap.add_argument(
         "--tools",
-        default=",".join(default_tools()),
-        help="comma-separated, of strongroom,strongroom-s3,restic,borg (default %(default)s; -s3 needs boto3, moto)",
+        default=None,
+        help=f"comma-separated, of strongroom,strongroom-s3,restic,borg (default {','.join(default_tools())}; -s3 "
+        "needs boto3, moto); for --scenario postgres of strongroom,pg_dump,pgbackrest (default all three)",
     )
     ap.add_argument("--scattered", action="store_true", help="change 1%% of rows chosen at random, not the newest")
     ap.add_argument("--json", type=Path, help="write every figure to this file")
     ap.add_argument("--build-only", action="store_true", help="build (or reuse) the base databases, then stop")
     ap.add_argument("--keep", action="store_true", help="keep the per-tool database copies and restored files")
     args = ap.parse_args(argv)
+    args.tools_given = args.tools is not None
+    args.tools = args.tools or ",".join(default_tools())
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    # --scenario postgres runs the tools of PG_TOOLS that --tools names (all three by default)
+    pg_tools = [t for t in PG_TOOLS if t in tools] if args.tools_given else list(PG_TOOLS)
+    tools = [t for t in tools if t in ALL_TOOLS or t not in PG_TOOLS]
     if unknown_tools := set(tools) - set(ALL_TOOLS):
         ap.error(f"unknown tools: {', '.join(sorted(unknown_tools))}")
     scenarios = [s.strip() for s in args.scenario.split(",") if s.strip()]
@@ -1130,13 +1150,18 @@ def main(argv: list[str] | None = None) -> int:
         tools.remove("strongroom-s3")
 
     started = time.perf_counter()
-    ensure_installed(tools)
+    if scenarios == ["postgres"]:
+        tools = [t for t in tools if t.startswith("strongroom")][:1]  # only its version line
+    ensure_installed(tools + (pg_tools if "postgres" in scenarios else []))
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("STRONGROOM_KEYRING", str(work / "keyring"))  # the bench stores' local key files
     if args.build_only:
-        for kind in dict.fromkeys("store" if s == "store" else "plain" for s in scenarios):
+        sqlite_scenarios = [s for s in scenarios if s != "postgres"]
+        for kind in dict.fromkeys("store" if s == "store" else "plain" for s in sqlite_scenarios):
             base_database(work, kind, args.size_gib, args.skip_build)
+        if "postgres" in scenarios:
+            pg_scenario().base_cluster(work, args.size_gib, args.skip_build)
         if "scaling" in scenarios:
             base_database(work, "plain", args.scale_gib, args.skip_build)
         return 0
@@ -1144,11 +1169,18 @@ def main(argv: list[str] | None = None) -> int:
     for tool, version in versions.items():
         print(f"{tool}: {version}")
     runs: list[ScenarioRun] = []
+    pg_runs: list[Any] = []  # pg_scenario.PgRun
     scaling: dict[str, Any] | None = None
     texts: list[str] = []
     for scenario in scenarios:
         suffix = "-scattered" if args.scattered else ""
-        if scenario == "scaling":
+        if scenario == "postgres":
+            pg_run = pg_scenario().run_postgres(
+                scenario + suffix, args.size_gib, pg_tools, work, args.scattered, args.skip_build
+            )
+            pg_runs.append(pg_run)
+            texts.append(pg_scenario().pg_report(pg_run))
+        elif scenario == "scaling":
             small = run_scenario(f"scaling-{args.size_gib:g}GiB{suffix}", "plain", args.size_gib, tools, args)
             large_name = f"scaling-{args.scale_gib:g}GiB{suffix}"
             large = run_scenario(large_name, "plain", args.scale_gib, tools, args, count=small.rows_changed)
@@ -1181,12 +1213,13 @@ def main(argv: list[str] | None = None) -> int:
             "versions": versions,
             "warm_cache": True,
             "cli_start": {**cli, "goal": asdict(goal)},
-            "scenarios": [r.figures() for r in runs],
+            "scenarios": [r.figures() for r in runs] + [r.figures() for r in pg_runs],
             "scaling": scaling,
         }
         args.json.write_text(json.dumps(doc, indent=2))
         print(f"wrote {args.json}")
-    ok = all(r.verified for run in runs for r in run.results) and not any(run.failed for run in runs)
+    every = [*runs, *pg_runs]
+    ok = all(r.verified for run in every for r in run.results) and not any(run.failed for run in every)
     return 0 if ok else 1
 
 
