@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Strongroom vs restic vs borg on one SQLite file, same disk, side by side, against this machine's limits.
 
-    python bench/bench.py [--scenario plain,store,scaling] [--size-gib 1.0] [--scale-gib 4] [--scattered]
+    python bench/bench.py [--scenario plain,store,scaling,postgres] [--size-gib 1.0] [--scale-gib 4] [--scattered]
                           [--tools strongroom,restic,borg] [--work DIR] [--skip-build] [--json PATH] [--keep]
 
 For each tool: full backup of a copy of the base database, a deterministic change to 1% of its rows,
@@ -1117,7 +1117,9 @@ def pg_scenario() -> Any:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--scenario", default="plain", help="comma-separated: plain, store, scaling (default plain); one table each"
+        "--scenario",
+        default="plain",
+        help="comma-separated: plain, store, scaling, postgres (default plain); one table each",
     )
     ap.add_argument("--size-gib", type=float, default=1.0, help="database size to build (default 1)")
     ap.add_argument("--scale-gib", type=float, default=4.0, help="the larger size of --scenario scaling (default 4)")
