@@ -1291,8 +1291,7 @@ def _read_chain(
                 # Not a page image (strongroom.postgres streams): every pack it may use is read whole,
                 # so each of its sealed chunks is decrypted and authenticated.
                 chunks += _read_packs(dests, m.packs, keys, seen, tick)
-                if d.kind == "postgres":
-                    chunks += _read_streams(dests, m, d, keys, seen)
+                chunks += _read_streams(dests, m, d, keys, seen)
                 continue
             image = BackupImage(dests.storage_for, d.index, m.packs, keys)
             try:
@@ -1302,15 +1301,25 @@ def _read_chain(
     return chunks
 
 
+#: Reads and checks every chunk of a database entry that is not a SQLite page image (check
+#: --read-data), by DatabaseEntry.kind; returns how many chunks it read. Registered by the package
+#: of that kind (strongroom.postgres), which sits above the engine.
+EntryVerifier = Callable[[StorageFor, FileRef, list[FileRef], BackupKeys, set[tuple[str, int]]], int]
+_ENTRY_VERIFIERS: dict[str, EntryVerifier] = {}
+
+
+def register_entry_verifier(kind: str, verify: EntryVerifier) -> None:
+    _ENTRY_VERIFIERS[kind] = verify
+
+
 def _read_streams(
     dests: Destinations, m: Manifest, d: DatabaseEntry, keys: BackupKeys, seen: set[tuple[str, int]]
 ) -> int:
-    """A PostgreSQL entry's chunks, each decoded (a delta through its bases) and hash-checked."""
-    try:
-        from ..postgres.streams import verify_index
-    except ImportError:  # without the postgres extra: its packs were authenticated, no more
+    """A non-SQLite entry's chunks, each decoded (a delta through its bases) and hash-checked."""
+    verify = _ENTRY_VERIFIERS.get(d.kind)
+    if verify is None:  # its package (an optional extra) is not installed: its packs were authenticated
         return 0
-    return verify_index(dests.storage_for, d.index, m.packs, keys, seen)
+    return verify(dests.storage_for, d.index, m.packs, keys, seen)
 
 
 def _read_packs(

@@ -14,6 +14,7 @@ from ..backup.keys import Encryption
 from ..backup.requests import AlterBackupRequest, BackupRequest, RestoreRequest, ShowBackupRequest
 from ..errors import UsageError
 from ..files import backup_file, restore_file
+from ..store.backups import load_database_kinds
 from ..uri import redact
 from .common import (
     AS_OF,
@@ -317,6 +318,7 @@ def check(
         if s:
             reports = s.backups.check(collection, enc, read_data=read_data, progress=progress)
         else:
+            load_database_kinds()
             reports = backup_engine.check(collection, enc, read_data=read_data, progress=progress)
     rows = [(r.path, r.layers, r.files, r.file_bytes, r.chunks_read, r.status) for r in reports]
     echo_table(backup_engine.CHECK_COLUMNS, rows, fmt)

@@ -6,9 +6,13 @@ a Strongroom collection's sealed packs; ``restore_database`` recreates it under 
 pyfastcdc) and the PostgreSQL client programs (pg_dump, pg_restore) on PATH.
 """
 
+from ..backup.engine import register_entry_verifier
 from .conn import Dsn, PostgresError, ServerVersionError, check_server_version, redact_dsn
 from .source import backup_database, run_backup
+from .streams import verify_index
 from .target import restore_database, restore_table, run_restore
+
+register_entry_verifier("postgres", verify_index)  # check --read-data decodes our streams
 
 __all__ = [
     "Dsn",

@@ -8,6 +8,7 @@ lock shared meanwhile, so no database is re-keyed between key pick and snapshot.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -155,6 +156,7 @@ class Backups:
         progress: Progress | None = None,
     ) -> list[engine.CheckReport]:
         """``strongroom check``: every chain of the collection, its files, and with ``read_data`` every chunk."""
+        load_database_kinds()
         return engine.check(collection, encryption, read_data=read_data, context=self.context, progress=progress)
 
     def plan(self, request: BackupRequest | RestoreRequest) -> None:
@@ -227,6 +229,13 @@ class Backups:
         return DatabaseSource(
             name, dbs.database_path(name), dbs.database_key(name), tables, dbs.meta.database_region(name)
         )
+
+
+def load_database_kinds() -> None:
+    """Register the readers of non-SQLite backups whose extras are installed (strongroom.postgres
+    registers how ``check --read-data`` decodes its streams when it is imported)."""
+    with suppress(ImportError):
+        import strongroom.postgres  # noqa: F401
 
 
 def check_consent(request: BackupRequest) -> None:
