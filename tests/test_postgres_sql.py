@@ -502,3 +502,48 @@ def test_a_write_only_postgres_backup_is_refused_with_one_clear_error(
     assert "cannot be written with public-key recipients" in shell.outputs[-1]
     assert "Traceback" not in shell.outputs[-1]
     assert not [p for p in (store / "extern").rglob("*") if p.is_file()]
+
+
+def test_a_killed_jobs_process_leaves_no_job_running_for_ever(pg_server: PgServer, shop: str, tmp_path: Path) -> None:
+    """kill -9 of the process running a BACKUP: SHOW JOBS shows the job failed (its process is
+    provably gone), not running for ever, and the next backup into the collection removes what the
+    killed one wrote."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from strongroom import open_store
+    from strongroom.store.jobs import ORPHAN_MESSAGE
+
+    store_dir = tmp_path / "store"
+    store = init_store(store_dir)
+    create_key("k")
+    dsn = f"postgresql://postgres@{pg_server.host}:{pg_server.port}/postgres"
+    locker = psycopg.connect(pg_server.dsn(shop))
+    locker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+    statement = f"BACKUP DATABASE {shop} INTO 'nodelocal://1/killed' WITH kms = 'local:///k'"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "strongroom.cli", "--store", str(store_dir), "sql", "--postgres", dsn, "-e", statement],
+        env={**os.environ, "PGPASSWORD": PASSWORD},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not [j for j in store.jobs.list() if j.status == "running"]:
+            assert proc.poll() is None and time.monotonic() < deadline, "the backup never started"
+            time.sleep(0.05)
+        (job,) = store.jobs.list()
+        assert job.status == "running"  # its process is alive: running, as it is
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        locker.rollback()
+        locker.close()
+    (job,) = open_store(store_dir).jobs.list()
+    assert job.status == "failed" and job.error == ORPHAN_MESSAGE
+    # The next backup into the collection cleans up what the killed one left, and succeeds.
+    shell = Shell(store_dir, pg_server)
+    shell.sql(f"BACKUP DATABASE {shop} INTO 'nodelocal://1/killed' WITH kms = 'local:///k';")
+    assert [b["status"] for b in shell.sql("SHOW BACKUPS IN 'nodelocal://1/killed';")] == ["complete"]

@@ -23,6 +23,7 @@ from typing import TypeVar
 import apsw
 
 from ..backup.jobs import CANCELED_MESSAGE, NODE_ID, Cancel, Progress, checking, foreground, new_job_id
+from ..backup.owners import lock_content, owner_gone
 from ..errors import JobCanceledError, NotFoundError, StrongroomError, UsageError
 
 T = TypeVar("T")
@@ -56,6 +57,9 @@ _ADDED_COLUMNS = {
     # the bytes it stored.
     "collection": "TEXT",
     "bytes": "INTEGER",
+    # The process running the job (host, boot, pid, start time: backup/owners.py), so a job whose
+    # process was killed is not shown running for ever.
+    "owner": "TEXT",
 }
 _SELECTED = ", ".join((*JOB_COLUMNS, "collection", "bytes"))
 _PROGRESS_EVERY_S = 1.0
@@ -64,6 +68,10 @@ _PROGRESS_EVERY_S = 1.0
 RUNNING, CANCEL_REQUESTED, CANCELED = "running", "cancel-requested", "canceled"
 #: Statuses of a job that has not ended (SHOW JOBS WHEN COMPLETE waits while a job has one).
 UNFINISHED = frozenset({RUNNING, CANCEL_REQUESTED})
+ORPHAN_MESSAGE = (
+    "the process running this job ended before the job did (killed or crashed); what it wrote is "
+    "removed by the next backup into its collection, or by strongroom prune"
+)
 
 
 def _user() -> str:
@@ -146,8 +154,21 @@ class JobRegistry:
                 now = _now()
                 self._write(
                     "INSERT INTO jobs(job_id, job_type, description, statement, user_name, status, created, "
-                    "started, modified, coordinator_id, collection) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
-                    (job_id, job_type, description, description, _user(), now, now, now, NODE_ID, collection),
+                    "started, modified, coordinator_id, collection, owner) "
+                    "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                    (
+                        job_id,
+                        job_type,
+                        description,
+                        description,
+                        _user(),
+                        now,
+                        now,
+                        now,
+                        NODE_ID,
+                        collection,
+                        lock_content("job").decode(),
+                    ),
                 )
             except apsw.ConstraintError:
                 continue
@@ -184,6 +205,26 @@ class JobRegistry:
         if row[0] not in (CANCEL_REQUESTED, CANCELED):
             raise UsageError(f"job with status {row[0]} cannot be requested to be canceled")
 
+    def _end_orphans(self, conn: apsw.Connection) -> None:
+        """A job whose process provably ended without ending it (killed, crashed: same host and
+        boot, the process gone) is recorded as ended: failed, or canceled if a cancel was asked
+        for. What it wrote is removed by the next backup of its collection, or by prune."""
+        rows = conn.execute(
+            "SELECT job_id, status, owner FROM jobs WHERE status IN (?, ?) AND owner IS NOT NULL",
+            (RUNNING, CANCEL_REQUESTED),
+        ).fetchall()
+        for job_id, status, owner in rows:
+            if not owner_gone(str(owner).encode()):
+                continue
+            ended = CANCELED if status == CANCEL_REQUESTED else "failed"
+            message = CANCELED_MESSAGE if ended == CANCELED else ORPHAN_MESSAGE
+            now = _now()
+            conn.execute(  # conditional: a job that ended meanwhile keeps its own end
+                "UPDATE jobs SET status = ?, running_status = NULL, error = ?, finished = ?, modified = ? "
+                "WHERE job_id = ? AND status = ?",
+                (ended, message, now, now, job_id, status),
+            )
+
     def status(self, job_id: int) -> str | None:
         """The job's status (None if there is no such job): a running job's cancel poll."""
         conn = self._connect()
@@ -215,6 +256,7 @@ class JobRegistry:
     def list(self, job_id: int | None = None) -> list[JobRow]:
         conn = self._connect()
         try:
+            self._end_orphans(conn)
             if job_id is None:
                 rows = conn.execute(f"SELECT {_SELECTED} FROM jobs ORDER BY created, job_id").fetchall()
             else:
