@@ -72,10 +72,12 @@ class Shell:
         self.store, self.server = store, server
         self.runner = CliRunner()
         self.outputs: list[str] = []
+        self.last_stderr = ""
 
     def cli(self, *args: str, ok: bool = True) -> Result:
         result = self.runner.invoke(main, ["--store", str(self.store), *args], env={"PGPASSWORD": PASSWORD})
         self.outputs.append(result.output)
+        self.last_stderr = result.stderr
         if ok:
             assert result.exit_code == 0, result.output
         return result
@@ -121,6 +123,7 @@ def _run_the_issue(
         f"into_db = '{shop}_audit', skip_missing_foreign_keys;"
     )
     assert restored[0]["status"] == "succeeded" and restored[0]["rows"] == 5001
+    assert 'NOTE: foreign key "orders_customer_fkey" references public.customers' in shell.last_stderr
     assert _orders(server, f"{shop}_audit") == expected
     shell.sql(
         f"RESTORE DATABASE {shop} FROM LATEST IN '{coll}' WITH kms = {kms_other}, new_db_name = '{shop}_yesterday';"

@@ -66,6 +66,8 @@ def _run_statements(session: Session, text: str, params: list[str], fmt: str, in
             click.echo("ERROR: query execution canceled", err=True)
             return False
         click.echo(result.render(fmt))
+        for notice in result.notices:
+            click.echo(f"NOTE: {notice}", err=True)
         if interactive and result.columns and fmt == "table":
             click.echo()
     return True

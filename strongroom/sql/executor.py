@@ -57,6 +57,9 @@ class Result:
     columns: tuple[str, ...] = ()
     rows: list[tuple[object, ...]] = field(default_factory=list)
     status: str = ""
+    #: What the statement left out on request (a foreign key skipped by
+    #: skip_missing_foreign_keys); the shell prints them apart from the result.
+    notices: tuple[str, ...] = ()
 
     def render(self, fmt: str = "table") -> str:
         return render(self.columns, self.rows, fmt) if self.columns else self.status
@@ -234,7 +237,7 @@ class Session:
         if request.detached:
             return Result(("job_id",), [(backups.detach(request),)])
         result = backups.backup(request) if isinstance(request, BackupRequest) else backups.restore(request)
-        return Result(JobResult.COLUMNS, [result.row()])
+        return Result(JobResult.COLUMNS, [result.row()], notices=result.notes)
 
     def _run_ShowJobs(self, stmt: ShowJobs, params: object) -> Result:
         if stmt.when_complete:
